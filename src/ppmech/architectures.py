@@ -44,9 +44,7 @@ class ArchSpec:
 
 
 _LLAMA_LIKE = ArchSpec(layers="model.layers", final_norm="model.norm")
-_GEMMA_LIKE = ArchSpec(
-    layers="model.layers", final_norm="model.norm", softcap_attr="final_logit_softcapping"
-)
+_GEMMA_LIKE = ArchSpec(layers="model.layers", final_norm="model.norm", softcap_attr="final_logit_softcapping")
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
@@ -59,12 +57,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma": _GEMMA_LIKE,
     "gemma2": _GEMMA_LIKE,
     "gemma3_text": _GEMMA_LIKE,
-    "granite": ArchSpec(
-        layers="model.layers", final_norm="model.norm", logit_divisor_attr="logits_scaling"
-    ),
-    "cohere": ArchSpec(
-        layers="model.layers", final_norm="model.norm", logit_scale_attr="logit_scale"
-    ),
+    "granite": ArchSpec(layers="model.layers", final_norm="model.norm", logit_divisor_attr="logits_scaling"),
+    "cohere": ArchSpec(layers="model.layers", final_norm="model.norm", logit_scale_attr="logit_scale"),
     "gpt2": ArchSpec(layers="transformer.h", final_norm="transformer.ln_f"),
     "gpt_neox": ArchSpec(
         layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", unembed="embed_out"

@@ -151,9 +151,7 @@ def format_item(item: JudgeItem) -> str:
 
 _NUM = r"\d+(?:\.\d+)?"
 # "Score: 7", "score = 7/10", "**Score:** 8", "Final score is 6", "Score: -2".
-_LABELED = re.compile(
-    rf"\bscore\b[*_\s]*(?:[:=]|\bis\b|\bof\b)?[*_\s]*(-?{_NUM})(?!\.?\d)", re.IGNORECASE
-)
+_LABELED = re.compile(rf"\bscore\b[*_\s]*(?:[:=]|\bis\b|\bof\b)?[*_\s]*(-?{_NUM})(?!\.?\d)", re.IGNORECASE)
 # "7/10", "6 out of 10", "8 / 10".
 _OUT_OF_TEN = re.compile(rf"(?<![\w.])({_NUM})\s*(?:/|\bout\s+of\b)\s*10(?![\d.]*\d)", re.I)
 # "**8**", "__8__".
@@ -436,8 +434,7 @@ class OpenAIJudge:
                 "or check the server's logs",
             )
         raise PPMechError(
-            f"judge endpoint {self.url} unreachable after {attempts} attempts: "
-            f"{self._redact(last.reason)}",
+            f"judge endpoint {self.url} unreachable after {attempts} attempts: {self._redact(last.reason)}",
             "check --judge-url / that the server is running",
         )
 
@@ -649,9 +646,7 @@ class EmbeddingJudge:
         list_emb = encode(lists) if scored else None
         tok_emb = encode(flat) if flat else None
 
-        results: list[JudgeScore] = [
-            JudgeScore(score=None, raw="", error="no tokens to rate") for _ in items
-        ]
+        results: list[JudgeScore] = [JudgeScore(score=None, raw="", error="no tokens to rate") for _ in items]
         offset = 0
         for row, i in enumerate(scored):
             n = len(tokens[row])

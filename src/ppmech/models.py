@@ -232,7 +232,7 @@ def _convert_gguf(path: Path, digest: str) -> Path:
     try:
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(
+            model: Any = AutoModelForCausalLM.from_pretrained(
                 str(path.parent), gguf_file=path.name, dtype=torch.float32
             )
         # transformers refuses to save a model it thinks is still quantised; the
@@ -335,9 +335,8 @@ def load_model(
     torch_dtype = DTYPES[dtype]
     try:
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(
-                location, trust_remote_code=trust_remote_code
-            )
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+            model: Any
             if weights == "pretrained":
                 model = AutoModelForCausalLM.from_pretrained(
                     location, dtype=torch_dtype, trust_remote_code=trust_remote_code
@@ -384,3 +383,38 @@ def load_model(
         dtype=dtype,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
+
+
+def _cache_kwarg(model: Any) -> str:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def forward_step(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Any = None,
+    logits_to_keep: int = 1,
+) -> tuple[torch.Tensor, Any]:
+    """One cached forward pass, across the transformers 5.x rename of ``past_key_values``.
+
+    Returns:
+        ``(logits [B, logits_to_keep, V], cache)``.
+    """
+    kwargs = {_cache_kwarg(model): cache}
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
+        **kwargs,
+    )
+    new_cache = out.get("cache", None)
+    if new_cache is None:
+        new_cache = out.get("past_key_values", None)
+    return out.logits, new_cache

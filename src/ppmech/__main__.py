@@ -1,0 +1,5 @@
+import sys
+
+from ppmech.cli import main
+
+sys.exit(main())

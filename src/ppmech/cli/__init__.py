@@ -1,0 +1,64 @@
+"""The ``ppmech`` command line.
+
+Each command group lives in its own module with a ``register(subparsers)``
+function; :data:`COMMAND_MODULES` lists them. Every user-fixable problem is a
+:class:`~ppmech.errors.PPMechError`, printed as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import NoReturn
+
+from ppmech import __version__
+from ppmech.errors import PPMechError
+
+COMMAND_MODULES = [
+    "ppmech.cli.measure",
+]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports usage errors on one line, with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="ppmech",
+        description="Momentum-point-perplexity mechanics of language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"ppmech {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ppmech`` script; returns the exit status."""
+    # Quieten libraries' own chatter; ppmech prints what matters.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PPMechError as exc:
+        print(f"ppmech: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            "ppmech: interrupted; an unfinished run directory can be continued with --resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

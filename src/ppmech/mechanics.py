@@ -1,0 +1,95 @@
+"""The paper's mechanics as pure functions over arrays. No model inside.
+
+Conventions (paper §2.1, App. A; issue #2). For one trajectory of ``T`` generated
+tokens, step ``t = 0`` is the token produced from the last prompt position; at
+step ``t`` token ``x_t`` is produced from the post-final-norm hidden state
+``h_t``:
+
+* potential       ``V_t = -ln p_{x_t}(h_t)``                  (nats, all t)
+* velocity        ``v_t = h_t - h_{t-1}``                     (t >= 1)
+* log-kinetic     ``K_t = ln(½‖v_t‖²)``                       (t >= 1)
+* log-energy      ``H_t = K_t + V_t``, ``E_t = exp(H_t)``     (t >= 1)
+* log-Lagrangian  ``L_t = K_t - V_t``; action ``S = Σ_{t>=1} L_t``
+* entropy         ``-Σ_j p_j(h_t) ln p_j(h_t)``               (nats)
+
+``K`` is ``-inf`` where ``‖v_t‖ = 0`` (an exact repeat of the hidden state).
+These functions return it as ``-inf``; :mod:`ppmech.statistics` counts and
+excludes such steps so they never become NaN in a statistic. Step 0 has no
+velocity; its K, H and L are NaN ("undefined"), never 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+F64 = NDArray[np.float64]
+
+
+def speed_squared(hidden: torch.Tensor) -> torch.Tensor:
+    """``‖h_t - h_{t-1}‖²`` along the time axis, computed in float64.
+
+    Args:
+        hidden: ``[..., T, d]`` hidden states.
+
+    Returns:
+        ``[..., T]`` float64; entry 0 is NaN (no previous state).
+    """
+    h = hidden.double()
+    out = torch.full(h.shape[:-1], float("nan"), dtype=torch.float64, device=h.device)
+    out[..., 1:] = (h[..., 1:, :] - h[..., :-1, :]).pow(2).sum(-1)
+    return out
+
+
+def log_kinetic(speed_sq: F64) -> F64:
+    """``K = ln(½‖v‖²)`` from squared speeds; ``-inf`` where the speed is 0, NaN stays NaN."""
+    s = np.asarray(speed_sq, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(0.5 * s)
+
+
+def potential(logp: F64) -> F64:
+    """``V = -ln p`` from the log-probability of the realised token (nats)."""
+    return -np.asarray(logp, dtype=np.float64)
+
+
+def log_energy(k: F64, v: F64) -> F64:
+    """``H = K + V``."""
+    return np.asarray(k, dtype=np.float64) + np.asarray(v, dtype=np.float64)
+
+
+def lagrangian(k: F64, v: F64) -> F64:
+    """``L = K - V`` (paper Def. C.1)."""
+    return np.asarray(k, dtype=np.float64) - np.asarray(v, dtype=np.float64)
+
+
+def action(lagr: F64) -> float:
+    """``S = Σ_t L_t`` over the finite steps (NaN and ±inf steps are skipped)."""
+    arr = np.asarray(lagr, dtype=np.float64)
+    return float(arr[np.isfinite(arr)].sum())
+
+
+def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of distributions given as log-probabilities ``[..., V]``."""
+    lp = logprobs.float()
+    p = lp.exp()
+    return -(p * torch.where(p > 0, lp, torch.zeros_like(lp))).sum(-1)
+
+
+def energy_terms(speed_sq: F64, logp: F64) -> dict[str, F64]:
+    """All per-step terms for one or many trajectories.
+
+    Args:
+        speed_sq: ``‖v_t‖²`` with NaN at step 0, shape ``[..., T]``.
+        logp: ``ln p_{x_t}(h_t)``, shape ``[..., T]``.
+
+    Returns:
+        dict with ``K``, ``V``, ``H``, ``E`` and ``L``, each ``[..., T]`` float64.
+    """
+    k = log_kinetic(speed_sq)
+    v = potential(logp)
+    h = log_energy(k, v)
+    with np.errstate(over="ignore"):
+        e = np.exp(h)
+    return {"K": k, "V": v, "H": h, "E": e, "L": lagrangian(k, v)}

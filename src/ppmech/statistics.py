@@ -1,0 +1,214 @@
+"""The paper's energy statistics, in float64 (Tables 1, 2 and 4).
+
+Inputs are per-step arrays with a trajectory label. Only *valid* steps enter:
+those where ``H_t`` is finite. That excludes step 0 (no velocity, H undefined)
+and zero-velocity steps (``K = -inf``), which are counted and reported as
+``n_zero_velocity`` rather than silently turned into NaN.
+
+Definitions (``H`` pooled over valid steps; ``H_i`` the valid steps of
+trajectory ``i``; ``std`` has ddof 0):
+
+* ``global_cv = std(H) / mean(H)``
+* ``mean_trajectory_cv = mean_i [ std(H_i) / mean(H_i) ]`` (trajectories with >= 2 valid steps)
+* ``trajectory_mean_cv = std_i(mean(H_i)) / mean_i(mean(H_i))``
+* ``mean_energy = mean(H)``, ``mean_K``, ``mean_V`` over the same steps, ``kv_ratio = mean_K / mean_V``
+* ``ΔH_t = H_{t+1} - H_t`` for consecutive valid steps within a trajectory;
+  ``mean_dH = mean(ΔH)``, ``mean_abs_dH = mean(|ΔH|)``, ``drift = ΣΔH / Σ|ΔH|``
+* 95% CIs for ``global_cv`` and ``mean_energy``: percentile bootstrap over
+  trajectories (resampled with replacement), ``n_boot`` replicates, seeded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+F64 = NDArray[np.float64]
+
+FORMULAS: dict[str, str] = {
+    "global_cv": "std(H) / mean(H) over all valid steps pooled (ddof 0)",
+    "mean_trajectory_cv": "mean over trajectories of std(H_i) / mean(H_i)",
+    "trajectory_mean_cv": "std over trajectories of mean(H_i), divided by their mean",
+    "mean_energy": "mean(H) over all valid steps",
+    "mean_K": "mean(K) over the same steps",
+    "mean_V": "mean(V) over the same steps",
+    "kv_ratio": "mean_K / mean_V",
+    "mean_dH": "mean of ΔH_t = H_{t+1} - H_t within trajectories",
+    "mean_abs_dH": "mean of |ΔH_t|",
+    "drift": "ΣΔH_t / Σ|ΔH_t|",
+}
+
+
+def cv(values: ArrayLike) -> float:
+    """Coefficient of variation ``std / mean`` (ddof 0) in float64.
+
+    Raises:
+        ValueError: empty input, non-finite values, or a zero mean.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("cv of an empty array")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("cv of non-finite values")
+    mean = float(x.mean())
+    if mean == 0.0:
+        raise ValueError("cv undefined: mean is zero")
+    return float(x.std() / mean)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A two-sided confidence interval."""
+
+    low: float
+    high: float
+    level: float = 0.95
+
+
+@dataclass(frozen=True)
+class EnergyStatistics:
+    """Headline statistics of one run. See the module docstring for formulas."""
+
+    n_trajectories: int
+    n_steps: int
+    n_valid: int
+    n_zero_velocity: int
+    global_cv: float
+    mean_trajectory_cv: float
+    trajectory_mean_cv: float
+    mean_energy: float
+    mean_K: float
+    mean_V: float
+    kv_ratio: float
+    mean_dH: float
+    mean_abs_dH: float
+    drift: float
+    global_cv_ci: Interval | None
+    mean_energy_ci: Interval | None
+    n_boot: int
+    bootstrap_seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; non-finite floats become ``None``."""
+        return _finite_or_none(asdict(self))
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den != 0 else float("nan")
+
+
+def energy_statistics(
+    trajectory: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> EnergyStatistics:
+    """Compute :class:`EnergyStatistics` from per-step arrays in step order.
+
+    Args:
+        trajectory: trajectory label of each step, shape ``[N]``; steps of one
+            trajectory must be contiguous and in step order.
+        k: ``K_t`` (NaN at step 0, ``-inf`` at zero velocity), ``[N]``.
+        v: ``V_t``, ``[N]``.
+        n_boot: bootstrap replicates (0 disables the CIs).
+        seed: bootstrap seed.
+
+    Raises:
+        ValueError: no valid steps at all.
+    """
+    traj = np.asarray(trajectory)
+    kk = np.asarray(k, dtype=np.float64)
+    vv = np.asarray(v, dtype=np.float64)
+    h = kk + vv
+    valid = np.isfinite(h)
+    n_zero = int(np.sum(np.isneginf(kk) & np.isfinite(vv)))
+    if not valid.any():
+        raise ValueError("no valid steps: every step is step 0 or has zero velocity")
+
+    labels, first = np.unique(traj, return_index=True)
+    order = labels[np.argsort(first)]
+    per_mean, per_cv, counts, sums, sumsq = [], [], [], [], []
+    dh_parts = []
+    for label in order:
+        sel = traj == label
+        hv = h[sel]
+        ok = np.isfinite(hv)
+        hi = hv[ok]
+        counts.append(hi.size)
+        sums.append(hi.sum())
+        sumsq.append(np.square(hi).sum())
+        if hi.size >= 1:
+            per_mean.append(hi.mean())
+        if hi.size >= 2 and hi.mean() != 0:
+            per_cv.append(hi.std() / hi.mean())
+        both = ok[:-1] & ok[1:]
+        dh_parts.append((hv[1:] - hv[:-1])[both])
+    dh = np.concatenate(dh_parts) if dh_parts else np.zeros(0)
+    hv_all = h[valid]
+    means = np.asarray(per_mean)
+
+    ci_cv: Interval | None = None
+    ci_mean: Interval | None = None
+    if n_boot > 0 and len(order) >= 2:
+        rng = np.random.default_rng(seed)
+        n = len(order)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+        c = weights @ np.asarray(counts, dtype=np.float64)
+        s = weights @ np.asarray(sums)
+        ss = weights @ np.asarray(sumsq)
+        ok = c > 0
+        m = s[ok] / c[ok]
+        var = np.maximum(ss[ok] / c[ok] - m * m, 0.0)
+        boot_cv = np.sqrt(var) / m
+        ci_cv = Interval(*(float(q) for q in np.percentile(boot_cv, [2.5, 97.5])))
+        ci_mean = Interval(*(float(q) for q in np.percentile(m, [2.5, 97.5])))
+
+    mean_k = float(kk[valid].mean())
+    mean_v = float(vv[valid].mean())
+    abs_sum = float(np.abs(dh).sum())
+    return EnergyStatistics(
+        n_trajectories=len(order),
+        n_steps=int(h.size),
+        n_valid=int(valid.sum()),
+        n_zero_velocity=n_zero,
+        global_cv=_ratio(float(hv_all.std()), float(hv_all.mean())),
+        mean_trajectory_cv=float(np.mean(per_cv)) if per_cv else float("nan"),
+        trajectory_mean_cv=_ratio(float(means.std()), float(means.mean())),
+        mean_energy=float(hv_all.mean()),
+        mean_K=mean_k,
+        mean_V=mean_v,
+        kv_ratio=_ratio(mean_k, mean_v),
+        mean_dH=float(dh.mean()) if dh.size else float("nan"),
+        mean_abs_dH=float(np.abs(dh).mean()) if dh.size else float("nan"),
+        drift=_ratio(float(dh.sum()), abs_sum) if dh.size else float("nan"),
+        global_cv_ci=ci_cv,
+        mean_energy_ci=ci_mean,
+        n_boot=n_boot,
+        bootstrap_seed=seed,
+    )
+
+
+def statistics_from_steps(steps: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> EnergyStatistics:
+    """:func:`energy_statistics` over a ``steps.parquet`` frame (null K/V read as NaN)."""
+    ordered = steps.sort_values(["trajectory", "step"], kind="stable")
+    return energy_statistics(
+        ordered["trajectory"].to_numpy(),
+        ordered["K"].astype("float64").to_numpy(na_value=np.nan),
+        ordered["V"].astype("float64").to_numpy(na_value=np.nan),
+        n_boot=n_boot,
+        seed=seed,
+    )
