@@ -1,0 +1,67 @@
+"""The mechanics against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ppmech.mechanics import (
+    action,
+    energy_terms,
+    entropy_from_logprobs,
+    lagrangian,
+    log_kinetic,
+    potential,
+    speed_squared,
+)
+
+
+def test_speed_squared_by_hand() -> None:
+    h = torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 4.0], [0.0, 0.0]])
+    s = speed_squared(h).numpy()
+    assert math.isnan(s[0])
+    np.testing.assert_array_equal(s[1:], [25.0, 0.0, 25.0])
+    assert s.dtype == np.float64
+
+
+def test_speed_squared_batched_matches_rows() -> None:
+    h = torch.randn(3, 5, 7)
+    batched = speed_squared(h)
+    for row in range(3):
+        torch.testing.assert_close(batched[row], speed_squared(h[row]), equal_nan=True)
+
+
+def test_energy_terms_by_hand() -> None:
+    # ½‖v‖² = 8 → K = ln 8; p = 1/4 → V = ln 4; H = ln 32; E = 32; L = ln 2.
+    terms = energy_terms(np.array([np.nan, 16.0]), np.array([math.log(0.5), math.log(0.25)]))
+    assert math.isnan(terms["K"][0]) and math.isnan(terms["H"][0])
+    assert terms["V"][0] == math.log(2)  # V is defined at step 0, K is not
+    assert math.isclose(terms["K"][1], math.log(8))
+    assert math.isclose(terms["V"][1], math.log(4))
+    assert math.isclose(terms["H"][1], math.log(32))
+    assert math.isclose(terms["E"][1], 32.0)
+    assert math.isclose(terms["L"][1], math.log(2))
+
+
+def test_zero_velocity_is_minus_infinity_not_nan() -> None:
+    k = log_kinetic(np.array([0.0, 2.0]))
+    assert np.isneginf(k[0]) and k[1] == 0.0
+
+
+def test_potential_and_lagrangian_signs() -> None:
+    v = potential(np.array([-2.0]))
+    assert v[0] == 2.0
+    assert lagrangian(np.array([5.0]), v)[0] == 3.0
+
+
+def test_action_skips_undefined_steps() -> None:
+    assert action(np.array([np.nan, 1.0, -np.inf, 2.5])) == 3.5
+
+
+def test_entropy_uniform_and_point_mass() -> None:
+    uniform = torch.log_softmax(torch.zeros(2, 8), dim=-1)
+    torch.testing.assert_close(entropy_from_logprobs(uniform), torch.full((2,), math.log(8)))
+    point = torch.log_softmax(torch.tensor([[0.0, -1e9, -1e9]]), dim=-1)
+    assert entropy_from_logprobs(point).item() == 0.0

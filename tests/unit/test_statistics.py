@@ -1,0 +1,108 @@
+"""Statistics against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ppmech.statistics import cv, energy_statistics, statistics_from_steps
+
+
+def _steps(h_by_traj: list[list[float]], v: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arrays with step 0 undefined and H_t given (K = H - V)."""
+    traj, k, vv = [], [], []
+    for i, hs in enumerate(h_by_traj):
+        traj += [i] * (len(hs) + 1)
+        k += [np.nan] + [h - v for h in hs]
+        vv += [v] * (len(hs) + 1)
+    return np.array(traj), np.array(k), np.array(vv)
+
+
+def test_cv_by_hand() -> None:
+    assert cv([2.0, 4.0]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        cv([])
+    with pytest.raises(ValueError):
+        cv([1.0, np.inf])
+
+
+def test_constant_energy_has_zero_cv_and_no_drift() -> None:
+    stats = energy_statistics(*_steps([[5.0, 5.0, 5.0], [5.0, 5.0]]), n_boot=50)
+    assert stats.global_cv == 0.0
+    assert stats.mean_trajectory_cv == 0.0
+    assert stats.trajectory_mean_cv == 0.0
+    assert stats.mean_abs_dH == 0.0
+    assert stats.mean_energy == 5.0
+    assert stats.global_cv_ci is not None and stats.global_cv_ci.high == 0.0
+
+
+def test_all_statistics_by_hand() -> None:
+    # trajectory 0: H = 1, 3 ; trajectory 1: H = 2, 2, 5 ; V = 1 everywhere
+    stats = energy_statistics(*_steps([[1.0, 3.0], [2.0, 2.0, 5.0]]), n_boot=0)
+    pooled = np.array([1.0, 3.0, 2.0, 2.0, 5.0])
+    assert stats.global_cv == pytest.approx(pooled.std() / pooled.mean())
+    cv0 = np.std([1.0, 3.0]) / 2.0
+    cv1 = np.std([2.0, 2.0, 5.0]) / 3.0
+    assert stats.mean_trajectory_cv == pytest.approx((cv0 + cv1) / 2)
+    means = np.array([2.0, 3.0])
+    assert stats.trajectory_mean_cv == pytest.approx(means.std() / means.mean())
+    assert stats.mean_energy == pytest.approx(2.6)
+    assert stats.mean_V == 1.0
+    assert stats.mean_K == pytest.approx(1.6)
+    assert stats.kv_ratio == pytest.approx(1.6)
+    # ΔH: +2 ; 0, +3
+    assert stats.mean_dH == pytest.approx(5 / 3)
+    assert stats.mean_abs_dH == pytest.approx(5 / 3)
+    assert stats.drift == pytest.approx(1.0)
+    assert stats.n_valid == 5 and stats.n_steps == 7 and stats.n_trajectories == 2
+    assert stats.global_cv_ci is None  # n_boot = 0
+
+
+def test_zero_velocity_counted_and_excluded() -> None:
+    traj = np.array([0, 0, 0, 0])
+    k = np.array([np.nan, 2.0, -np.inf, 4.0])
+    v = np.array([1.0, 1.0, 1.0, 1.0])
+    stats = energy_statistics(traj, k, v, n_boot=0)
+    assert stats.n_zero_velocity == 1
+    assert stats.n_valid == 2
+    assert stats.mean_energy == 4.0
+    # ΔH only across consecutive valid steps: steps 1 and 3 are not consecutive.
+    assert math.isnan(stats.mean_dH)
+    assert all(
+        value is None or math.isfinite(value)
+        for value in stats.to_dict().values()
+        if isinstance(value, float)
+    )
+
+
+def test_bootstrap_ci_brackets_the_estimate_and_is_seeded() -> None:
+    rng = np.random.default_rng(1)
+    hs = [list(7 + rng.normal(0, 0.5, 20)) for _ in range(30)]
+    a = energy_statistics(*_steps(hs), n_boot=500, seed=3)
+    b = energy_statistics(*_steps(hs), n_boot=500, seed=3)
+    assert a.global_cv_ci == b.global_cv_ci
+    assert a.global_cv_ci is not None and a.mean_energy_ci is not None
+    assert a.global_cv_ci.low < a.global_cv < a.global_cv_ci.high
+    assert a.mean_energy_ci.low < a.mean_energy < a.mean_energy_ci.high
+
+
+def test_no_valid_steps_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no valid steps"):
+        energy_statistics(np.array([0]), np.array([np.nan]), np.array([1.0]))
+
+
+def test_from_steps_frame_sorts_and_reads_nulls() -> None:
+    frame = pd.DataFrame(
+        {
+            "trajectory": [1, 0, 0, 1],
+            "step": [1, 1, 0, 0],
+            "K": [2.0, 4.0, None, None],
+            "V": [1.0, 1.0, 1.0, 1.0],
+        }
+    )
+    stats = statistics_from_steps(frame, n_boot=0)
+    assert stats.n_valid == 2
+    assert stats.mean_energy == pytest.approx(4.0)
