@@ -18,6 +18,7 @@ from ppmech.errors import PPMechError
 
 COMMAND_MODULES = [
     "ppmech.cli.measure",
+    "ppmech.cli.monitor",
 ]
 
 

@@ -1,0 +1,290 @@
+"""``ppmech monitor calibrate | score | benchmark``: the energy monitor (issue #5)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ppmech.errors import PPMechError
+from ppmech.report import markdown_table, text_table
+
+
+def _read_texts(source: str, text_field: str, whole: bool) -> list[tuple[str, str]]:
+    """``(name, text)`` pairs from a file or ``-``: blank-line separated blocks, or JSONL records."""
+    if source == "-":
+        raw = sys.stdin.read()
+        name = "stdin"
+    else:
+        path = Path(source)
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise PPMechError(f"input file {path} not found", "check the path, or pass - for stdin") from exc
+        except UnicodeDecodeError as exc:
+            raise PPMechError(f"{path} is not valid UTF-8 (byte {exc.start})", "convert it to UTF-8") from exc
+        except OSError as exc:
+            raise PPMechError(f"cannot read {path}: {exc.strerror}", "check the path") from exc
+        name = path.name
+    if not raw.strip():
+        raise PPMechError(f"the input ({name}) is empty", "give the monitor some text to score")
+    if whole:
+        return [(name, raw.strip())]
+    if source.endswith(".jsonl"):
+        out = []
+        for lineno, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PPMechError(
+                    f"{name}:{lineno} is not valid JSON ({exc.msg})", "one object per line"
+                ) from exc
+            if not isinstance(record, dict) or text_field not in record:
+                raise PPMechError(f"{name}:{lineno} has no field '{text_field}'", "name it with --text-field")
+            out.append((f"{name}:{lineno}", str(record[text_field])))
+        return out
+    blocks = [b.strip() for b in raw.split("\n\n")]
+    return [(f"{name}#{i}", b) for i, b in enumerate(blocks) if b]
+
+
+def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
+    from ppmech.models import load_model
+
+    ident = cal.model
+    spec = args.model or ident["spec"]
+    weights = args.weights or ident["weights"]
+    seed = args.seed if args.seed is not None else (ident.get("seed") or 0)
+    dtype = args.dtype or ident["dtype"]
+    return load_model(spec, weights=weights, seed=seed, dtype=dtype, trust_remote_code=args.trust_remote_code)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ppmech.models import load_model
+    from ppmech.monitor import EnergyMonitor, MonitorConfig
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise PPMechError(f"{out} already exists", "pass --overwrite to replace it, or choose another --out")
+    names = {f.name for f in fields(MonitorConfig)}
+    config = MonitorConfig(**{k: v for k, v in vars(args).items() if k in names})
+    lm = load_model(
+        config.model,
+        weights=config.weights,  # type: ignore[arg-type]
+        seed=config.seed,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+    )
+    monitor = EnergyMonitor.calibrate(lm, config, progress=not args.no_progress)
+    monitor.save(out)
+    cal = monitor.calibration
+    rows = [
+        {
+            "signal": name,
+            "token mean": s.token_mean,
+            "token std": s.token_std,
+            "seq-mean std": s.seq_mean_std,
+            "CUSUM threshold": s.cusum_threshold,
+        }
+        for name, s in cal.signals.items()
+    ]
+    print(
+        text_table(pd.DataFrame(rows), title=f"\nCalibration of {lm.identity.spec} ({cal.n_sequences} texts)")
+    )
+    print(f"\nwrote {out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ppmech.monitor import Calibration, EnergyMonitor
+
+    cal = Calibration.load(args.calibration)
+    texts = _read_texts(args.input, args.text_field, args.whole)
+    lm = _load_for_calibration(args, cal)
+    cal.check_model(lm.identity, source=f"calibration file {args.calibration}")
+    monitor = EnergyMonitor(lm, cal)
+    scores = monitor.score_many([t for _, t in texts], batch_size=args.batch_size)
+    if args.json:
+        for (name, _), sc in zip(texts, scores, strict=True):
+            record: dict[str, Any] = {"source": name, **_clean(sc.sequence.to_dict())}
+            if args.tokens:
+                record["tokens"] = [_clean(r) for r in sc.tokens.to_dict(orient="records")]
+            print(json.dumps(record, ensure_ascii=False))
+        return 0
+    if args.tokens:
+        cols = ["index", "token", "V", "K", "H", "z_V", "z_K", "z_H", "cusum", "alarm"]
+        for (name, _), sc in zip(texts, scores, strict=True):
+            frame = sc.tokens[cols].copy()
+            frame["token"] = [repr(t)[1:-1] for t in frame["token"]]
+            frame["alarm"] = ["ALARM" if a else "" for a in frame["alarm"]]
+            print(text_table(frame, title=f"\n{name}: per-token scores"))
+    rows = []
+    for (name, _), sc in zip(texts, scores, strict=True):
+        s = sc.sequence
+        rows.append(
+            {
+                "source": name,
+                "tokens": s.n_tokens,
+                "mean H": s.mean_H,
+                "std H": s.std_H,
+                "drift H": s.drift_H,
+                "z mean H": s.z_mean_H,
+                "anomaly": s.anomaly,
+                "p": s.p_value,
+                "flagged": "yes" if s.flagged else "no",
+                "CUSUM max": s.cusum_max,
+                "alarm at": "—" if s.alarm_at is None else str(s.alarm_at),
+            }
+        )
+    print(text_table(pd.DataFrame(rows), title=f"\nEnergy monitor ({lm.identity.spec}, alpha={cal.alpha})"))
+    return 0
+
+
+def _clean(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe values: NaN/inf as null, numpy scalars as Python ones."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if hasattr(v, "item"):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def benchmark_report(result: Any) -> str:
+    """The benchmark as markdown: sizes, the table, the delay table."""
+    cfg = result.config
+    lines = [
+        f"### {result.model['spec']} ({result.model['num_parameters'] / 1e6:.0f}M parameters)",
+        "",
+        f"Texts per set: {result.sizes['normal']} (calibration: {result.sizes['calibration']}), "
+        f"{cfg['tokens']} tokens each, seed {cfg['seed']}; splice after {cfg['splice_at']} tokens; "
+        f"wall time {result.seconds:.0f} s. Cells: AUROC / TPR at 5% FPR against held-out English Wikipedia.",
+        "",
+        markdown_table(result.table()),
+        "",
+        "Spliced set, per-token CUSUM alarms (threshold: 95th percentile of calibration maxima):",
+        "",
+        markdown_table(result.delays),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from ppmech.monitor_benchmark import BenchmarkConfig, run_benchmark
+    from ppmech.runs import write_json
+
+    names = {f.name for f in fields(BenchmarkConfig)}
+    config = BenchmarkConfig(**{k: v for k, v in vars(args).items() if k in names})
+    result = run_benchmark(config, progress=not args.no_progress)
+    print(text_table(result.table(), title=f"\nEnergy monitor benchmark: {config.model} (AUROC / TPR@5%FPR)"))
+    print(text_table(result.delays, title="\nSpliced set: per-token CUSUM alarms"))
+    sizes = ", ".join(f"{k} {v}" for k, v in result.sizes.items())
+    print(f"\ntexts: {sizes}; {config.tokens} tokens each; {result.seconds:.0f} s")
+    if args.markdown:
+        Path(args.markdown).write_text(benchmark_report(result))
+        print(f"wrote {args.markdown}")
+    if args.json:
+        write_json(Path(args.json), _json_safe(result.to_dict()))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item"):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# Defaults of MonitorConfig / BenchmarkConfig, repeated here so that `ppmech --help`
+# does not import torch; tests/unit/test_monitor_cli_defaults.py keeps them equal.
+CALIBRATE_DEFAULTS: dict[str, Any] = {
+    "corpus": "wiki-en",
+    "split": "heldout",
+    "sequences": 200,
+    "tokens": 64,
+    "alpha": 0.05,
+    "cusum_k": 0.5,
+    "z_clip": 5.0,
+    "batch_size": 16,
+}
+BENCHMARK_DEFAULTS: dict[str, Any] = {
+    "model": "smollm2-135m",
+    "dtype": "float32",
+    "seed": 0,
+    "sequences": 100,
+    "calibration_sequences": 150,
+    "tokens": 64,
+    "splice_at": 32,
+    "batch_size": 16,
+}
+
+
+def register(sub: Any) -> None:
+    from ppmech.cli.measure import add_model_args
+
+    group = sub.add_parser("monitor", help="energy monitor: calibrate, score text, benchmark")
+    msub = group.add_subparsers(dest="monitor_command", required=True, parser_class=type(group))
+
+    d = CALIBRATE_DEFAULTS
+    p = msub.add_parser("calibrate", help="learn a model's normal energy distribution")
+    add_model_args(p)
+    p.add_argument("--corpus", default=d["corpus"], help="normal text: wiki-en (default), wiki-es, a path")
+    p.add_argument("--split", choices=["heldout", "prompts", "all"], default=d["split"])
+    p.add_argument("--sequences", type=int, default=d["sequences"], help="calibration texts")
+    p.add_argument("--tokens", type=int, default=d["tokens"], help="tokens per calibration text")
+    p.add_argument("--alpha", type=float, default=d["alpha"], help="false-alarm rate of the thresholds")
+    p.add_argument("--cusum-k", type=float, default=d["cusum_k"], help="CUSUM slack (std units)")
+    p.add_argument("--z-clip", type=float, default=d["z_clip"], help="clip |z| before the CUSUM")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--out", required=True, help="calibration JSON file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = msub.add_parser("score", help="score texts against a calibration")
+    p.add_argument("input", help="text file (blank-line separated texts), .jsonl, or - for stdin")
+    p.add_argument("--calibration", required=True, help="JSON written by `ppmech monitor calibrate`")
+    p.add_argument("--model", default=None, help="default: the model the calibration names")
+    p.add_argument("--weights", choices=["pretrained", "random"], default=None)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--tokens", action="store_true", help="also print per-token scores")
+    p.add_argument("--whole", action="store_true", help="score the whole input as one text")
+    p.add_argument("--text-field", default="text", help="text field of JSONL input")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_score)
+
+    b = BENCHMARK_DEFAULTS
+    p = msub.add_parser("benchmark", help="AUROC of the monitor and baselines on shifted text")
+    p.add_argument("--model", default=b["model"])
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=b["dtype"])
+    p.add_argument("--seed", type=int, default=b["seed"])
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--sequences", type=int, default=b["sequences"], help="texts per set")
+    p.add_argument("--calibration-sequences", type=int, default=b["calibration_sequences"])
+    p.add_argument("--tokens", type=int, default=b["tokens"], help="tokens per text")
+    p.add_argument("--splice-at", type=int, default=b["splice_at"])
+    p.add_argument("--batch-size", type=int, default=b["batch_size"])
+    p.add_argument("--markdown", default=None, help="also write the tables as markdown")
+    p.add_argument("--json", default=None, help="also write all numbers as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_benchmark)

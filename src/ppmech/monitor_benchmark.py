@@ -1,0 +1,468 @@
+"""How well does the conserved energy detect shifted text, next to standard baselines? (issue #5)
+
+Everything is built offline from the embedded corpora and models, seeded. Each
+sequence is the model's special prefix followed by ``tokens`` token ids; sets
+are built at the id level (no re-tokenisation):
+
+* ``normal``: held-out English Wikipedia (:func:`ppmech.corpus.document_split`),
+  disjoint from the calibration texts.
+* ``shuffled``: each normal text with its tokens randomly permuted.
+* ``wiki-es``, ``wiki-fr``: the first ``tokens`` tokens of Spanish and French articles.
+* ``random-chars``: strings of random printable ASCII characters, tokenised.
+* ``repetition``: a random span of 2–12 tokens of each normal text, repeated.
+* ``random-model``: greedy continuations (the paper's decoding) by the same
+  architecture with random weights (seed 0) of the first 4 tokens of each
+  normal text: 4 natural tokens, then ``tokens - 4`` generated ones.
+* ``spliced``: the first ``splice_at`` tokens of each normal text, then a
+  Spanish or French passage (alternating) to ``tokens`` tokens; the detection
+  delay of each per-token alarm is measured from the first foreign token.
+
+Per-sequence scores (higher = more anomalous; see :mod:`ppmech.monitor` for the
+definitions): the monitor's anomaly score, ``|z|`` of mean ``H``, the CUSUM
+maximum on ``z_H``, ``|z|`` of mean ``K``; the standard baselines mean NLL,
+``-`` mean max softmax probability, mean energy score ``-logsumexp(logits)``
+(Liu et al. 2020) and mean predictive entropy, used one-sided as in the
+literature; and the calibrated two-sided ``|z|`` of the sequence mean of each
+baseline signal (against the same calibration texts) and the CUSUM on ``z_NLL``,
+which separate what calibration buys from what ``H`` buys.
+
+Metrics: AUROC (normal = negative, shifted = positive; ties count ½) and the
+TPR at 5% FPR (threshold: the smallest score exceeded by at most 5% of normal
+texts).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ppmech.errors import PPMechError
+from ppmech.models import LoadedModel
+from ppmech.monitor import (
+    Calibration,
+    MonitorConfig,
+    TokenTrace,
+    calibration_sequences,
+    cusum_path,
+    first_alarm,
+    fit_calibration,
+    trace_many,
+)
+
+F64 = Any
+
+SETS = ("shuffled", "wiki-es", "wiki-fr", "random-chars", "repetition", "random-model", "spliced")
+DELAY_SIGNALS = {
+    "H (energy)": "H",
+    "K (kinetic)": "K",
+    "NLL": "V",
+    "entropy": "entropy",
+    "max softmax prob": "msp",
+    "energy score -logsumexp": "neg_lse",
+}
+
+
+# --------------------------------------------------------------------------- pure metrics
+
+
+def auroc(normal: Sequence[float], shifted: Sequence[float]) -> float:
+    """Area under the ROC curve: ``P(shifted > normal) + ½ P(shifted == normal)``.
+
+    NaN scores are dropped. Returns NaN if either side is empty.
+    """
+    a = np.asarray(normal, dtype=np.float64)
+    b = np.asarray(shifted, dtype=np.float64)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    if not len(a) or not len(b):
+        return float("nan")
+    greater = (b[:, None] > a[None, :]).sum()
+    equal = (b[:, None] == a[None, :]).sum()
+    return float((greater + 0.5 * equal) / (len(a) * len(b)))
+
+
+def tpr_at_fpr(normal: Sequence[float], shifted: Sequence[float], fpr: float = 0.05) -> float:
+    """Fraction of shifted scores above the threshold that at most ``fpr`` of normal scores exceed.
+
+    The threshold is the ``(m+1)``-th largest normal score with ``m = floor(fpr * N)``;
+    a shifted text counts only if it scores strictly above it (conservative under ties).
+    """
+    a = np.sort(np.asarray(normal, dtype=np.float64)[~np.isnan(np.asarray(normal, dtype=np.float64))])[::-1]
+    b = np.asarray(shifted, dtype=np.float64)
+    b = b[~np.isnan(b)]
+    if not len(a) or not len(b):
+        return float("nan")
+    m = math.floor(fpr * len(a) + 1e-9)
+    threshold = a[min(m, len(a) - 1)]
+    return float(np.mean(b > threshold))
+
+
+def delay_stats(
+    paths: Sequence[F64], threshold: float, splice: Sequence[int]
+) -> tuple[float, float, float, float]:
+    """Detection of a splice by a per-token alarm.
+
+    For each CUSUM path, the first alarm (entry above ``threshold``) is a false
+    alarm if it comes before the splice index, a detection otherwise, with delay
+    ``alarm - splice`` tokens.
+
+    Returns:
+        ``(detected fraction, false-alarm fraction, median delay, mean delay)``;
+        delays over detected sequences only (NaN if none).
+    """
+    delays, false = [], 0
+    for path, s in zip(paths, splice, strict=True):
+        at = first_alarm(np.asarray(path), threshold)
+        if at is None:
+            continue
+        if at < s:
+            false += 1
+        else:
+            delays.append(at - s)
+    n = len(splice)
+    if not delays:
+        return 0.0, false / n, float("nan"), float("nan")
+    return len(delays) / n, false / n, float(np.median(delays)), float(np.mean(delays))
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _mean(x: F64) -> float:
+    v = np.asarray(x, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
+def _cusum_max(cal: Calibration, signal: str) -> Callable[[TokenTrace], float]:
+    def score(t: TokenTrace) -> float:
+        z = cal.signals[signal].z(t.signal(signal))
+        return float(cusum_path(z, cal.cusum_k, cal.z_clip).max(initial=0.0))
+
+    return score
+
+
+def methods(cal: Calibration) -> dict[str, tuple[str, Callable[[TokenTrace], float]]]:
+    """Name -> (family, per-sequence score; higher = more anomalous)."""
+    s = cal.signals
+    return {
+        "anomaly (mean, std, drift of H)": ("energy", lambda t: cal.anomaly(t.H)),
+        "|z| mean H": ("energy", lambda t: abs(s["H"].seq_z(t.H))),
+        "CUSUM max z_H": ("energy", _cusum_max(cal, "H")),
+        "|z| mean K": ("energy", lambda t: abs(s["K"].seq_z(t.K))),
+        "mean NLL": ("baseline", lambda t: _mean(t.V)),
+        "max softmax prob (-MSP)": ("baseline", lambda t: -_mean(t.msp)),
+        "energy score -logsumexp": ("baseline", lambda t: _mean(t.neg_lse)),
+        "predictive entropy": ("baseline", lambda t: _mean(t.entropy)),
+        "|z| mean NLL": ("calibrated baseline", lambda t: abs(s["V"].seq_z(t.V))),
+        "|z| mean MSP": ("calibrated baseline", lambda t: abs(s["msp"].seq_z(t.msp))),
+        "|z| mean energy score": ("calibrated baseline", lambda t: abs(s["neg_lse"].seq_z(t.neg_lse))),
+        "|z| mean entropy": ("calibrated baseline", lambda t: abs(s["entropy"].seq_z(t.entropy))),
+        "CUSUM max z_NLL": ("calibrated baseline", _cusum_max(cal, "V")),
+    }
+
+
+# --------------------------------------------------------------------------- sets
+
+
+@dataclass
+class BenchmarkConfig:
+    """Configuration of ``ppmech monitor benchmark``.
+
+    Attributes:
+        model, dtype, seed, trust_remote_code: the (pretrained) model to monitor; ``seed``
+            drives every random choice.
+        sequences: texts per set (normal and each shifted set).
+        calibration_sequences: held-out English texts to calibrate on (disjoint from ``normal``).
+        tokens: tokens per text (after the special prefix).
+        splice_at: English tokens before the foreign passage in ``spliced``.
+        alpha, cusum_k, z_clip: the monitor's thresholds (see :class:`ppmech.monitor.MonitorConfig`).
+        batch_size: texts per forward pass.
+    """
+
+    model: str = "smollm2-135m"
+    dtype: str = "float32"
+    seed: int = 0
+    trust_remote_code: bool = False
+    sequences: int = 100
+    calibration_sequences: int = 150
+    tokens: int = 64
+    splice_at: int = 32
+    alpha: float = 0.05
+    cusum_k: float = 0.5
+    z_clip: float = 5.0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.sequences < 10:
+            raise PPMechError(f"--sequences must be at least 10 (got {self.sequences})", "use e.g. 100")
+        if self.tokens < 16:
+            raise PPMechError(f"--tokens must be at least 16 (got {self.tokens})", "use e.g. 64")
+        if not 4 <= self.splice_at <= self.tokens - 4:
+            raise PPMechError(
+                f"--splice-at must be between 4 and tokens - 4 = {self.tokens - 4} (got {self.splice_at})",
+                "use e.g. half of --tokens",
+            )
+
+    def monitor_config(self) -> MonitorConfig:
+        return MonitorConfig(
+            model=self.model,
+            dtype=self.dtype,
+            seed=self.seed,
+            sequences=self.calibration_sequences,
+            tokens=self.tokens,
+            alpha=self.alpha,
+            cusum_k=self.cusum_k,
+            z_clip=self.z_clip,
+            batch_size=self.batch_size,
+            trust_remote_code=self.trust_remote_code,
+        )
+
+
+@dataclass
+class BenchmarkSets:
+    """The id sequences of every set, and the splice index (into scored tokens) per spliced text."""
+
+    calibration: list[list[int]]
+    sets: dict[str, list[list[int]]]
+    splice_index: list[int]
+
+
+def _foreign(lm: LoadedModel, corpus: str, n: int, tokens: int, seed: int) -> list[list[int]]:
+    from ppmech.corpus import load_documents, select_prompts
+
+    docs = load_documents(corpus)
+    return [list(p.ids) for p in select_prompts(docs, lm.tokenizer, n, context_tokens=tokens, seed=seed)]
+
+
+def build_sets(lm: LoadedModel, config: BenchmarkConfig, progress: bool = False) -> BenchmarkSets:
+    """Build every set, deterministically from ``config.seed``."""
+    from ppmech.corpus import special_prefix
+
+    n, tokens = config.sequences, config.tokens
+    prefix = special_prefix(lm.tokenizer)
+    p = len(prefix)
+    mcfg = config.monitor_config()
+    calibration = calibration_sequences(lm, mcfg)
+    normal = calibration_sequences(
+        lm, MonitorConfig(**{**asdict(mcfg), "sequences": n}), offset=config.calibration_sequences
+    )
+    rng = random.Random(config.seed)
+    body = [s[p:] for s in normal]
+
+    shuffled = []
+    for b in body:
+        perm = list(b)
+        rng.shuffle(perm)
+        shuffled.append(prefix + perm)
+
+    es = _foreign(lm, "wiki-es", n, tokens, config.seed)
+    fr = _foreign(lm, "wiki-fr", n, tokens, config.seed)
+
+    alphabet = string.ascii_letters + string.digits + string.punctuation + " " * 10
+    chars = []
+    for _ in range(n):
+        ids: list[int] = []
+        while len(ids) < tokens:
+            text = "".join(rng.choice(alphabet) for _ in range(4 * tokens))
+            ids = list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        chars.append(prefix + ids[:tokens])
+
+    repetition = []
+    for b in body:
+        period = rng.randint(2, 12)
+        start = rng.randint(0, len(b) - period)
+        span = b[start : start + period]
+        repetition.append(prefix + (span * (tokens // period + 1))[:tokens])
+
+    random_model = _random_model_texts(lm, config, [s[: p + 4] for s in normal], progress)
+
+    # Foreign passages for the splice: other articles than the es/fr sets (another seed).
+    half = n // 2 + 1
+    foreign = _foreign(lm, "wiki-es", half, tokens, config.seed + 1)
+    foreign_fr = _foreign(lm, "wiki-fr", half, tokens, config.seed + 1)
+    spliced, splice_index = [], []
+    for i, b in enumerate(body):
+        passage = (foreign if i % 2 == 0 else foreign_fr)[i // 2][p:]
+        spliced.append(prefix + b[: config.splice_at] + passage[: tokens - config.splice_at])
+        # The first foreign token sits at id position p + splice_at, i.e. scored index p + splice_at - 1.
+        splice_index.append(p + config.splice_at - 1)
+
+    return BenchmarkSets(
+        calibration=calibration,
+        sets={
+            "normal": normal,
+            "shuffled": shuffled,
+            "wiki-es": es,
+            "wiki-fr": fr,
+            "random-chars": chars,
+            "repetition": repetition,
+            "random-model": random_model,
+            "spliced": spliced,
+        },
+        splice_index=splice_index,
+    )
+
+
+def _random_model_texts(
+    lm: LoadedModel, config: BenchmarkConfig, prompts: list[list[int]], progress: bool
+) -> list[list[int]]:
+    """Greedy continuations by the random-weight model (seed 0) of ``prompts``."""
+    from ppmech.models import load_model
+    from ppmech.recording import Decoding, Recorder
+
+    rand = load_model(
+        lm.identity.spec,
+        weights="random",
+        seed=0,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+    )
+    new = config.tokens - 4
+    recorder = Recorder(rand, Decoding("greedy"))
+    out = []
+    for i in range(0, len(prompts), 50):
+        batch = prompts[i : i + 50]
+        rec = recorder.record(batch, new)
+        for prompt, row in zip(batch, rec.token_ids, strict=True):
+            out.append(list(prompt) + [int(x) for x in row.tolist()])
+    del rand
+    return out
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`run_benchmark` measured.
+
+    Attributes:
+        config: the :class:`BenchmarkConfig`.
+        model: the monitored model's identity (dict).
+        sizes: texts per set (``calibration`` included).
+        scores: long frame ``set, method, family, auroc, tpr_at_5fpr``.
+        delays: frame ``signal, detected, false_alarm, median_delay, mean_delay``
+            for the spliced set, one row per per-token CUSUM alarm.
+        seconds: wall time of the whole benchmark.
+        versions: software versions.
+    """
+
+    config: dict[str, Any]
+    model: dict[str, Any]
+    sizes: dict[str, int]
+    scores: pd.DataFrame
+    delays: pd.DataFrame
+    seconds: float
+    versions: dict[str, str]
+
+    def table(self, metric: str = "both") -> pd.DataFrame:
+        """Methods as rows, shifted sets as columns; cells ``AUROC / TPR@5%FPR`` (or one metric)."""
+        rows = []
+        for method, group in self.scores.groupby("method", sort=False):
+            row: dict[str, Any] = {"method": method, "family": group["family"].iloc[0]}
+            for _, r in group.iterrows():
+                if metric == "auroc":
+                    row[r["set"]] = r["auroc"]
+                elif metric == "tpr":
+                    row[r["set"]] = r["tpr_at_5fpr"]
+                else:
+                    row[r["set"]] = f"{r['auroc']:.2f} / {r['tpr_at_5fpr']:.2f}"
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "model": self.model,
+            "sizes": self.sizes,
+            "scores": self.scores.to_dict(orient="records"),
+            "delays": self.delays.to_dict(orient="records"),
+            "seconds": self.seconds,
+            "versions": self.versions,
+        }
+
+
+def evaluate(
+    cal: Calibration,
+    traces: dict[str, list[TokenTrace]],
+    splice_index: Sequence[int],
+    fpr: float = 0.05,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score every set with every method (pure given traces); returns ``(scores, delays)``."""
+    rows = []
+    for name, (family, fn) in methods(cal).items():
+        normal = [fn(t) for t in traces["normal"]]
+        for set_name in SETS:
+            if set_name not in traces:
+                continue
+            shifted = [fn(t) for t in traces[set_name]]
+            rows.append(
+                {
+                    "set": set_name,
+                    "method": name,
+                    "family": family,
+                    "auroc": auroc(normal, shifted),
+                    "tpr_at_5fpr": tpr_at_fpr(normal, shifted, fpr),
+                }
+            )
+    delay_rows = []
+    if "spliced" in traces:
+        for label, signal in DELAY_SIGNALS.items():
+            sc = cal.signals[signal]
+            paths = [cusum_path(sc.z(t.signal(signal)), cal.cusum_k, cal.z_clip) for t in traces["spliced"]]
+            normal_paths = [
+                cusum_path(sc.z(t.signal(signal)), cal.cusum_k, cal.z_clip) for t in traces["normal"]
+            ]
+            normal_alarm = np.mean([first_alarm(q, sc.cusum_threshold) is not None for q in normal_paths])
+            det, false, med, mean = delay_stats(paths, sc.cusum_threshold, splice_index)
+            delay_rows.append(
+                {
+                    "CUSUM on z of": label,
+                    "alarm on normal": float(normal_alarm),
+                    "false alarm before splice": false,
+                    "detected after splice": det,
+                    "median delay (tokens)": med,
+                    "mean delay (tokens)": mean,
+                }
+            )
+    return pd.DataFrame(rows), pd.DataFrame(delay_rows)
+
+
+def run_benchmark(
+    config: BenchmarkConfig, lm: LoadedModel | None = None, progress: bool = True
+) -> BenchmarkResult:
+    """Build the sets, calibrate on held-out English, score everything, and tabulate."""
+    from ppmech.measure import versions
+    from ppmech.models import load_model
+
+    start = time.perf_counter()
+    if lm is None:
+        lm = load_model(
+            config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code, seed=config.seed
+        )
+    sets = build_sets(lm, config, progress)
+    cal_traces = trace_many(lm, sets.calibration, config.batch_size, "calibration" if progress else None)
+    cal = fit_calibration(cal_traces, lm.identity, config.monitor_config(), versions())
+    traces = {
+        name: trace_many(lm, seqs, config.batch_size, name if progress else None)
+        for name, seqs in sets.sets.items()
+    }
+    scores, delays = evaluate(cal, traces, sets.splice_index)
+    sizes = {"calibration": len(sets.calibration)} | {k: len(v) for k, v in sets.sets.items()}
+    return BenchmarkResult(
+        config=asdict(config),
+        model=lm.identity.to_dict() | {"key": lm.identity.key},
+        sizes=sizes,
+        scores=scores,
+        delays=delays,
+        seconds=time.perf_counter() - start,
+        versions=versions(),
+    )
