@@ -1,0 +1,101 @@
+"""The energy monitor on the real SmolLM2-135M: streaming equals teacher forcing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ppmech.errors import PPMechError
+from ppmech.models import LoadedModel
+from ppmech.monitor import EnergyMonitor, MonitorConfig, text_ids, trace_batch
+from ppmech.recording import Decoding, Recorder
+
+pytestmark = pytest.mark.slow
+
+TEXT = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+    "It is named after the engineer Gustave Eiffel, whose company designed and built the tower."
+)
+
+
+@pytest.fixture(scope="module")
+def monitor(smollm2: LoadedModel) -> EnergyMonitor:
+    return EnergyMonitor.calibrate(smollm2, MonitorConfig(sequences=8, tokens=24, batch_size=8))
+
+
+COLUMNS = ["V", "K", "H", "z_H", "cusum", "entropy", "msp", "neg_lse"]
+
+
+def test_streaming_scores_equal_teacher_forced_scores(monitor: EnergyMonitor) -> None:
+    forced = monitor.score(TEXT)
+    stream = monitor.stream()
+    results = [stream.step(t) for t in text_ids(monitor.lm, TEXT)]
+    assert results[0] is None  # SmolLM2 has no BOS: nothing predicts the first token
+    streamed = stream.result()
+    assert streamed.tokens["token_id"].tolist() == forced.tokens["token_id"].tolist()
+    assert np.isnan(forced.tokens["H"].iloc[0]) and np.isnan(streamed.tokens["H"].iloc[0])
+    a = streamed.tokens[COLUMNS].to_numpy()[1:]
+    b = forced.tokens[COLUMNS].to_numpy()[1:]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    assert streamed.sequence.anomaly == pytest.approx(forced.sequence.anomaly, rel=1e-3, abs=1e-3)
+    assert streamed.sequence.mean_H == pytest.approx(forced.sequence.mean_H, abs=1e-4)
+    assert streamed.sequence.alarm_at == forced.sequence.alarm_at
+
+
+def test_chunked_feed_equals_single_steps(monitor: EnergyMonitor) -> None:
+    ids = text_ids(monitor.lm, TEXT)
+    chunked = monitor.stream()
+    chunked.feed(ids[:7])
+    chunked.feed(ids[7:20])
+    chunked.feed(ids[20:])
+    single = monitor.stream()
+    for t in ids:
+        single.step(t)
+    a = chunked.result().tokens[COLUMNS].to_numpy()[1:]
+    b = single.result().tokens[COLUMNS].to_numpy()[1:]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_trace_matches_the_recorder_in_teacher_mode(smollm2: LoadedModel) -> None:
+    ids = text_ids(smollm2, TEXT)
+    trace = trace_batch(smollm2, [ids])[0]
+    rec = Recorder(smollm2, Decoding("teacher")).record([ids[:1]], len(ids) - 1, targets=[ids[1:]])
+    np.testing.assert_allclose(trace.V, -rec.logp[0].double().numpy(), atol=1e-4)
+    k = np.log(0.5 * rec.speed_sq[0].numpy())
+    np.testing.assert_allclose(trace.K[1:], k[1:], atol=1e-4)
+    # Left padding in a batch does not change a row.
+    short = ids[:15]
+    batched = trace_batch(smollm2, [ids, short])[1]
+    alone = trace_batch(smollm2, [short])[0]
+    np.testing.assert_allclose(batched.H[1:], alone.H[1:], atol=1e-3)
+
+
+def test_generation_wrapper_streams_scores(monitor: EnergyMonitor) -> None:
+    ids = text_ids(monitor.lm, TEXT)[:12]
+    out = list(monitor.generate(ids, 6))
+    assert len(out) == 6
+    tokens = [t for t, _ in out]
+    # The wrapper's tokens are the model's greedy choices.
+    rec = Recorder(monitor.lm, Decoding("greedy")).record([ids], 6)
+    assert tokens == rec.token_ids[0].tolist()
+    assert all(np.isfinite(s.H) for _, s in out)
+    assert out[-1][1].index == len(ids) - 2 + 6
+
+
+def test_degenerate_repetition_raises_the_alarm(monitor: EnergyMonitor) -> None:
+    normal = monitor.score(TEXT).sequence
+    looped = monitor.score(" the end of the" * 12).sequence
+    assert looped.alarm_at is not None
+    assert looped.anomaly > normal.anomaly
+
+
+def test_bad_input_is_refused(monitor: EnergyMonitor, smollm2_random: LoadedModel) -> None:
+    with pytest.raises(PPMechError, match="empty"):
+        monitor.score("   \n")
+    with pytest.raises(PPMechError, match="needs at least"):
+        monitor.score("Hi")
+    long_text = "word " * (monitor.lm.max_context + 10)
+    with pytest.raises(PPMechError, match="does not window"):
+        monitor.score(long_text)
+    with pytest.raises(PPMechError, match="was made for model"):
+        EnergyMonitor(smollm2_random, monitor.calibration)

@@ -1,0 +1,205 @@
+"""Pure parts of the energy monitor, against hand-computed cases."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ppmech.errors import PPMechError
+from ppmech.models import ModelIdentity
+from ppmech.monitor import (
+    SIGNALS,
+    Calibration,
+    MonitorConfig,
+    TokenTrace,
+    calibrate_signal,
+    cusum_path,
+    cusum_step,
+    distribution_terms,
+    first_alarm,
+    fit_calibration,
+    log_kinetic_from_states,
+    mahalanobis,
+    score_trace,
+    sequence_features,
+    tail_p_value,
+)
+
+IDENTITY = ModelIdentity(
+    spec="toy",
+    source="/nowhere",
+    source_hash="ab" * 32,
+    weights="pretrained",
+    seed=None,
+    model_type="llama",
+    num_parameters=10,
+    num_layers=1,
+    hidden_size=2,
+    vocab_size=4,
+    max_context=128,
+    tokenizer_hash="cd" * 32,
+    dtype="float32",
+)
+
+
+def _trace(h: list[float], v: list[float] | None = None) -> TokenTrace:
+    n = len(h)
+    hv = np.array(h, dtype=np.float64)
+    vv = np.array(v if v is not None else [1.0] * n, dtype=np.float64)
+    return TokenTrace(
+        token_ids=np.arange(n, dtype=np.int64),
+        V=vv,
+        K=hv - vv,
+        H=hv,
+        entropy=np.full(n, 2.0) + 0.1 * np.arange(n),
+        msp=np.full(n, 0.5),
+        neg_lse=np.linspace(-20, -19, n),
+    )
+
+
+def _traces(seed: int = 0, n: int = 30, length: int = 20) -> list[TokenTrace]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h = list(rng.normal(9.0, 1.0, length))
+        h[0] = float("nan")
+        out.append(_trace(h, list(rng.normal(3.0, 1.0, length))))
+    return out
+
+
+def test_sequence_features_by_hand() -> None:
+    mean, std, drift = sequence_features(np.array([np.nan, 1.0, 2.0, 3.0]))
+    assert mean == pytest.approx(2.0)
+    assert std == pytest.approx(1.0)  # ddof 1
+    assert drift == pytest.approx(1.0)  # one nat per token
+    mean, std, drift = sequence_features(np.array([np.nan, 5.0, -np.inf, 5.0]))
+    assert (mean, std, drift) == (pytest.approx(5.0), pytest.approx(0.0), pytest.approx(0.0))
+    assert all(math.isnan(x) for x in sequence_features(np.array([np.nan, 1.0])))
+
+
+def test_cusum_by_hand() -> None:
+    # k = 0.5: z = 2 -> S+ = 1.5; z = 2 -> 3.0; z = -1 -> 1.5, S- = 0.5; NaN leaves the state.
+    path = cusum_path(np.array([2.0, 2.0, -1.0, np.nan, -10.0]), k=0.5, clip=3.0)
+    # last z clipped to -3: S+ = max(0, 1.5 - 3 - 0.5) = 0, S- = 0.5 + 3 - 0.5 = 3.0
+    assert path.tolist() == pytest.approx([1.5, 3.0, 1.5, 1.5, 3.0])
+    assert cusum_step((0.0, 0.0), float("nan"), 0.5, 5.0) == (0.0, 0.0)
+    assert first_alarm(path, 2.0) == 1
+    assert first_alarm(path, 3.0) is None
+
+
+def test_mahalanobis_and_p_value() -> None:
+    cov_inv = np.linalg.inv(np.diag([4.0, 1.0, 1.0]))
+    assert mahalanobis(np.array([2.0, 0.0, 0.0]), np.zeros(3), cov_inv) == pytest.approx(1.0)
+    assert mahalanobis(np.array([0.0, 3.0, 4.0]), np.zeros(3), cov_inv) == pytest.approx(5.0)
+    assert math.isnan(mahalanobis(np.array([np.nan, 0, 0]), np.zeros(3), cov_inv))
+    ref = [1.0, 2.0, 3.0, 4.0]
+    assert tail_p_value(3.5, ref) == pytest.approx(2 / 5)
+    assert tail_p_value(10.0, ref) == pytest.approx(1 / 5)
+    assert tail_p_value(0.0, ref) == pytest.approx(1.0)
+
+
+def test_distribution_terms_by_hand() -> None:
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [math.log(3.0), 0.0, -1e9, -1e9]])
+    terms = distribution_terms(logits, torch.tensor([2, 1]))
+    assert terms["V"].tolist() == pytest.approx([math.log(4), math.log(4)], abs=1e-6)
+    assert terms["msp"].tolist() == pytest.approx([0.25, 0.75], abs=1e-6)
+    assert terms["neg_lse"].tolist() == pytest.approx([-math.log(4), -math.log(4)], abs=1e-6)
+    h2 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert terms["entropy"].tolist() == pytest.approx([math.log(4), h2], abs=1e-6)
+
+
+def test_log_kinetic_from_states() -> None:
+    assert log_kinetic_from_states(torch.tensor([3.0, 4.0]), torch.zeros(2)) == pytest.approx(math.log(12.5))
+    assert log_kinetic_from_states(torch.ones(2), torch.ones(2)) == float("-inf")
+
+
+def test_calibrate_signal_by_hand() -> None:
+    values = [np.array([np.nan, 1.0, 3.0]), np.array([2.0, 2.0]), np.array([5.0, -np.inf, 7.0])]
+    sc = calibrate_signal(values, k=0.5, clip=5.0, alpha=0.05)
+    pooled = np.array([1.0, 3.0, 2.0, 2.0, 5.0, 7.0])
+    assert sc.token_mean == pytest.approx(pooled.mean())
+    assert sc.token_std == pytest.approx(pooled.std(ddof=1))
+    assert sc.seq_mean_mean == pytest.approx(np.mean([2.0, 2.0, 6.0]))
+    assert sc.seq_mean_std == pytest.approx(np.std([2.0, 2.0, 6.0], ddof=1))
+    assert sc.z(np.array([sc.token_mean]))[0] == pytest.approx(0.0)
+    assert sc.cusum_threshold > 0
+
+
+def test_fit_calibration_and_scores() -> None:
+    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=30, tokens=20))
+    assert set(cal.signals) == set(SIGNALS)
+    assert cal.signals["H"].token_mean == pytest.approx(9.0, abs=0.2)
+    assert len(cal.anomaly_reference) == 30
+    # The calibration's own sequences are flagged at about the alpha rate.
+    flagged = [tail_p_value(a, cal.anomaly_reference) <= cal.alpha for a in cal.anomaly_reference]
+    assert sum(flagged) <= 3
+
+    normal = score_trace(_traces(seed=1, n=1)[0], cal)
+    shifted_h = [float("nan")] + [14.0 + 0.2 * i for i in range(19)]
+    shifted = score_trace(_trace(shifted_h), cal)
+    assert shifted.sequence.anomaly > normal.sequence.anomaly
+    assert shifted.sequence.flagged
+    assert shifted.sequence.alarm_at is not None and shifted.sequence.alarm_at <= 3
+    assert shifted.sequence.z_mean_H > 5
+    assert list(shifted.tokens.columns[:6]) == ["index", "token_id", "token", "V", "K", "H"]
+    assert shifted.tokens["alarm"].iloc[-1]
+
+
+def test_calibration_round_trip_and_identity(tmp_path: Path) -> None:
+    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=30, tokens=20))
+    path = cal.save(tmp_path / "cal.json")
+    back = Calibration.load(path)
+    assert back.to_dict() == json.loads(path.read_text())
+    assert back.signals["V"] == cal.signals["V"]
+    back.check_model(IDENTITY)
+    with pytest.raises(PPMechError, match="was made for model"):
+        back.check_model(replace(IDENTITY, weights="random", seed=0))
+    with pytest.raises(PPMechError, match="different tokenizer"):
+        back.check_model(replace(IDENTITY, tokenizer_hash="ee" * 32))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("signals"),
+        lambda d: d.__setitem__("kind", "something-else"),
+        lambda d: d["signals"]["H"].pop("token_std"),
+        lambda d: d.__setitem__("feature_cov", [[1.0, 2.0]]),
+        lambda d: d.__setitem__("anomaly_reference", []),
+        lambda d: d["model"].pop("key"),
+        lambda d: d.__setitem__("schema_version", 99),
+    ],
+)
+def test_corrupt_calibration_is_refused(tmp_path: Path, mutate: object) -> None:
+    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=30, tokens=20))
+    data = cal.to_dict()
+    mutate(data)  # type: ignore[operator]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PPMechError, match="not a valid ppmech monitor calibration"):
+        Calibration.load(path)
+
+
+def test_truncated_json_is_refused(tmp_path: Path) -> None:
+    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=30, tokens=20))
+    path = cal.save(tmp_path / "cal.json")
+    path.write_text(path.read_text()[:200])
+    with pytest.raises(PPMechError, match="invalid JSON"):
+        Calibration.load(path)
+    with pytest.raises(PPMechError, match="not found"):
+        Calibration.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"sequences": 2}, {"tokens": 3}, {"alpha": 0.0}, {"alpha": 1.5}, {"batch_size": 0}, {"split": "x"}],
+)
+def test_monitor_config_validation(kwargs: dict[str, object]) -> None:
+    with pytest.raises(PPMechError):
+        MonitorConfig(**kwargs)  # type: ignore[arg-type]
