@@ -18,7 +18,9 @@ from ppmech.errors import PPMechError
 
 COMMAND_MODULES = [
     "ppmech.cli.measure",
+    "ppmech.cli.verify",
     "ppmech.cli.monitor",
+    "ppmech.cli.steer",
 ]
 
 

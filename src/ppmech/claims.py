@@ -1,0 +1,893 @@
+"""The claims ledger: every quantitative claim of the paper, as data, with its verdict rule.
+
+Each :class:`Claim` names the paper's figure, the measurement that tests it and
+a :class:`Rule` decided *before* any measurement and written here as data.
+:func:`evaluate` applies the rules to measured :class:`~ppmech.analyses.Estimate`
+values; :func:`render_markdown` and :func:`ledger_json` write the ledger.
+
+Measurement keys are ``"{model}/{condition}/{metric}"``, e.g.
+``smollm2-135m/pretrained/global_cv``; a claim's templates use ``{model}``.
+
+Verdicts are ``supported``, ``not supported`` or ``inconclusive``. Every rule uses
+the 95% CI of the measured figure (trajectory bootstrap), never just the point:
+
+* ``below x``: supported if CI high < x; not supported if CI low >= x.
+* ``above x``: supported if CI low > x; not supported if CI high <= x.
+* ``between a b``: supported if the CI lies inside [a, b]; not supported if it lies outside.
+* ``near x ± tol``: supported if the CI overlaps [x(1-tol), x(1+tol)]; otherwise not supported.
+* ``less than k·other`` / ``greater than k·other``: compares two CIs; supported if
+  they are separated in the claimed direction, not supported if separated the
+  other way, inconclusive if they overlap.
+* ``point below/above other``: for tables without CIs (per-layer), on point estimates.
+* ``untestable``: inconclusive, with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ppmech.analyses import Estimate, implied_sample_size
+
+Verdict = Literal["supported", "not supported", "inconclusive"]
+RuleKind = Literal[
+    "below", "above", "between", "near", "less_than", "greater_than", "point_less_than", "untestable"
+]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A verdict rule; see the module docstring for each kind."""
+
+    kind: RuleKind
+    value: float | None = None
+    high: float | None = None
+    tol: float | None = None
+    factor: float = 1.0
+    reason: str = ""
+
+    def describe(self) -> str:
+        k = self.kind
+        if k == "below":
+            return f"supported if 95% CI < {self.value:g}; not if CI low >= {self.value:g}; else inconclusive"
+        if k == "above":
+            return (
+                f"supported if 95% CI > {self.value:g}; not if CI high <= {self.value:g}; else inconclusive"
+            )
+        if k == "between":
+            return (
+                f"supported if 95% CI inside [{self.value:g}, {self.high:g}]; not if entirely outside; "
+                "else inconclusive"
+            )
+        if k == "near":
+            assert self.value is not None and self.tol is not None
+            lo, hi = _band(self.value, self.tol)
+            return f"supported if 95% CI overlaps [{lo:.4g}, {hi:.4g}] (paper ± {self.tol:.0%}); else not"
+        if k in ("less_than", "greater_than"):
+            word = "below" if k == "less_than" else "above"
+            f = "" if self.factor == 1 else f"{self.factor:g} × "
+            return (
+                f"supported if 95% CI lies entirely {word} {f}the comparison's CI; not if entirely on the "
+                "other side; inconclusive if they overlap"
+            )
+        if k == "point_less_than":
+            return "point estimates: supported if measured < comparison, else not supported"
+        return f"untestable here: {self.reason}"
+
+
+def _band(value: float, tol: float) -> tuple[float, float]:
+    if value == 0:
+        return -tol, tol
+    a, b = value * (1 - tol), value * (1 + tol)
+    return min(a, b), max(a, b)
+
+
+def apply_rule(rule: Rule, m: Estimate | None, other: Estimate | None = None) -> tuple[Verdict, str]:
+    """Apply ``rule`` to a measured estimate (and a comparison one); returns (verdict, why)."""
+    if rule.kind == "untestable":
+        return "inconclusive", rule.reason
+    if m is None or not math.isfinite(m.value):
+        return "inconclusive", "not measured"
+    if rule.kind == "point_less_than":
+        if other is None or not math.isfinite(other.value):
+            return "inconclusive", "comparison not measured"
+        ok = m.value < other.value
+        return ("supported" if ok else "not supported"), f"{m.value:.4g} vs {other.value:.4g}"
+    if not m.has_ci:
+        return "inconclusive", "no confidence interval"
+    lo, hi = m.low, m.high
+    if rule.kind == "below":
+        assert rule.value is not None
+        if hi < rule.value:
+            return "supported", f"CI high {hi:.4g} < {rule.value:g}"
+        if lo >= rule.value:
+            return "not supported", f"CI low {lo:.4g} >= {rule.value:g}"
+        return "inconclusive", "CI straddles the threshold"
+    if rule.kind == "above":
+        assert rule.value is not None
+        if lo > rule.value:
+            return "supported", f"CI low {lo:.4g} > {rule.value:g}"
+        if hi <= rule.value:
+            return "not supported", f"CI high {hi:.4g} <= {rule.value:g}"
+        return "inconclusive", "CI straddles the threshold"
+    if rule.kind == "between":
+        assert rule.value is not None and rule.high is not None
+        if rule.value <= lo and hi <= rule.high:
+            return "supported", "CI inside the range"
+        if hi < rule.value or lo > rule.high:
+            return "not supported", "CI outside the range"
+        return "inconclusive", "CI crosses the range's edge"
+    if rule.kind == "near":
+        assert rule.value is not None and rule.tol is not None
+        a, b = _band(rule.value, rule.tol)
+        if hi >= a and lo <= b:
+            return "supported", "CI overlaps the paper's band"
+        return "not supported", f"CI [{lo:.4g}, {hi:.4g}] misses [{a:.4g}, {b:.4g}]"
+    if rule.kind in ("less_than", "greater_than"):
+        if other is None or not other.has_ci:
+            return "inconclusive", "comparison not measured"
+        olo, ohi = rule.factor * other.low, rule.factor * other.high
+        olo, ohi = min(olo, ohi), max(olo, ohi)
+        below = hi < olo
+        above = lo > ohi
+        if rule.kind == "less_than":
+            if below:
+                return "supported", f"{hi:.4g} < {olo:.4g}"
+            if above:
+                return "not supported", f"{lo:.4g} > {ohi:.4g} (opposite direction)"
+        else:
+            if above:
+                return "supported", f"{lo:.4g} > {ohi:.4g}"
+            if below:
+                return "not supported", f"{hi:.4g} < {olo:.4g} (opposite direction)"
+        return "inconclusive", "CIs overlap"
+    raise ValueError(f"unknown rule kind {rule.kind}")
+
+
+# --------------------------------------------------------------------------- the paper's data
+
+# Table 1 as printed: (global CV, avg. traj. CV, avg. energy). The "Gemma-3-1B"
+# rows stand in for the embedded gemma3-270m (same family, another size).
+TABLE1: dict[tuple[str, str], tuple[float, float, float]] = {
+    ("Qwen-2.5-1.5B", "pretrained"): (0.081, 0.017, 9.66),
+    ("SmolLM2-135M", "pretrained"): (0.117, 0.022, 7.36),
+    ("SmolLM2-360M", "pretrained"): (0.129, 0.025, 7.23),
+    ("SmolLM2-1.7B", "pretrained"): (0.103, 0.024, 8.00),
+    ("SmolLM3-3B", "pretrained"): (0.092, 0.018, 9.71),
+    ("Qwen-2.5-3B", "pretrained"): (0.073, 0.015, 9.74),
+    ("Llama-3.2-1B", "pretrained"): (0.085, 0.020, 9.16),
+    ("Llama-3.2-3B", "pretrained"): (0.084, 0.022, 8.77),
+    ("DeepSeek-R1-1.5B", "pretrained"): (0.110, 0.048, 9.00),
+    ("Gemma-3-1B", "pretrained"): (0.208, 0.126, 8.02),
+    ("Qwen-2.5-1.5B", "random"): (0.022, 0.007, 15.50),
+    ("SmolLM2-135M", "random"): (0.031, 0.010, 12.91),
+    ("SmolLM2-360M", "random"): (0.221, 0.047, 9.42),
+    ("SmolLM3-3B", "random"): (0.022, 0.004, 14.56),
+    ("Qwen-2.5-3B", "random"): (0.017, 0.003, 15.66),
+    ("Llama-3.2-1B", "random"): (0.020, 0.004, 15.32),
+    ("Llama-3.2-3B", "random"): (0.022, 0.002, 15.21),
+    ("DeepSeek-R1-1.5B", "random"): (0.018, 0.005, 15.53),
+    ("Gemma-3-1B", "random"): (0.027, 0.004, 15.27),
+}
+TABLE1_MEDIANS = {"all": (0.077, 0.016), "pretrained": (0.094, 0.023), "random": (0.022, 0.005)}
+PAPER_ROW = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma-3-1B"}
+TABLE5 = {"Params vs. Energy Drift": (0.9996, 0.0181), "Params vs. Efficiency": (-0.9986, 0.0340)}
+
+
+def table1_consistency() -> list[str]:
+    """Recompute Table 1's own summary lines from its rows; report each mismatch."""
+    notes = []
+    for group in ("pretrained", "random"):
+        rows = [v for (_, w), v in TABLE1.items() if w == group]
+        g = float(np.median([r[0] for r in rows]))
+        t = float(np.median([r[1] for r in rows]))
+        pg, pt = TABLE1_MEDIANS[group]
+        if abs(g - pg) > 0.0015 or abs(t - pt) > 0.0015:
+            notes.append(
+                f"Table 1's median ({group}) line says global CV {pg} / avg. traj. CV {pt}; "
+                f"the {len(rows)} {group} rows printed give medians {g:.4f} / {t:.4f}."
+            )
+    allg = [v[0] for v in TABLE1.values()]
+    if len(TABLE1) != 20:
+        notes.append(
+            f"Table 1 is titled '20 checkpoints' but prints {len(TABLE1)} rows "
+            "(SmolLM2-1.7B has no random-weight row); key finding 1's '17/20 below 13%' is "
+            f"{sum(g < 0.13 for g in allg)}/{len(TABLE1)} on the printed rows."
+        )
+    return notes
+
+
+def table5_sample_size() -> dict[str, int]:
+    """The number of models implied by each Table 5 (r, p) pair."""
+    return {name: implied_sample_size(r, p) for name, (r, p) in TABLE5.items()}
+
+
+def inconsistencies() -> list[str]:
+    """The paper's ambiguities and internal inconsistencies that the ledger must state."""
+    n5 = table5_sample_size()
+    return [
+        "Energy vs log-energy: §2.1/§3.1/§C.6 define the conserved energy as E_t = ½‖v_t‖²·PPL_t, but "
+        "Table 1's header says E_t = K_t + V_t and its 'Avg. Energy' values (7–16) are in the range of "
+        "H = ln E (‖v‖² ~ 10³–10⁴ per §B.3 would make E itself ≥ 500). The ledger tests Table 1 on H and "
+        "reports the CV of the product E separately.",
+        "K/V ratio: Table 2 gives mean K/V = 11.8 (pretrained) and 0.89 (random), undefined beyond "
+        "'mean'. With Table 1's pretrained H of 7.2–9.7 and §B.3's 'K ≈ 7, V 0.2–2.5', the ratio of "
+        "means would be about 3–35 per model and needs V ≈ 0.6–0.8 to reach 12. A mean of per-step "
+        "ratios K_t/V_t is dominated by steps with V_t → 0. The ledger reports three readings: ratio of "
+        "means (used by the rule), mean of per-step ratios, and their median.",
+        "'Avg. Traj. CV' (§D.3.1) is described as 'for each trajectory compute CV(E), then average over "
+        "all token locations' — an average of averages. The rule uses the mean over trajectories of "
+        "CV(H_i); the CV of the per-trajectory means is reported beside it.",
+        "Table 4's header labels both columns ⟨ΔE_t⟩; the second is read as ⟨|ΔE_t|⟩ (§3.2.1/App. G). "
+        "§3.2.1 defines ΔE on E = ½‖v‖²·PPL, while Table 4's magnitudes (0.0002–0.045) suit neither E "
+        "(hundreds or more) nor H with Table 1's CVs (σ_H ≈ CV·mean ≈ 0.3–0.9). Both ΔH and ΔE are "
+        "measured; the rules use ΔH.",
+        "Appendix F says trained models have *larger* energy jumps (ΔE ≈ 0.85 vs 0.33 for random), "
+        "Table 4 says pretrained jumps are *smaller* (0.012 vs 0.045). Both are tested on the same "
+        "measurement (mean |ΔH|); at most one can be supported.",
+        "Euler–Lagrange sign: Prop. C.1 states 2v_{t+1}/‖v_{t+1}‖² − 2v_t/‖v_t‖² = +∇_h ln p_{x_t}(h_t), "
+        "but Theorem D.1's bracket vanishes only if that difference equals −∇_h ln p_{x_t}(h_t). The "
+        "cosine is reported against +∇ ln p; a strongly negative cosine would favour Thm D.1's sign.",
+        "§4.3 calls Gemma the outlier with 'trained CV = 12%, untrained = 0.4%', but Table 1's Gemma-3-1B "
+        "global CVs are 0.208 / 0.027; 12% and 0.4% are its Avg. Traj. CV column.",
+        "Appendix F's own numbers: 'ΔE ~ 0.022 × 15 ≈ 0.33 (random), 0.094 × 9 ≈ 0.85 (trained)' use "
+        "σ ≈ CV·mean of H, i.e. a spread, not a per-step change.",
+        f"Table 5: r = 0.9996, p = 0.0181 and r = −0.9986, p = 0.0340 imply n = "
+        f"{n5['Params vs. Energy Drift']} and n = {n5['Params vs. Efficiency']} models (one degree of "
+        "freedom); 'Efficiency' and 'power efficiency' are never defined, and the text attributes "
+        "r = 0.9996 to 'power efficiency' while the table labels it 'Energy Drift'.",
+        "The embedded models are SmolLM2-135M-Instruct (Q4_1) and Gemma-3-270M (Q4_K_M), dequantised "
+        "to float32; the paper's rows are SmolLM2-135M (variant not stated) and Gemma-3-1B. The Gemma "
+        "comparisons are therefore to another size of the family.",
+        *table1_consistency(),
+    ]
+
+
+DEFINITIONS: list[str] = [
+    "h_t: output of the final norm (what the unembedding reads) at the position that produced x_t; "
+    "step 0 is the token produced from the last prompt position.",
+    "v_t = h_t − h_{t−1}; K_t = ln(½‖v_t‖²); V_t = −ln p_{x_t}(h_t) (nats, untempered model "
+    "distribution); H_t = K_t + V_t; E_t = e^{H_t} = ½‖v_t‖²·PPL_t. Valid steps: t ≥ 1 with ‖v_t‖ > 0.",
+    "Global CV = std(H)/mean(H) over all valid steps pooled (ddof 0). Mean trajectory CV = mean_i "
+    "CV(H_i). Local conservation: ΔH_t = H_{t+1} − H_t within a trajectory; drift = ΣΔH/Σ|ΔH|.",
+    "Classical forms (Remark D.1): ½‖v‖² − ln p; linear product: ½‖v‖²·PPL. Their global CVs use the "
+    "same steps as H.",
+    "Entropy: −Σ_j p_j(h_t) ln p_j(h_t) in nats at each recorded h_t; 'variance across space' is the "
+    "variance over recorded states. Power: mean |ΔH| (and |ΔE|) per step.",
+    "§C.5: h(α) = (1−α)h_t + αh_{t+1}, α ∈ {0, 0.1, …, 1}; per path the number of distinct argmax "
+    "tokens, and whether all lie in {x_t, x_{t+1}}; ± is the s.e. over paths.",
+    "Euler–Lagrange: LHS_t = 2v_{t+1}/‖v_{t+1}‖² − 2v_t/‖v_t‖², F_t = ∇_h ln p_{x_t}(h_t) (autograd "
+    "through the model's readout, soft-capping included); mean cosine, median ‖LHS−F‖/‖LHS‖ and "
+    "median ‖F‖/‖LHS‖; baseline: each trajectory's forces rotated in time by a random non-zero offset.",
+    "Per layer (logit lens): resid_post of each decoder block → final norm → readout, on the recorded "
+    "tokens teacher-forced; K, V, H as above on those states.",
+    "CIs: 95% percentile bootstrap over trajectories (1000 replicates, seed 0), at least 5 trajectories.",
+]
+
+
+# --------------------------------------------------------------------------- the claims
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One testable statement of the paper.
+
+    Attributes:
+        id: stable identifier.
+        source: where in the paper.
+        statement: the claim in words.
+        paper: the paper's figure, as printed (``{row}`` becomes the Table 1 row name).
+        metric: measurement key template (``{model}`` is substituted).
+        rule: the verdict rule.
+        other: comparison measurement key template, for comparative rules.
+        paper_values: per-model paper figure overriding ``rule.value`` (Table 1 rows).
+        per_model: expand once per model (else the claim is model-free).
+    """
+
+    id: str
+    source: str
+    statement: str
+    paper: str
+    metric: str
+    rule: Rule
+    other: str | None = None
+    paper_values: dict[str, float] = field(default_factory=dict)
+    per_model: bool = True
+
+
+def _t1(col: int, weights: str) -> dict[str, float]:
+    return {m: TABLE1[(row, weights)][col] for m, row in PAPER_ROW.items()}
+
+
+NEAR_TOL = 0.25
+"""Relative band around a paper figure for "matches the paper" claims (decided in advance)."""
+
+CLAIMS: list[Claim] = [
+    Claim(
+        "T1-cv-pre",
+        "Table 1",
+        "Global CV of the log-energy, pretrained, matches the table row",
+        "{row}: {value}",
+        "{model}/pretrained/global_cv",
+        Rule("near", tol=NEAR_TOL),
+        paper_values=_t1(0, "pretrained"),
+    ),
+    Claim(
+        "T1-cv-rand",
+        "Table 1",
+        "Global CV of the log-energy, random weights, matches the table row",
+        "{row}: {value}",
+        "{model}/random/global_cv",
+        Rule("near", tol=NEAR_TOL),
+        paper_values=_t1(0, "random"),
+    ),
+    Claim(
+        "T1-trajcv-pre",
+        "Table 1",
+        "Avg. trajectory CV, pretrained, matches the table row",
+        "{row}: {value}",
+        "{model}/pretrained/mean_trajectory_cv",
+        Rule("near", tol=NEAR_TOL),
+        paper_values=_t1(1, "pretrained"),
+    ),
+    Claim(
+        "T1-trajcv-rand",
+        "Table 1",
+        "Avg. trajectory CV, random weights, matches the table row",
+        "{row}: {value}",
+        "{model}/random/mean_trajectory_cv",
+        Rule("near", tol=NEAR_TOL),
+        paper_values=_t1(1, "random"),
+    ),
+    Claim(
+        "T1-energy-pre",
+        "Table 1",
+        "Avg. energy (mean H), pretrained, matches the table row",
+        "{row}: {value}",
+        "{model}/pretrained/mean_H",
+        Rule("near", tol=NEAR_TOL),
+        paper_values=_t1(2, "pretrained"),
+    ),
+    Claim(
+        "T1-energy-rand",
+        "Table 1",
+        "Avg. energy (mean H), random weights, matches the table row",
+        "{row}: {value}",
+        "{model}/random/mean_H",
+        Rule("near", tol=NEAR_TOL),
+        paper_values=_t1(2, "random"),
+    ),
+    Claim(
+        "KF1-pre",
+        "§D.3.2 key finding 1",
+        "Energy conservation holds: global CV < 13% (pretrained)",
+        "17/20 checkpoints < 0.13",
+        "{model}/pretrained/global_cv",
+        Rule("below", 0.13),
+    ),
+    Claim(
+        "KF1-rand",
+        "§D.3.2 key finding 1",
+        "Energy conservation holds: global CV < 13% (random)",
+        "17/20 checkpoints < 0.13",
+        "{model}/random/global_cv",
+        Rule("below", 0.13),
+    ),
+    Claim(
+        "KF2",
+        "§3.1, §D.3.2 key finding 2",
+        "Random-weight models conserve more tightly than pretrained",
+        "median global CV 2.2% vs 9.4%",
+        "{model}/random/global_cv",
+        Rule("less_than"),
+        other="{model}/pretrained/global_cv",
+    ),
+    Claim(
+        "S31-traj",
+        "§3.1",
+        "Per-trajectory CVs are lower than the global CV (pretrained)",
+        "e.g. 0.022 vs 0.117",
+        "{model}/pretrained/mean_trajectory_cv",
+        Rule("less_than"),
+        other="{model}/pretrained/global_cv",
+    ),
+    Claim(
+        "KF4-pre",
+        "§D.3.2 key finding 4",
+        "Trained models cluster near 8–10 energy",
+        "8–10",
+        "{model}/pretrained/mean_H",
+        Rule("between", 8.0, 10.0),
+    ),
+    Claim(
+        "KF4-rand",
+        "§D.3.2 key finding 4",
+        "Untrained models cluster at 12–16 energy",
+        "12–16",
+        "{model}/random/mean_H",
+        Rule("between", 12.0, 16.0),
+    ),
+    Claim(
+        "CV-E",
+        "§2.1, §3.1, §C.6",
+        "The product E = ½‖v‖²·PPL itself is conserved: CV(E) < 13% (pretrained)",
+        "CV(E) 9.4% median",
+        "{model}/pretrained/cv_product",
+        Rule("below", 0.13),
+    ),
+    Claim(
+        "T2-pre",
+        "Table 2, §3.2",
+        "Pretrained models are kinetic-dominated: K/V ≈ 11.8",
+        "11.8",
+        "{model}/pretrained/kv_ratio_of_means",
+        Rule("near", 11.8, tol=NEAR_TOL),
+    ),
+    Claim(
+        "T2-rand",
+        "Table 2, §3.2",
+        "Random models are balanced: K/V ≈ 0.89",
+        "0.89",
+        "{model}/random/kv_ratio_of_means",
+        Rule("near", 0.89, tol=NEAR_TOL),
+    ),
+    Claim(
+        "B3-K",
+        "§B.3",
+        "On trained models K ≈ 7",
+        "≈ 7",
+        "{model}/pretrained/mean_K",
+        Rule("near", 7.0, tol=0.15),
+    ),
+    Claim(
+        "B3-V",
+        "§B.3",
+        "On trained models V is typically 0.2–2.5",
+        "0.2–2.5",
+        "{model}/pretrained/mean_V",
+        Rule("between", 0.2, 2.5),
+    ),
+    Claim(
+        "B3-Vrand",
+        "§B.3",
+        "On untrained models V reaches 6–8",
+        "6–8",
+        "{model}/random/mean_V",
+        Rule("between", 6.0, 8.0),
+    ),
+    Claim(
+        "T4-drift0",
+        "Table 4, §3.2.1",
+        "Pretrained models have near-zero mean drift ⟨ΔH⟩",
+        "0.0002",
+        "{model}/pretrained/dH_mean",
+        Rule("between", -0.01, 0.01),
+    ),
+    Claim(
+        "T4-jump-pre",
+        "Table 4",
+        "Pretrained mean absolute jump ⟨|ΔH|⟩ ≈ 0.012",
+        "0.012",
+        "{model}/pretrained/dH_abs",
+        Rule("near", 0.012, tol=NEAR_TOL),
+    ),
+    Claim(
+        "T4-jump-rand",
+        "Table 4",
+        "Random mean absolute jump ⟨|ΔH|⟩ ≈ 0.045",
+        "0.045",
+        "{model}/random/dH_abs",
+        Rule("near", 0.045, tol=NEAR_TOL),
+    ),
+    Claim(
+        "T4-factor3",
+        "§G.0.1",
+        "Pretrained per-step jumps are over 3× smaller than random",
+        "0.012 vs 0.045",
+        "{model}/pretrained/dH_abs",
+        Rule("less_than", factor=1 / 3),
+        other="{model}/random/dH_abs",
+    ),
+    Claim(
+        "F-power",
+        "Appendix F.3",
+        "Trained models have larger energy jumps (power) than random",
+        "ΔE ≈ 0.85 vs 0.33",
+        "{model}/pretrained/dH_abs",
+        Rule("greater_than"),
+        other="{model}/random/dH_abs",
+    ),
+    Claim(
+        "F-entropy-mean",
+        "Appendix F.1",
+        "Pretrained models have lower mean entropy than random",
+        "lower",
+        "{model}/pretrained/entropy_mean",
+        Rule("less_than"),
+        other="{model}/random/entropy_mean",
+    ),
+    Claim(
+        "F-entropy-var",
+        "Appendix F.1",
+        "Pretrained models have higher entropy variance than random",
+        "higher",
+        "{model}/pretrained/entropy_var",
+        Rule("greater_than"),
+        other="{model}/random/entropy_var",
+    ),
+    Claim(
+        "C5-pre",
+        "§C.5",
+        "Pretrained: 2.9 ± 0.11 unique tokens along interpolation paths",
+        "2.9 ± 0.11",
+        "{model}/pretrained/interp_unique",
+        Rule("near", 2.9, tol=NEAR_TOL),
+    ),
+    Claim(
+        "C5-rand",
+        "§C.5",
+        "Random: 3.6 ± 0.14 unique tokens along interpolation paths",
+        "3.6 ± 0.14",
+        "{model}/random/interp_unique",
+        Rule("near", 3.6, tol=NEAR_TOL),
+    ),
+    Claim(
+        "C5-order",
+        "§C.5, §3.3",
+        "Pretrained paths visit fewer unique tokens than random ones",
+        "2.9 < 3.6",
+        "{model}/pretrained/interp_unique",
+        Rule("less_than"),
+        other="{model}/random/interp_unique",
+    ),
+    Claim(
+        "C5-adjacent",
+        "§C.5",
+        "Most interpolation paths stay within {x_t, x_{t+1}} (pretrained)",
+        "'most points'",
+        "{model}/pretrained/interp_within",
+        Rule("above", 0.5),
+    ),
+    Claim(
+        "C1-EL",
+        "Prop. C.1 / Thm D.1",
+        "Hidden states follow the log-Euler–Lagrange equation: Δ(2v/‖v‖²) points along ∇ ln p (pretrained)",
+        "equality",
+        "{model}/pretrained/el_cos",
+        Rule("between", 0.5, 1.0),
+    ),
+    Claim(
+        "C1-EL-sign",
+        "Thm D.1 (sign)",
+        "… or against it, per Theorem D.1's sign (pretrained)",
+        "equality with −F",
+        "{model}/pretrained/el_cos",
+        Rule("between", -1.0, -0.5),
+    ),
+    Claim(
+        "C1-EL-beats-shuffle",
+        "Prop. C.1",
+        "Alignment beats a shuffled-time baseline (pretrained)",
+        "—",
+        "{model}/pretrained/el_cos",
+        Rule("greater_than"),
+        other="{model}/pretrained/el_shuffled_cos",
+    ),
+    Claim(
+        "C1-EL-residual",
+        "Prop. C.1",
+        "The residual of the equation is small: median ‖LHS−F‖/‖LHS‖ < 0.5 (pretrained)",
+        "0 (exact)",
+        "{model}/pretrained/el_rel_residual",
+        Rule("below", 0.5),
+    ),
+    Claim(
+        "C1-EL-rand",
+        "Prop. C.1",
+        "Euler–Lagrange alignment, random weights",
+        "equality",
+        "{model}/random/el_cos",
+        Rule("between", 0.5, 1.0),
+    ),
+    Claim(
+        "D1-classical",
+        "Remark D.1, §C.6",
+        "A classical Hamiltonian ½‖v‖² − ln p has CV > 50%",
+        "> 50%",
+        "{model}/pretrained/cv_classical",
+        Rule("above", 0.5),
+    ),
+    Claim(
+        "D1-classical-rand",
+        "Remark D.1",
+        "… and for random weights",
+        "> 50%",
+        "{model}/random/cv_classical",
+        Rule("above", 0.5),
+    ),
+    Claim(
+        "S43-gemma",
+        "§4.3",
+        "Gemma is an outlier: its pretrained CV exceeds SmolLM2's",
+        "Gemma-3-1B 0.208 vs SmolLM2-135M 0.117",
+        "gemma3-270m/pretrained/global_cv",
+        Rule("greater_than"),
+        other="smollm2-135m/pretrained/global_cv",
+        per_model=False,
+    ),
+    Claim(
+        "T5",
+        "Table 5",
+        "Energy drift and 'efficiency' correlate with parameter count within a family (r = 0.9996, −0.9986)",
+        "r = 0.9996, p = 0.018",
+        "-",
+        Rule(
+            "untestable",
+            reason="needs ≥ 3 sizes of one family; the embedded models are one size each of "
+            "two families (use `ppmech analyze --correlate` on your own runs)",
+        ),
+        per_model=False,
+    ),
+    Claim(
+        "T3",
+        "Table 3, §E.3",
+        "Jacobian steering raises judged quality (d = 0.99 / 0.39)",
+        "4.84 → 7.61",
+        "-",
+        Rule("untestable", reason="steering is not part of this protocol"),
+        per_model=False,
+    ),
+    Claim(
+        "CD1",
+        "Corollary D.1, §3.1",
+        "The empirical CV 'closely matches theoretical expectations'",
+        "—",
+        "-",
+        Rule("untestable", reason="the paper gives no numeric prediction to compare with"),
+        per_model=False,
+    ),
+    # Open questions (§4.3 and the summary's next checks), framed as "does KF1 still hold?"
+    Claim(
+        "OQ-es",
+        "§4.3 open question",
+        "Conservation (CV < 13%) holds on Spanish Wikipedia",
+        "untested",
+        "{model}/pretrained-wiki-es/global_cv",
+        Rule("below", 0.13),
+    ),
+    Claim(
+        "OQ-fr",
+        "§4.3 open question",
+        "Conservation (CV < 13%) holds on French Wikipedia",
+        "untested",
+        "{model}/pretrained-wiki-fr/global_cv",
+        Rule("below", 0.13),
+    ),
+    Claim(
+        "OQ-long",
+        "summary: long horizons",
+        "Conservation (CV < 13%) holds over 500 new tokens",
+        "untested",
+        "{model}/pretrained-long/global_cv",
+        Rule("below", 0.13),
+    ),
+    Claim(
+        "OQ-long-window",
+        "summary: long horizons",
+        "CV in the last 100-token window stays < 13%",
+        "untested",
+        "{model}/pretrained-long/last_window_cv",
+        Rule("below", 0.13),
+    ),
+    Claim(
+        "OQ-sample",
+        "open question: temperature",
+        "Conservation (CV < 13%) holds when sampling (T = 1)",
+        "greedy only",
+        "{model}/pretrained-sample/global_cv",
+        Rule("below", 0.13),
+    ),
+    Claim(
+        "OQ-ctx25",
+        "open question: context",
+        "Conservation (CV < 13%) holds with 25-token contexts",
+        "50 tokens only",
+        "{model}/pretrained-ctx25/global_cv",
+        Rule("below", 0.13),
+    ),
+    Claim(
+        "OQ-ctx100",
+        "open question: context",
+        "Conservation (CV < 13%) holds with 100-token contexts",
+        "50 tokens only",
+        "{model}/pretrained-ctx100/global_cv",
+        Rule("below", 0.13),
+    ),
+    Claim(
+        "OQ-bf16",
+        "open question: precision",
+        "bfloat16 compute keeps the float32 global CV (same prompts)",
+        "—",
+        "{model}/pretrained-bf16/global_cv",
+        Rule("near", tol=0.10),
+        other="{model}/pretrained-f32-same/global_cv",
+    ),
+    Claim(
+        "X-layers",
+        "beyond the paper",
+        "Conservation is tightest at the last layer (where the paper measures)",
+        "—",
+        "{model}/pretrained-layers/final_cv",
+        Rule("point_less_than"),
+        other="{model}/pretrained-layers/min_other_cv",
+    ),
+]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One evaluated claim."""
+
+    id: str
+    model: str
+    source: str
+    claim: str
+    paper: str
+    measured: str
+    value: float | None
+    low: float | None
+    high: float | None
+    n: int
+    verdict: Verdict
+    rule: str
+    why: str
+    metric: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt_est(m: Estimate | None) -> str:
+    if m is None or not math.isfinite(m.value):
+        return "not measured"
+    if not m.has_ci:
+        return f"{m.value:.4g}"
+    return f"{m.value:.4g} [{m.low:.4g}, {m.high:.4g}]"
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def evaluate(
+    measurements: dict[str, Estimate], models: list[str], claims: list[Claim] | None = None
+) -> list[LedgerRow]:
+    """Apply every claim's rule to the measurements.
+
+    Per-model claims are expanded for each of ``models``; claims whose measurement
+    is absent for a model (a condition that was not run) are left out rather than
+    reported as failures. Untestable claims always appear.
+    """
+    rows: list[LedgerRow] = []
+    for claim in claims or CLAIMS:
+        targets = models if claim.per_model else [""]
+        for model in targets:
+            key = claim.metric.format(model=model)
+            m = measurements.get(key)
+            if claim.rule.kind != "untestable" and m is None:
+                continue
+            if not claim.per_model and any(
+                (k.split("/")[0] not in models) for k in [key, claim.other or key] if k != "-"
+            ):
+                continue
+            rule = claim.rule
+            paper = claim.paper
+            if model in claim.paper_values:
+                value = claim.paper_values[model]
+                rule = Rule(rule.kind, value, rule.high, rule.tol, rule.factor, rule.reason)
+                paper = paper.format(row=PAPER_ROW.get(model, model), value=value)
+            other = measurements.get(claim.other.format(model=model)) if claim.other else None
+            if rule.kind == "near" and rule.value is None:
+                if other is None or not math.isfinite(other.value):
+                    continue
+                # "keeps the comparison's value": the band is centred on the comparison.
+                rule = Rule("near", other.value, None, rule.tol)
+            verdict, why = apply_rule(rule, m, other)
+            describe = rule.describe()
+            if claim.other:
+                describe += f"; comparison: {claim.other.format(model=model)} = {_fmt_est(other)}"
+            rows.append(
+                LedgerRow(
+                    id=claim.id,
+                    model=model or "—",
+                    source=claim.source,
+                    claim=claim.statement,
+                    paper=paper,
+                    measured=_fmt_est(m) if claim.rule.kind != "untestable" else "—",
+                    value=_finite(m.value) if m else None,
+                    low=_finite(m.low) if m else None,
+                    high=_finite(m.high) if m else None,
+                    n=m.n if m else 0,
+                    verdict=verdict,
+                    rule=describe,
+                    why=why,
+                    metric=key,
+                )
+            )
+    return rows
+
+
+def verdict_counts(rows: list[LedgerRow]) -> dict[str, int]:
+    out = {"supported": 0, "not supported": 0, "inconclusive": 0}
+    for r in rows:
+        out[r.verdict] += 1
+    return out
+
+
+def ledger_json(
+    rows: list[LedgerRow], meta: dict[str, Any], measurements: dict[str, Estimate]
+) -> dict[str, Any]:
+    """The JSON form of the ledger (``claims.json``)."""
+    return {
+        "meta": meta,
+        "definitions": DEFINITIONS,
+        "inconsistencies": inconsistencies(),
+        "verdicts": verdict_counts(rows),
+        "claims": [r.to_dict() for r in rows],
+        "measurements": {k: v.to_dict() for k, v in sorted(measurements.items())},
+    }
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(
+    rows: list[LedgerRow], meta: dict[str, Any], extra_sections: list[tuple[str, str]] | None = None
+) -> str:
+    """The ledger as markdown (``claims.md``)."""
+    counts = verdict_counts(rows)
+    lines = [
+        "# Claims ledger: Momentum–Point-Perplexity Mechanics",
+        "",
+        f"Command: `{meta.get('command', 'ppmech verify')}`  ",
+        f"Models: {', '.join(meta.get('models', []))}; ppmech {meta.get('versions', {}).get('ppmech', '?')}, "
+        f"torch {meta.get('versions', {}).get('torch', '?')}; wall time {meta.get('wall_seconds', '?')} s.",
+        "",
+        f"Verdicts: {counts['supported']} supported, {counts['not supported']} not supported, "
+        f"{counts['inconclusive']} inconclusive.",
+        "",
+        "| id | model | source | claim | paper | measured [95% CI] | verdict | rule |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            "| "
+            + " | ".join(
+                _md_escape(x)
+                for x in (
+                    r.id,
+                    r.model,
+                    r.source,
+                    r.claim,
+                    r.paper,
+                    r.measured,
+                    f"**{r.verdict}**",
+                    f"{r.rule} ({r.why})",
+                )
+            )
+            + " |"
+        )
+    lines += ["", "## Definitions used", ""] + [f"- {d}" for d in DEFINITIONS]
+    lines += ["", "## Ambiguities and inconsistencies in the paper", ""] + [
+        f"- {d}" for d in inconsistencies()
+    ]
+    for title, body in extra_sections or []:
+        lines += ["", f"## {title}", "", body]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,175 @@
+"""``ppmech verify`` (the claims ledger) and ``ppmech analyze`` (per-run analyses)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ppmech.errors import PPMechError
+from ppmech.report import fmt, markdown_table, text_table
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ppmech.verify import EMBEDDED, VerifyConfig, summary_frame, verify
+
+    config = VerifyConfig(
+        out=args.out,
+        models=tuple(args.models or EMBEDDED),
+        quick=args.quick,
+        extras=not args.no_extras,
+        n_boot=args.n_boot,
+        seed=args.seed,
+    )
+    argv = sys.argv[1:]
+    command = (
+        "ppmech " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["verify"] else "ppmech verify"
+    )
+    result = verify(config, progress=not args.no_progress, command=command.strip())
+    print(text_table(summary_frame(result), title="\nClaims ledger"))
+    counts = result.ledger["verdict"].value_counts().to_dict() if len(result.ledger) else {}
+    print(
+        f"\n{counts.get('supported', 0)} supported, {counts.get('not supported', 0)} not supported, "
+        f"{counts.get('inconclusive', 0)} inconclusive; {result.wall_seconds:.0f} s"
+    )
+    print(f"wrote {result.out / 'claims.md'} and {result.out / 'claims.json'}")
+    return 0
+
+
+def _est_rows(run_name: str, est: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for k, e in est.items():
+        rows.append(
+            {
+                "run": run_name,
+                "measure": k,
+                "value": e.value,
+                "CI low": e.low,
+                "CI high": e.high,
+                "n": e.n,
+            }
+        )
+    return rows
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from ppmech import analyses as A
+    from ppmech.runs import load_run
+    from ppmech.verify import Sizes, hidden_analyses, layer_analysis, model_for_run, steps_analyses
+
+    runs = [load_run(d) for d in args.runs]
+    if args.correlate:
+        families = {r.model.get("model_type") for r in runs}
+        if len(families) != 1:
+            raise PPMechError(
+                f"--correlate needs runs of one model family (got {', '.join(sorted(map(str, families)))})",
+                "pass runs of several sizes of one family",
+            )
+        values = []
+        for r in runs:
+            stats = r.summary.get("statistics", {})
+            if args.correlate not in stats:
+                known = ", ".join(k for k, v in stats.items() if isinstance(v, int | float))
+                raise PPMechError(f"unknown metric '{args.correlate}'", f"use one of: {known}")
+            v = stats[args.correlate]
+            values.append(float("nan") if v is None else float(v))
+        params = [float(r.model.get("num_parameters", float("nan"))) for r in runs]
+        corr = A.scaling_correlation(params, values, args.correlate)
+        frame = pd.DataFrame(
+            {"run": [str(r.path) for r in runs], "parameters": params, args.correlate: values}
+        )
+        print(text_table(frame))
+        print(f"\nPearson r = {corr.r:.4f}, p = {corr.p:.4g} (n = {corr.n} runs)")
+        return 0
+
+    sizes = Sizes(
+        interp_trajectories=args.trajectories,
+        el_trajectories=args.trajectories,
+        interp_pairs=args.pairs,
+    )
+    rows: list[dict[str, Any]] = []
+    out_json: dict[str, Any] = {}
+    for run in runs:
+        name = str(run.path)
+        est = steps_analyses(run, args.n_boot, args.seed)
+        layers = None
+        if args.hidden or args.layers:
+            lm = model_for_run(run)
+            if args.hidden:
+                est.update(hidden_analyses(run, lm, sizes, args.n_boot, args.seed))
+            if args.layers:
+                layers = layer_analysis(run, lm, args.layers)
+        rows += _est_rows(name, est)
+        out_json[name] = {"estimates": {k: v.to_dict() for k, v in est.items()}}
+        if layers is not None:
+            print(text_table(layers, title=f"\nPer-layer mechanics (logit lens): {name}"))
+            out_json[name]["layers"] = json.loads(layers.to_json(orient="records"))
+        if args.window:
+            h = [p[:, 0] for p in A.split_by_trajectory(run.steps, ["H"])]
+            windows = A.cv_by_position(h, args.window, args.n_boot, args.seed)
+            print(text_table(windows, title=f"\nCV of H by position: {name}"))
+            out_json[name]["cv_by_position"] = json.loads(windows.to_json(orient="records"))
+    frame = pd.DataFrame(rows)
+    frame["value"] = frame["value"].astype(np.float64)
+    print(text_table(frame, digits=4, title="\nAnalyses (95% trajectory-bootstrap CIs)"))
+    if args.json:
+        from ppmech.runs import write_json
+
+        write_json(Path(args.json), _clean(out_json))
+        print(f"\nwrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(frame, digits=4) + "\n")
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("verify", help="test every claim of the paper and write the claims ledger")
+    p.add_argument("--out", default="runs/verify", help="output directory (runs are reused from here)")
+    p.add_argument(
+        "--models", nargs="+", default=None, help="embedded models (default: smollm2-135m gemma3-270m)"
+    )
+    p.add_argument("--quick", action="store_true", help="tiny runs: a smoke test, verdicts not meaningful")
+    p.add_argument("--no-extras", action="store_true", help="skip the open-question runs")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for every CI")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("analyze", help="the claim-testing analyses on existing run directories")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--hidden", action="store_true", help="§C.5 and Euler–Lagrange (needs --save-hidden runs)")
+    p.add_argument("--layers", type=int, default=0, metavar="N", help="per-layer mechanics on N trajectories")
+    p.add_argument("--window", type=int, default=0, metavar="STEPS", help="CV of H by position, per window")
+    p.add_argument("--trajectories", type=int, default=20, help="trajectories for --hidden analyses")
+    p.add_argument("--pairs", type=int, default=20, help="interpolation pairs per trajectory")
+    p.add_argument(
+        "--correlate",
+        default=None,
+        metavar="METRIC",
+        help="Pearson r of a summary statistic (e.g. drift) with parameter count across runs of one family",
+    )
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the results as JSON")
+    p.add_argument("--markdown", default=None, help="also write the table as markdown")
+    p.set_defaults(func=cmd_analyze)
+
+
+__all__ = ["fmt", "register"]

@@ -1,0 +1,148 @@
+"""The claims ledger: rules, evaluation and rendering, on constructed measurements."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ppmech.analyses import Estimate
+from ppmech.claims import (
+    CLAIMS,
+    DEFINITIONS,
+    TABLE1,
+    Rule,
+    apply_rule,
+    evaluate,
+    inconsistencies,
+    ledger_json,
+    render_markdown,
+    table1_consistency,
+    table5_sample_size,
+)
+
+
+def est(value: float, low: float, high: float) -> Estimate:
+    return Estimate(value, low, high, n=100)
+
+
+@pytest.mark.parametrize(
+    ("rule", "m", "verdict"),
+    [
+        (Rule("below", 0.13), est(0.1, 0.09, 0.12), "supported"),
+        (Rule("below", 0.13), est(0.2, 0.13, 0.25), "not supported"),
+        (Rule("below", 0.13), est(0.13, 0.12, 0.14), "inconclusive"),
+        (Rule("above", 0.5), est(0.7, 0.6, 0.8), "supported"),
+        (Rule("above", 0.5), est(0.3, 0.2, 0.5), "not supported"),
+        (Rule("above", 0.5), est(0.5, 0.4, 0.6), "inconclusive"),
+        (Rule("between", 8, 10), est(9, 8.5, 9.5), "supported"),
+        (Rule("between", 8, 10), est(7, 6.5, 7.5), "not supported"),
+        (Rule("between", 8, 10), est(8, 7.5, 8.5), "inconclusive"),
+        (Rule("near", 11.8, tol=0.25), est(9.5, 8.0, 9.0), "supported"),  # band [8.85, 14.75]
+        (Rule("near", 11.8, tol=0.25), est(7.0, 6.0, 8.0), "not supported"),
+        (Rule("near", 0.0, tol=0.01), est(0.005, -0.02, 0.03), "supported"),
+        (Rule("untestable", reason="no data"), None, "inconclusive"),
+    ],
+)
+def test_single_estimate_rules(rule: Rule, m: Estimate | None, verdict: str) -> None:
+    assert apply_rule(rule, m)[0] == verdict
+
+
+def test_missing_ci_or_measurement_is_inconclusive() -> None:
+    assert apply_rule(Rule("below", 1.0), Estimate(0.5))[0] == "inconclusive"
+    assert apply_rule(Rule("below", 1.0), None) == ("inconclusive", "not measured")
+
+
+def test_comparative_rules() -> None:
+    low, high = est(0.02, 0.01, 0.03), est(0.1, 0.08, 0.12)
+    assert apply_rule(Rule("less_than"), low, high)[0] == "supported"
+    assert apply_rule(Rule("less_than"), high, low)[0] == "not supported"
+    assert apply_rule(Rule("greater_than"), high, low)[0] == "supported"
+    assert apply_rule(Rule("less_than"), low, est(0.03, 0.025, 0.05))[0] == "inconclusive"
+    # "3x smaller": 0.02 [0.01, 0.03] vs one third of [0.08, 0.12] = [0.027, 0.04] overlaps.
+    assert apply_rule(Rule("less_than", factor=1 / 3), low, high)[0] == "inconclusive"
+    assert apply_rule(Rule("less_than", factor=1 / 3), est(0.01, 0.005, 0.02), high)[0] == "supported"
+    assert apply_rule(Rule("point_less_than"), Estimate(0.1), Estimate(0.2))[0] == "supported"
+    assert apply_rule(Rule("point_less_than"), Estimate(0.3), Estimate(0.2))[0] == "not supported"
+
+
+def test_every_rule_describes_itself() -> None:
+    for claim in CLAIMS:
+        rule = claim.rule
+        if rule.kind == "near" and rule.value is None:
+            rule = Rule("near", 1.0, tol=rule.tol)
+        assert rule.describe()
+
+
+def test_claim_ids_are_unique_and_cover_the_issue() -> None:
+    ids = [c.id for c in CLAIMS]
+    assert len(ids) == len(set(ids))
+    sources = " ".join(c.source for c in CLAIMS)
+    for needle in (
+        "Table 1",
+        "Table 2",
+        "Table 4",
+        "Table 5",
+        "§C.5",
+        "Appendix F",
+        "Prop. C.1",
+        "Remark D.1",
+    ):
+        assert needle in sources
+
+
+def test_evaluate_expands_per_model_and_uses_table1_rows() -> None:
+    m = {
+        "smollm2-135m/pretrained/global_cv": est(0.12, 0.11, 0.13),
+        "smollm2-135m/random/global_cv": est(0.03, 0.025, 0.035),
+    }
+    rows = {(r.id, r.model): r for r in evaluate(m, ["smollm2-135m"])}
+    row = rows[("T1-cv-pre", "smollm2-135m")]
+    assert row.paper == "SmolLM2-135M: 0.117"
+    assert row.verdict == "supported"
+    assert rows[("KF2", "smollm2-135m")].verdict == "supported"
+    assert rows[("KF1-pre", "smollm2-135m")].verdict == "inconclusive"  # CI high 0.13 is not < 0.13
+    # Claims whose measurement was not made are left out; untestable ones stay.
+    assert ("C5-pre", "smollm2-135m") not in rows
+    assert rows[("T5", "—")].verdict == "inconclusive"
+    # A cross-model claim needs both models.
+    assert ("S43-gemma", "—") not in rows
+
+
+def test_near_rule_centred_on_the_comparison() -> None:
+    m = {
+        "smollm2-135m/pretrained-bf16/global_cv": est(0.125, 0.12, 0.13),
+        "smollm2-135m/pretrained-f32-same/global_cv": est(0.12, 0.11, 0.13),
+    }
+    rows = {r.id: r for r in evaluate(m, ["smollm2-135m"])}
+    assert rows["OQ-bf16"].verdict == "supported"
+    m["smollm2-135m/pretrained-bf16/global_cv"] = est(0.3, 0.28, 0.32)
+    rows = {r.id: r for r in evaluate(m, ["smollm2-135m"])}
+    assert rows["OQ-bf16"].verdict == "not supported"
+
+
+def test_table1_internal_consistency_is_computed_from_its_rows() -> None:
+    notes = table1_consistency()
+    # The pretrained median line (0.094) does not match its 10 rows (median 0.0975).
+    assert any("0.0975" in n for n in notes)
+    assert any("19 rows" in n for n in notes)
+    assert len(TABLE1) == 19
+
+
+def test_table5_implies_three_models() -> None:
+    assert table5_sample_size() == {"Params vs. Energy Drift": 3, "Params vs. Efficiency": 3}
+
+
+def test_ledger_states_definitions_and_inconsistencies() -> None:
+    text = " ".join(inconsistencies())
+    for needle in ("K/V", "Table 4", "E_t = K_t + V_t", "Avg. Traj. CV", "Thm D.1", "§B.3"):
+        assert needle in text
+    m = {"smollm2-135m/pretrained/global_cv": est(0.12, 0.11, 0.13)}
+    rows = evaluate(m, ["smollm2-135m"])
+    md = render_markdown(rows, {"command": "ppmech verify", "models": ["smollm2-135m"]}, [("Extra", "body")])
+    assert "## Definitions used" in md and "## Ambiguities and inconsistencies" in md and "## Extra" in md
+    assert "| T1-cv-pre | smollm2-135m |" in md
+    payload = ledger_json(rows, {"models": ["smollm2-135m"]}, m)
+    text = json.dumps(payload, allow_nan=False)
+    assert json.loads(text)["definitions"] == DEFINITIONS
+    assert payload["verdicts"]["inconclusive"] >= 3
