@@ -20,7 +20,6 @@ COMMAND_MODULES = [
     "ppmech.cli.measure",
     "ppmech.cli.verify",
     "ppmech.cli.monitor",
-    "ppmech.cli.steer",
 ]
 
 
