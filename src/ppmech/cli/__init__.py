@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "ppmech.cli.measure",
     "ppmech.cli.verify",
     "ppmech.cli.monitor",
+    "ppmech.cli.steer",
 ]
 
 

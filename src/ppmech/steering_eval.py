@@ -1,0 +1,443 @@
+"""The paper's steering-quality evaluation (§E.3.1, Table 3), with pluggable judges.
+
+Protocol (:func:`evaluate_steering`), defaults as in the paper:
+
+1. ``prompts`` (50) Wikipedia prompts of ``context_tokens`` (50) tokens, drawn with
+   :func:`ppmech.corpus.select_prompts` from the ``prompts`` side of the corpus split;
+   each prompt's ground-truth next token is the article's own next token
+   (``Prompt.continuation_ids[0]``).
+2. One batched forward gives ``h_t``, the post-final-norm state at the last
+   prompt position (and ``h_{t-1}`` for ΔH).
+3. Algorithm 1 (:func:`ppmech.steering.steer`) moves ``h_t`` toward the target
+   (η = 0.5, K = 20).
+4. The natural top-10 (from ``h_t``) and the steered top-10 (from ``ĥ_t``) lists
+   are rated 1-10 by a judge (default: the offline ``reference-lm`` judge).
+5. Table-3 statistics over the pairs where both scores exist
+   (:func:`paired_statistics`), plus the share of items whose ground-truth token
+   is in the natural / steered top-10, and the baselines table
+   (:func:`ppmech.steering.baseline_comparison`) on the same states.
+
+Everything is written to ``out``: ``items.csv`` (one row per prompt with both
+lists, both scores and the steering numbers), ``baselines.csv`` (per state and
+method), ``summary.json`` (config, model, judge, versions, statistics, tables;
+written last, so a directory without it is incomplete).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.typing import ArrayLike
+from tqdm.auto import tqdm
+
+from ppmech.errors import PPMechError
+from ppmech.judges import Judge, JudgeItem, JudgeScore, make_judge
+
+__all__ = [
+    "SteeringEvalConfig",
+    "SteeringEvalResult",
+    "build_judge",
+    "evaluate_steering",
+    "paired_statistics",
+    "table3_frame",
+]
+
+TARGET_SOURCES = ("ground-truth", "sampled")
+
+
+@dataclass(frozen=True)
+class SteeringEvalConfig:
+    """Everything that determines a steering evaluation.
+
+    Attributes:
+        model, weights, dtype, seed, trust_remote_code: the steered model (as ``measure``).
+        corpus, text_field: the prompt source (default: embedded English Wikipedia).
+        prompts: number of prompts (the paper: 50).
+        context_tokens: prompt length in tokens (the paper: 50).
+        top_k: length of the rated lists (the paper: 10).
+        eta, max_steps: Algorithm 1's η and K.
+        targets: ``ground-truth`` (the article's next token, the paper's protocol) or
+            ``sampled`` (a token drawn from the model's own next-token distribution,
+            seeded per prompt: the open question of model-sampled targets).
+        judge: ``reference-lm`` (offline default), ``embedding`` or ``openai``.
+        judge_model: reference model for ``reference-lm`` (default: the other
+            embedded model), chat model for ``openai``.
+        judge_url, judge_key_env, judge_cache, judge_retries: ``openai`` settings.
+        baselines: also compare logit bias / random direction / unembedding row.
+    """
+
+    model: str = "smollm2-135m"
+    weights: str = "pretrained"
+    dtype: str = "float32"
+    seed: int = 0
+    trust_remote_code: bool = False
+    corpus: str = "wiki-en"
+    text_field: str = "text"
+    prompts: int = 50
+    context_tokens: int = 50
+    top_k: int = 10
+    eta: float = 0.5
+    max_steps: int = 20
+    targets: str = "ground-truth"
+    judge: str = "reference-lm"
+    judge_model: str | None = None
+    judge_url: str | None = None
+    judge_key_env: str = "OPENAI_API_KEY"
+    judge_cache: str | None = None
+    judge_retries: int = 5
+    baselines: bool = True
+
+    def __post_init__(self) -> None:
+        from ppmech.steering import SteeringConfig
+
+        SteeringConfig(eta=self.eta, max_steps=self.max_steps)  # validates η and K
+        if self.targets not in TARGET_SOURCES:
+            raise PPMechError(
+                f"unknown --targets {self.targets!r}", f"use one of {', '.join(TARGET_SOURCES)}"
+            )
+        if self.top_k < 1:
+            raise PPMechError(f"--top-k must be >= 1 (got {self.top_k})", "use e.g. 10")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SteeringEvalResult:
+    """What :func:`evaluate_steering` produced.
+
+    Attributes:
+        path: the output directory (or ``None``).
+        items: one row per prompt (see ``items.csv``).
+        statistics: :func:`paired_statistics` plus top-10 shares and counts.
+        table: the Table-3 row(s) as a frame.
+        baselines: the baselines summary table (empty if not run).
+        summary: everything written to ``summary.json``.
+    """
+
+    path: Path | None
+    items: pd.DataFrame
+    statistics: dict[str, Any]
+    table: pd.DataFrame
+    baselines: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def paired_statistics(natural: ArrayLike, steered: ArrayLike) -> dict[str, Any]:
+    """Table-3 statistics of paired scores, in float64.
+
+    Pairs where either score is missing (NaN/None) are excluded and counted.
+    With ``n`` complete pairs and ``d_i = steered_i - natural_i``:
+
+    * means and sample standard deviations (``ddof = 1``) of each side;
+    * paired t-test: ``t = mean(d) / (sd(d)/√n)``, two-sided ``p`` from Student's t
+      with ``n-1`` degrees of freedom (``scipy.stats.ttest_rel``);
+    * Cohen's ``d_z = mean(d) / sd(d)`` (the effect size of paired data, the one
+      reported as "Cohen's d" here), and for comparison
+      ``d_av = mean(d) / √((sd_nat² + sd_steer²)/2)`` (the two-sample form).
+
+    Returns:
+        dict with ``n_items, n_pairs, n_missing_pairs, natural_mean, natural_sd,
+        steered_mean, steered_sd, mean_diff, t, p_value, cohens_dz, cohens_dav``;
+        undefined values (fewer than 2 pairs, zero spread) are NaN.
+    """
+    from scipy import stats
+
+    nat = np.asarray(pd.to_numeric(pd.Series(natural, dtype=object), errors="coerce"), dtype=np.float64)
+    st = np.asarray(pd.to_numeric(pd.Series(steered, dtype=object), errors="coerce"), dtype=np.float64)
+    if nat.shape != st.shape:
+        raise ValueError("natural and steered scores must pair up")
+    ok = ~np.isnan(nat) & ~np.isnan(st)
+    nat, st = nat[ok], st[ok]
+    n = int(ok.sum())
+    nan = float("nan")
+    out: dict[str, Any] = {
+        "n_items": len(ok),
+        "n_pairs": n,
+        "n_missing_pairs": int(len(ok) - n),
+        "natural_mean": float(nat.mean()) if n else nan,
+        "natural_sd": float(nat.std(ddof=1)) if n > 1 else nan,
+        "steered_mean": float(st.mean()) if n else nan,
+        "steered_sd": float(st.std(ddof=1)) if n > 1 else nan,
+        "mean_diff": float((st - nat).mean()) if n else nan,
+        "t": nan,
+        "p_value": nan,
+        "cohens_dz": nan,
+        "cohens_dav": nan,
+    }
+    if n > 1:
+        diff = st - nat
+        sd_d = float(diff.std(ddof=1))
+        if sd_d > 0:
+            res = stats.ttest_rel(st, nat)
+            out["t"] = float(res.statistic)
+            out["p_value"] = float(res.pvalue)
+            out["cohens_dz"] = float(diff.mean() / sd_d)
+        pooled = math.sqrt((out["natural_sd"] ** 2 + out["steered_sd"] ** 2) / 2)
+        if pooled > 0:
+            out["cohens_dav"] = float(diff.mean() / pooled)
+    return out
+
+
+def _pm(mean: float, sd: float) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.2f} ± {sd:.2f}" if not math.isnan(sd) else f"{mean:.2f}"
+
+
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def table3_frame(model: str, statistics: dict[str, Any]) -> pd.DataFrame:
+    """One Table-3-style row: means ± sd, paired-t p, Cohen's d_z (and d_av), top-10 shares."""
+    s = statistics
+    return pd.DataFrame(
+        [
+            {
+                "model": model,
+                "N": s["n_pairs"],
+                "natural mean ± sd": _pm(s["natural_mean"], s["natural_sd"]),
+                "steered mean ± sd": _pm(s["steered_mean"], s["steered_sd"]),
+                "p (paired t)": _p(s["p_value"]),
+                "Cohen's d_z": s["cohens_dz"],
+                "d_av": s["cohens_dav"],
+                "target in natural top-10": f"{s['target_in_natural_topk']}/{s['n_items']}",
+                "target in steered top-10": f"{s['target_in_steered_topk']}/{s['n_items']}",
+                "missing pairs": s["n_missing_pairs"],
+            }
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- judge
+
+
+def build_judge(config: SteeringEvalConfig, reference_lm: Any = None) -> Judge:
+    """The judge named by ``config.judge`` with its options."""
+    if config.judge == "reference-lm":
+        from ppmech.reference_judge import default_reference
+
+        options: dict[str, Any] = {"model": config.judge_model or default_reference(config.model)}
+        if reference_lm is not None:
+            options["lm"] = reference_lm
+        return make_judge("reference-lm", **options)
+    if config.judge == "embedding":
+        return make_judge("embedding")
+    if config.judge == "openai":
+        if not config.judge_url:
+            raise PPMechError(
+                "--judge openai needs --judge-url", "pass e.g. --judge-url http://127.0.0.1:8000/v1"
+            )
+        if not config.judge_model:
+            raise PPMechError("--judge openai needs --judge-model", "pass the endpoint's model name")
+        return make_judge(
+            "openai",
+            base_url=config.judge_url,
+            model=config.judge_model,
+            api_key_env=config.judge_key_env,
+            max_retries=config.judge_retries,
+            cache_dir=config.judge_cache,
+        )
+    return make_judge(config.judge)
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise PPMechError(f"{out} exists and is not empty", "pass --overwrite or choose another --out")
+        (out / "summary.json").unlink(missing_ok=True)
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _finite(obj.item())
+    return obj
+
+
+def evaluate_steering(
+    config: SteeringEvalConfig,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    lm: Any = None,
+    judge: Judge | None = None,
+) -> SteeringEvalResult:
+    """Run the E.3.1 protocol (module docstring) and write ``out``.
+
+    Args:
+        config: the evaluation settings.
+        out: output directory (nothing is written when ``None``).
+        overwrite: replace a non-empty ``out``.
+        progress: tqdm bars on stderr.
+        lm: an already loaded steered model (else loaded from ``config``).
+        judge: a judge to use instead of the one ``config`` names.
+    """
+    from ppmech.architectures import readout
+    from ppmech.corpus import load_documents, select_prompts
+    from ppmech.hooks import FINAL_NORM, capture
+    from ppmech.measure import versions
+    from ppmech.models import load_model
+    from ppmech.recording import left_pad
+    from ppmech.steering import SteeringConfig, baseline_comparison, baseline_table, steer
+
+    started = time.time()
+    steering_config = SteeringConfig(eta=config.eta, max_steps=config.max_steps)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        _prepare_out(out_path, overwrite)
+    if lm is None:
+        lm = load_model(
+            config.model,
+            weights=config.weights,  # type: ignore[arg-type]
+            seed=config.seed,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+        )
+    judge = judge if judge is not None else build_judge(config)
+    tok = lm.tokenizer
+    docs = load_documents(config.corpus, text_field=config.text_field)
+    prompts = select_prompts(
+        docs,
+        tok,
+        config.prompts,
+        config.context_tokens,
+        continuation_tokens=1,
+        seed=config.seed,
+        split="prompts",
+    )
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    ids, mask, positions = (t.to(lm.device) for t in left_pad([p.ids for p in prompts], int(pad)))
+    with torch.no_grad(), capture(lm.model, [FINAL_NORM]) as store:
+        lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+        states = store[FINAL_NORM][0].float()
+    h = states[:, -1, :]
+    h_prev = states[:, -2, :]
+    read = readout(lm.model)
+    lp_nat = read.log_probs(h)
+    if config.targets == "ground-truth":
+        targets = torch.tensor([p.continuation_ids[0] for p in prompts], dtype=torch.long)
+    else:
+        gens = [torch.Generator().manual_seed(config.seed * 100_003 + p.index) for p in prompts]
+        probs = lp_nat.exp().cpu()
+        targets = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(gens)])
+    result = steer(read, h, targets.to(lm.device), steering_config, h_prev=h_prev)
+    lp_st = read.log_probs(result.hidden)
+    top_nat = lp_nat.topk(config.top_k, dim=-1).indices.cpu()
+    top_st = lp_st.topk(config.top_k, dim=-1).indices.cpu()
+
+    def decode(row: torch.Tensor) -> list[str]:
+        return [tok.decode([int(i)]) for i in row.tolist()]
+
+    judge_items: list[tuple[JudgeItem, JudgeItem]] = []
+    for i, p in enumerate(prompts):
+        judge_items.append((JudgeItem(p.text, decode(top_nat[i])), JudgeItem(p.text, decode(top_st[i]))))
+    scores: list[tuple[JudgeScore, JudgeScore]] = []
+    for nat_item, st_item in tqdm(judge_items, desc=f"judge ({judge.name})", disable=not progress):
+        a, b = judge.score([nat_item, st_item])
+        scores.append((a, b))
+
+    frame = result.frame()
+    rows = []
+    for i, p in enumerate(prompts):
+        tgt = int(targets[i])
+        nat_ids, st_ids = top_nat[i].tolist(), top_st[i].tolist()
+        sn, ss = scores[i]
+        rows.append(
+            {
+                "item": i,
+                "source": p.source,
+                "context": p.text,
+                "target_id": tgt,
+                "target_token": tok.decode([tgt]),
+                "p_before": float(frame.loc[i, "p_before"]),
+                "p_after": float(frame.loc[i, "p_after"]),
+                "steps": int(frame.loc[i, "steps"]),
+                "delta_norm": float(frame.loc[i, "delta_norm"]),
+                "reached": bool(frame.loc[i, "reached"]),
+                "delta_H": float(frame.loc[i, "delta_H"]),
+                "target_in_natural_topk": tgt in nat_ids,
+                "target_in_steered_topk": tgt in st_ids,
+                "natural_topk": json.dumps(judge_items[i][0].tokens, ensure_ascii=False),
+                "steered_topk": json.dumps(judge_items[i][1].tokens, ensure_ascii=False),
+                "natural_score": sn.score if sn.score is not None else float("nan"),
+                "steered_score": ss.score if ss.score is not None else float("nan"),
+                "natural_raw": sn.raw,
+                "steered_raw": ss.raw,
+                "natural_error": sn.error,
+                "steered_error": ss.error,
+            }
+        )
+    items = pd.DataFrame(rows)
+    statistics = paired_statistics(items["natural_score"], items["steered_score"])
+    statistics["target_in_natural_topk"] = int(items["target_in_natural_topk"].sum())
+    statistics["target_in_steered_topk"] = int(items["target_in_steered_topk"].sum())
+    statistics["n_reached"] = int(items["reached"].sum())
+    statistics["n_steered"] = int((items["steps"] > 0).sum())
+    statistics["mean_steps"] = float(items["steps"].mean())
+    statistics["mean_delta_H_steered_rows"] = (
+        float(items.loc[items["steps"] > 0, "delta_H"].mean()) if (items["steps"] > 0).any() else float("nan")
+    )
+    table = table3_frame(config.model, statistics)
+    baselines = pd.DataFrame()
+    long = pd.DataFrame()
+    if config.baselines:
+        long = baseline_comparison(read, h, targets.to(lm.device), result, h_prev=h_prev, seed=config.seed)
+        baselines = baseline_table(long) if len(long) else pd.DataFrame()
+    summary = {
+        "kind": "steering-evaluation",
+        "config": config.to_dict(),
+        "steering": steering_config.to_dict(),
+        "model": lm.identity.to_dict(),
+        "judge": judge.describe(),
+        "versions": versions(),
+        "statistics": statistics,
+        "table3": table.to_dict(orient="records"),
+        "baselines": baselines.to_dict(orient="records"),
+        "seconds": time.time() - started,
+    }
+    if out_path is not None:
+        from ppmech.runs import write_json
+
+        _write_csv(out_path / "items.csv", items)
+        if len(long):
+            _write_csv(out_path / "baselines.csv", long)
+        write_json(out_path / "summary.json", _finite(summary))
+    return SteeringEvalResult(
+        path=out_path, items=items, statistics=statistics, table=table, baselines=baselines, summary=summary
+    )
