@@ -5,7 +5,7 @@ captures ``resid_post.{i}`` at every decoder block. Each layer's residual is
 passed through the model's final norm and the readout, which gives, per layer
 ``l`` and step ``t``, the normed state ``h^l_t`` and ``ln p^l_{x_t}`` of the
 realised token. The last layer reproduces the recorded ``h_t`` (checked by
-``tests/integration/test_verify_layers.py``).
+``tests/integration/test_verify.py``).
 
 This is the only part of the analyses that runs the model; the statistics over
 its output are :func:`ppmech.analyses.layer_energy_table`.

@@ -83,17 +83,17 @@ class Sizes:
 
 
 QUICK = Sizes(
-    core_prompts=6,
-    core_tokens=24,
+    core_prompts=5,
+    core_tokens=10,
     extra_prompts={"smollm2-135m": 5, "gemma3-270m": 5},
     long_prompts={"smollm2-135m": 5, "gemma3-270m": 5},
-    long_tokens=60,
+    long_tokens=20,
     interp_trajectories=5,
-    interp_pairs=4,
+    interp_pairs=3,
     el_trajectories=5,
     layer_trajectories={"smollm2-135m": 2, "gemma3-270m": 2},
     precision_prompts=5,
-    window=20,
+    window=10,
 )
 
 
