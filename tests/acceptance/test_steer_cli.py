@@ -1,0 +1,159 @@
+"""`ppmech steer` and `ppmech evaluate-steering` as a user runs them, bad input included."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ppmech.cli import main
+from ppmech.runs import STEP_SCHEMA
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.slow
+def test_steer_prints_texts_and_energy_and_writes_both_traces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "steer"
+    args = ["steer", "--model", "smollm2-135m", "--prompt", "The capital of France is"]
+    args += ["--target-text", "a small village", "--new-tokens", "5", "--out", str(out)]
+    code, stdout, _ = _run(args, capsys)
+    assert code == 0
+    assert "natural:" in stdout and "steered:" in stdout and "Energy comparison" in stdout
+    assert "a small village" in stdout.split("steered:")[1].splitlines()[0]
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert set(STEP_SCHEMA.names) <= set(steps.columns)
+    assert {"trace", "target_id", "steer_steps", "delta_norm", "p_target_before", "p_target_after"} <= set(
+        steps.columns
+    )
+    assert sorted(steps["trace"].unique()) == ["natural", "steered"]
+    steered = steps[(steps["trace"] == "steered") & (steps["target_id"] >= 0)]
+    assert len(steered) == 3 and (steered["p_target_after"] >= 0.5).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steered_text"].startswith(" a small village")
+    # Refuses to overwrite without --overwrite.
+    code, _, err = _run(args, capsys)
+    assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target-text", "   "], "tokenises to no tokens"),
+        (["--target-text", "Paris", "--eta", "1.5"], "--eta must lie strictly between 0 and 1"),
+        (["--target-text", "Paris", "--eta", "0"], "--eta must lie strictly between 0 and 1"),
+        (["--target-text", "Paris", "--layer", "99"], "layer index 99 is out of range"),
+        (["--target-ids", "5,x"], "--target-ids takes comma-separated ids"),
+    ],
+)
+def test_steer_bad_input_is_one_line_exit_2(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["steer", "--model", "smollm2-135m", "--prompt", "Hello", "--out", str(tmp_path / "o"), *extra]
+    try:
+        code, _, err = _run(args, capsys)
+    except SystemExit as exc:  # argparse type errors exit directly
+        code = int(exc.code or 0)
+        err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_judge_endpoint_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    args = ["evaluate-steering", "--prompts", "2", "--judge", "openai", "--judge-url", url]
+    args += ["--judge-model", "m", "--judge-retries", "1", "--no-baselines", "--no-progress"]
+    args += ["--out", str(tmp_path / "e")]
+    code, _, err = _run(args, capsys)
+    assert code == 2
+    assert "unreachable after 2 attempts" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def judge_server() -> Iterator[str]:
+    """A real loopback chat-completions server: request n gets "Score: 6" or, every third, no score."""
+    count = {"n": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with lock:
+                count["n"] += 1
+                n = count["n"]
+            content = "I would rather not rate this." if n % 3 == 0 else f"Score: {4 + n % 3}"
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+def test_evaluate_steering_records_missing_scores_as_missing(
+    judge_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate-steering", "--prompts", "6", "--judge", "openai", "--judge-url", judge_server]
+    args += ["--judge-model", "m", "--no-progress", "--out", str(out), "--markdown", str(tmp_path / "t.md")]
+    code, stdout, _ = _run(args, capsys)
+    assert code == 0
+    assert "Table 3" in stdout and "Cohen's d_z" in stdout and "Baselines" in stdout
+    items = pd.read_csv(out / "items.csv")
+    assert len(items) == 6
+    missing = items["natural_score"].isna() | items["steered_score"].isna()
+    assert missing.sum() >= 1
+    assert items.loc[items["natural_score"].isna(), "natural_error"].eq("no score in reply").all()
+    summary = json.loads((out / "summary.json").read_text())
+    stats = summary["statistics"]
+    assert stats["n_missing_pairs"] == int(missing.sum())
+    assert stats["n_pairs"] == 6 - int(missing.sum())
+    complete = items[~missing]
+    assert stats["natural_mean"] == pytest.approx(complete["natural_score"].mean())
+    assert {"natural_topk", "steered_topk", "target_in_natural_topk"} <= set(items.columns)
+    assert len(json.loads(items.loc[0, "steered_topk"])) == 10
+    assert (out / "baselines.csv").is_file()
+    assert "| model |" in (tmp_path / "t.md").read_text()
