@@ -764,12 +764,10 @@ class MonitorStream:
     """
 
     def __init__(self, monitor: EnergyMonitor) -> None:
-        from ppmech.architectures import readout
         from ppmech.corpus import special_prefix
 
         self.monitor = monitor
         self.lm = monitor.lm
-        self._read = readout(self.lm.model)
         self._cache: Any = None
         self.ids: list[int] = []
         self.next_logits: torch.Tensor | None = None
@@ -809,9 +807,12 @@ class MonitorStream:
         mask = torch.ones((1, past + len(ids)), dtype=torch.long, device=device)
         pos = torch.arange(past, past + len(ids), device=device)[None, :]
         with capture(self.lm.model, [FINAL_NORM]) as store:
-            _, self._cache = forward_step(self.lm.model, inp, mask, pos, self._cache, logits_to_keep=1)
+            # The model's own logits at every fed position: no second unembedding pass.
+            out_logits, self._cache = forward_step(
+                self.lm.model, inp, mask, pos, self._cache, logits_to_keep=len(ids)
+            )
             states = store[FINAL_NORM][0][0]  # [len, d]
-        logits = self._read.logits(states)
+        logits = out_logits[0].float()
         cal = self.monitor.calibration
         sig = cal.signals
         threshold = sig["H"].cusum_threshold

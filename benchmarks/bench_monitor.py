@@ -1,0 +1,124 @@
+"""Per-token overhead of the energy monitor on top of plain generation (issue #5).
+
+Measured in one run, on the same prompts, alternating the two so that drifting
+machine load hits both alike:
+
+1. plain greedy generation: a KV-cached ``forward_step`` loop, batch 1, taking
+   the argmax of the model's logits;
+2. the same generation through :meth:`ppmech.monitor.EnergyMonitor.generate`:
+   the final-norm hook, float32 log-softmax, ``V``/``K``/``H``, the baseline
+   signals, z-scores and the CUSUM update, every token.
+
+Both produce the same tokens (checked). The monitor is calibrated beforehand
+(not timed). Writes ``benchmarks/results/monitor.md`` and reassembles
+``BENCHMARKS.md``. Usage: ``python benchmarks/bench_monitor.py [--prompts 4] [--new-tokens 64]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from typing import Any
+
+import torch
+
+from ppmech.corpus import load_documents, select_prompts
+from ppmech.measure import versions
+from ppmech.models import forward_step, load_model
+from ppmech.monitor import EnergyMonitor, MonitorConfig
+
+RESULTS_NAME = "monitor.md"
+
+
+@torch.no_grad()
+def plain_generate(lm: Any, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy, batch 1, KV-cached; no hooks, no statistics."""
+    ids = torch.tensor([prompt])
+    mask = torch.ones_like(ids)
+    pos = torch.arange(len(prompt))[None, :]
+    cache = None
+    out: list[int] = []
+    step_ids = ids
+    for _ in range(new_tokens):
+        logits, cache = forward_step(lm.model, step_ids, mask, pos, cache)
+        token = int(logits[0, -1].argmax())
+        out.append(token)
+        step_ids = torch.tensor([[token]])
+        pos = pos[:, -1:] + 1
+        mask = torch.cat([mask, mask.new_ones((1, 1))], dim=-1)
+    return out
+
+
+def monitored_generate(monitor: EnergyMonitor, prompt: list[int], new_tokens: int) -> list[int]:
+    return [token for token, _ in monitor.generate(prompt, new_tokens)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--context-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    lm = load_model(args.model)
+    monitor = EnergyMonitor.calibrate(lm, MonitorConfig(model=args.model, sequences=32, tokens=64))
+    prompts = [
+        p.ids
+        for p in select_prompts(
+            load_documents("wiki-en"), lm.tokenizer, args.prompts, context_tokens=args.context_tokens, seed=1
+        )
+    ]
+    plain_generate(lm, prompts[0], 4)  # warm-up
+    monitored_generate(monitor, prompts[0], 4)
+
+    plain_times, monitor_times = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        plain_tokens = [plain_generate(lm, p, args.new_tokens) for p in prompts]
+        plain_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        monitor_tokens = [monitored_generate(monitor, p, args.new_tokens) for p in prompts]
+        monitor_times.append(time.perf_counter() - t0)
+        assert plain_tokens == monitor_tokens, "the monitored generation chose different tokens"
+    t_plain, t_mon = min(plain_times), min(monitor_times)
+    tokens = args.prompts * args.new_tokens
+    v = versions()
+    lines = [
+        "## Energy monitor overhead (issue #5)",
+        "",
+        f"Command: `python benchmarks/bench_monitor.py --prompts {args.prompts} --new-tokens "
+        f"{args.new_tokens} --repeats {args.repeats}` ({time.strftime('%Y-%m-%d')}, "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {v['torch']}, transformers {v['transformers']}).",
+        "",
+        f"Workload: {args.model}, fp32, batch 1, {args.prompts} Wikipedia prompts x {args.context_tokens} "
+        f"tokens, {args.new_tokens} greedy new tokens each ({tokens} tokens); both loops produce the same "
+        f"tokens. Times are the best of {args.repeats} alternating repeats; the machine was shared, so "
+        "absolute times are noisy, the ratio less so.",
+        "",
+        "| measurement | seconds | ms per token |",
+        "|---|---|---|",
+        f"| plain generation (KV-cached forward_step loop, argmax) | {t_plain:.2f} "
+        f"| {1e3 * t_plain / tokens:.1f} |",
+        f"| monitored generation (EnergyMonitor.generate) | {t_mon:.2f} | {1e3 * t_mon / tokens:.1f} |",
+        f"| **overhead per token** | | **{1e3 * (t_mon - t_plain) / tokens:.2f}** |",
+        f"| **ratio monitored / plain** | **{t_mon / t_plain:.3f}x** | |",
+        "",
+        f"All repeats (s): plain {', '.join(f'{t:.2f}' for t in plain_times)}; "
+        f"monitored {', '.join(f'{t:.2f}' for t in monitor_times)}.",
+        "",
+    ]
+    from bench_recorder import RESULTS, assemble  # same folder; rebuilds BENCHMARKS.md
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / RESULTS_NAME).write_text("\n".join(lines))
+    assemble()
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
