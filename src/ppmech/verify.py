@@ -136,7 +136,7 @@ class VerifyConfig:
 
 
 def plan_runs(config: VerifyConfig) -> list[RunPlan]:
-    """Every run the verification needs, in the order they are recorded."""
+    """Every run the verification needs, in the order they are recorded (model by model)."""
     s = config.sizes
     plans: list[RunPlan] = []
     for model in config.models:
@@ -190,7 +190,9 @@ def plan_runs(config: VerifyConfig) -> list[RunPlan]:
             "precision: bfloat16 compute of the same weights",
         )
     )
-    return plans
+    # One model at a time, cheapest first: a partial ledger is possible early.
+    order = {m: i for i, m in enumerate(config.models)}
+    return sorted(plans, key=lambda p: order[p.model])
 
 
 def ensure_run(plan: RunPlan, root: Path, progress: bool = True) -> Run:
