@@ -64,6 +64,7 @@ from ppmech.recording import Decoding, Recorder, left_pad
 
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]
 DirectionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LineFactory = Callable[[torch.Tensor, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 __all__ = [
     "GenerationPair",
@@ -79,6 +80,7 @@ __all__ = [
     "energy_change",
     "energy_comparison",
     "kl_divergence",
+    "readout_line",
     "run_steer",
     "steer",
     "steer_states",
@@ -259,6 +261,7 @@ def steer_states(
     direction_fn: DirectionFn | None = None,
     h_prev: torch.Tensor | None = None,
     method: str = "autograd",
+    line_fn: LineFactory | None = None,
 ) -> SteeringResult:
     """Algorithm 1 over a batch of states, each with its own target.
 
@@ -272,6 +275,10 @@ def steer_states(
             autograd through ``log_prob_fn`` when ``None``.
         h_prev: ``[B, d]`` previous states for ΔH (in the same space as ``h``).
         method: label stored in the result.
+        line_fn: ``(h, ĝ) -> (α [B] -> ln p_{t*}(h + α ĝ) [B])``, a cheaper evaluator
+            of the line search (see :func:`readout_line`); every step it accepts is
+            re-checked with ``log_prob_fn`` and kept only if ``p_{t*}`` increased.
+            ``None``: ``log_prob_fn`` on each trial point.
     """
     if h.ndim != 2 or targets.shape != (h.shape[0],):
         raise ValueError(f"h must be [B, d] and targets [B]; got {tuple(h.shape)} and {tuple(targets.shape)}")
@@ -280,6 +287,12 @@ def steer_states(
 
         def direction_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return autograd_direction(log_prob_fn, x, t)
+
+    exact_line = line_fn is None
+    if line_fn is None:
+
+        def line_fn(x: torch.Tensor, u: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda step: _target_logp(log_prob_fn(x + step[:, None] * u).float(), targets)
 
     ln_eta = math.log(config.eta)
     steer_row = targets >= 0
@@ -308,10 +321,12 @@ def steer_states(
         pending = active & (gnorm > 0)
         first = torch.zeros_like(pending)
         trial = alpha.clone()
+        zero = torch.zeros_like(alpha)
         with torch.no_grad():
+            along = line_fn(cur, ghat)
             for attempt in range(config.max_backtracks):
                 cand = torch.where(pending[:, None], cur + trial[:, None] * ghat, cur)
-                cand_logp = _target_logp(log_prob_fn(cand).float(), targets)
+                cand_logp = along(torch.where(pending, trial, zero))
                 ok = pending & (cand_logp > logp)
                 new_h = torch.where(ok[:, None], cand, new_h)
                 new_logp = torch.where(ok, cand_logp, new_logp)
@@ -331,7 +346,7 @@ def steer_states(
                 if not bool(grow.any()):
                     break
                 cand = torch.where(grow[:, None], cur + trial[:, None] * ghat, cur)
-                cand_logp = _target_logp(log_prob_fn(cand).float(), targets)
+                cand_logp = along(torch.where(grow, trial, zero))
                 ok = grow & (cand_logp > new_logp)
                 new_h = torch.where(ok[:, None], cand, new_h)
                 new_logp = torch.where(ok, cand_logp, new_logp)
@@ -346,12 +361,15 @@ def steer_states(
             for _ in range(config.bisections if bool(crossed.any()) else 0):
                 mid = 0.5 * (below + above)
                 cand = torch.where(crossed[:, None], cur + mid[:, None] * ghat, cur)
-                cand_logp = _target_logp(log_prob_fn(cand).float(), targets)
+                cand_logp = along(torch.where(crossed, mid, zero))
                 good = crossed & (cand_logp >= ln_eta) & (cand_logp > logp)
                 new_h = torch.where(good[:, None], cand, new_h)
                 new_logp = torch.where(good, cand_logp, new_logp)
                 above = torch.where(good, mid, above)
                 below = torch.where(crossed & ~good, mid, below)
+            if not exact_line:
+                # The guarantee is on the model's own log-probabilities, not the evaluator's.
+                new_logp = torch.where(active, _target_logp(log_prob_fn(new_h).float(), targets), new_logp)
         moved = active & (new_logp > logp)
         stalled = stalled | (active & ~moved)
         steps = steps + moved.long()
@@ -394,6 +412,32 @@ def steer_states(
     )
 
 
+def readout_line(readout: Readout, targets: torch.Tensor) -> LineFactory:
+    """Line evaluator for :func:`steer_states` on a readout: ``α -> ln p_{t*}(h + α ĝ)``.
+
+    Before soft-capping the logits are affine along the line,
+    ``z(α) = s (W h + b) + α s W ĝ``, so after two matrix products per gradient step
+    each trial costs only a soft-cap and a log-softmax over ``[B, V]``.
+    """
+    targets = targets.clamp_min(0)
+
+    def factory(h: torch.Tensor, u: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        z0 = torch.nn.functional.linear(h.float(), readout.weight, readout.bias)
+        dz = torch.nn.functional.linear(u.float(), readout.weight)
+
+        def at(step: torch.Tensor) -> torch.Tensor:
+            z = z0 + step[:, None] * dz
+            if readout.scale != 1.0:
+                z = z * readout.scale
+            if readout.softcap is not None:
+                z = readout.softcap * torch.tanh(z / readout.softcap)
+            return _target_logp(torch.log_softmax(z, dim=-1), targets)
+
+        return at
+
+    return factory
+
+
 def steer(
     readout: Readout,
     h: torch.Tensor,
@@ -426,7 +470,16 @@ def steer(
         direction = None
     else:
         raise PPMechError(f"unknown steering method {method!r}", "use auto, analytic or autograd")
-    return steer_states(h, targets, readout.log_probs, config, direction, h_prev, method)
+    return steer_states(
+        h,
+        targets,
+        readout.log_probs,
+        config,
+        direction,
+        h_prev,
+        method,
+        line_fn=readout_line(readout, targets),
+    )
 
 
 # --------------------------------------------------------------------------- baselines
