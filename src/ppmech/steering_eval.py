@@ -413,6 +413,12 @@ def evaluate_steering(
     statistics["mean_delta_H_steered_rows"] = (
         float(items.loc[items["steps"] > 0, "delta_H"].mean()) if (items["steps"] > 0).any() else float("nan")
     )
+    # States already at η are not moved, so their two lists are identical; the
+    # comparison restricted to the moved states is reported beside the full one.
+    moved = items["steps"] > 0
+    statistics["moved_only"] = paired_statistics(
+        items.loc[moved, "natural_score"], items.loc[moved, "steered_score"]
+    )
     table = table3_frame(config.model, statistics)
     baselines = pd.DataFrame()
     long = pd.DataFrame()

@@ -153,6 +153,9 @@ def test_evaluate_steering_records_missing_scores_as_missing(
     assert stats["n_pairs"] == 6 - int(missing.sum())
     complete = items[~missing]
     assert stats["natural_mean"] == pytest.approx(complete["natural_score"].mean())
+    moved = items["steps"] > 0
+    assert stats["moved_only"]["n_items"] == int(moved.sum())
+    assert "moved states only" in stdout
     assert {"natural_topk", "steered_topk", "target_in_natural_topk"} <= set(items.columns)
     assert len(json.loads(items.loc[0, "steered_topk"])) == 10
     assert (out / "baselines.csv").is_file()

@@ -80,6 +80,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{s['n_reached']} reached η; mean gradient steps {s['mean_steps']:.2f}; "
         f"missing score pairs excluded: {s['n_missing_pairs']}"
     )
+    m = s["moved_only"]
+    print(
+        f"moved states only (N = {m['n_pairs']}): natural {m['natural_mean']:.2f} ± {m['natural_sd']:.2f}, "
+        f"steered {m['steered_mean']:.2f} ± {m['steered_sd']:.2f}, p = {m['p_value']:.3g}, "
+        f"d_z = {m['cohens_dz']:.2f}"
+    )
     if len(result.baselines):
         print(text_table(result.baselines, title="\nBaselines at the same target probability (same states)"))
     if args.markdown:
