@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,24 +137,90 @@ def test_verify_refuses_other_models(capsys: pytest.CaptureFixture[str], tmp_pat
     assert "embedded models only" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], float, str]:
+    """One `ppmech verify --quick` on SmolLM2 (all conditions, tiny sizes)."""
+    out = tmp_path_factory.mktemp("verify-quick") / "v"
+    args = [
+        "verify",
+        "--quick",
+        "--models",
+        "smollm2-135m",
+        "--out",
+        str(out),
+        "--n-boot",
+        "50",
+        "--no-progress",
+    ]
+    t0 = time.perf_counter()
+    code = main(args)
+    assert code == 0
+    return out, args, time.perf_counter() - t0, (out / "claims.json").read_text()
+
+
 @pytest.mark.slow
-def test_verify_quick_writes_the_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "v"
-    args = ["verify", "--quick", "--no-extras", "--models", "smollm2-135m", "--out", str(out)]
-    code, stdout, err = _run([*args, "--n-boot", "50", "--no-progress"], capsys)
-    assert code == 0, err
-    assert "Claims ledger" in stdout and "supported" in stdout
+def test_verify_quick_writes_the_ledger(quick: tuple[Path, list[str], float, str]) -> None:
+    out, _, _, text = quick
     md = (out / "claims.md").read_text()
-    assert "| T1-cv-pre | smollm2-135m |" in md and "## Ambiguities and inconsistencies" in md
-    data = json.loads((out / "claims.json").read_text())
+    assert "| T1-cv-pre | smollm2-135m |" in md
+    for section in (
+        "## Definitions used",
+        "## Ambiguities and inconsistencies",
+        "CV of H by position",
+        "Per-layer",
+    ):
+        assert section in md
+    data = json.loads(text)
     ids = {c["id"] for c in data["claims"]}
-    assert {"T1-cv-pre", "T2-pre", "C5-pre", "C1-EL", "D1-classical", "T5"} <= ids
+    assert {"T1-cv-pre", "T2-pre", "T4-jump-pre", "C5-pre", "C1-EL", "D1-classical", "F-power", "T5"} <= ids
+    assert {
+        "OQ-es",
+        "OQ-fr",
+        "OQ-long",
+        "OQ-long-window",
+        "OQ-sample",
+        "OQ-ctx25",
+        "OQ-bf16",
+        "X-layers",
+    } <= ids
     assert all(c["verdict"] in ("supported", "not supported", "inconclusive") for c in data["claims"])
-    # A run directory made with other settings is an error, not overwritten.
+    m = data["measurements"]
+    # The ledger's global CV is the run's own statistic (same definition, same steps).
+    summary = json.loads((out / "runs" / "smollm2-135m-pretrained" / "summary.json").read_text())
+    assert m["smollm2-135m/pretrained/global_cv"]["value"] == pytest.approx(
+        summary["statistics"]["global_cv"]
+    )
+    # The logit lens at the last layer reproduces the recorded h_t.
+    assert m["smollm2-135m/pretrained-layers/last_layer_max_abs_diff"]["value"] < 1e-3
+
+
+@pytest.mark.slow
+def test_second_verify_reuses_everything(
+    quick: tuple[Path, list[str], float, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, args, first, text = quick
+    t0 = time.perf_counter()
+    code, stdout, err = _run(args, capsys)
+    second = time.perf_counter() - t0
+    assert code == 0, err
+    assert "Claims ledger" in stdout
+    assert second < first / 3
+    assert json.loads((out / "claims.json").read_text())["claims"] == json.loads(text)["claims"]
+
+
+@pytest.mark.slow
+def test_verify_refuses_a_run_directory_with_other_settings(
+    quick: tuple[Path, list[str], float, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, args, _, _ = quick
     summary_path = out / "runs" / "smollm2-135m-random" / "summary.json"
-    summary = json.loads(summary_path.read_text())
+    original = summary_path.read_text()
+    summary = json.loads(original)
     summary["config"]["new_tokens"] = 999
     summary_path.write_text(json.dumps(summary))
-    code, _, err = _run([*args, "--n-boot", "50", "--no-progress"], capsys)
+    try:
+        code, _, err = _run(args, capsys)
+    finally:
+        summary_path.write_text(original)
     assert code == 2
     assert "different settings (new_tokens)" in err and len(err.strip().splitlines()) == 1
