@@ -161,6 +161,16 @@ def _clean(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _escape_pipes(frame: Any) -> Any:
+    """Escape ``|`` in text cells (``|z| mean H``) so markdown tables keep their columns."""
+    out = frame.copy()
+    for col in out.columns:
+        values = list(out[col])
+        if any(isinstance(v, str) for v in values):
+            out[col] = [v.replace("|", "\\|") if isinstance(v, str) else v for v in values]
+    return out
+
+
 def benchmark_report(result: Any) -> str:
     """The benchmark as markdown: sizes, the table, the delay table."""
     cfg = result.config
@@ -171,7 +181,7 @@ def benchmark_report(result: Any) -> str:
         f"{cfg['tokens']} tokens each, seed {cfg['seed']}; splice after {cfg['splice_at']} tokens; "
         f"wall time {result.seconds:.0f} s. Cells: AUROC / TPR at 5% FPR against held-out English Wikipedia.",
         "",
-        markdown_table(result.table()),
+        markdown_table(_escape_pipes(result.table())),
         "",
         "Spliced set, per-token CUSUM alarms (threshold: 95th percentile of calibration maxima):",
         "",
