@@ -451,6 +451,22 @@ CLAIMS: list[Claim] = [
         Rule("near", 0.89, tol=NEAR_TOL),
     ),
     Claim(
+        "T2-pre-median",
+        "Table 2 (third reading)",
+        "K/V ≈ 11.8 read as the median of per-step ratios K_t/V_t (pretrained)",
+        "11.8",
+        "{model}/pretrained/kv_median_of_ratios",
+        Rule("near", 11.8, tol=NEAR_TOL),
+    ),
+    Claim(
+        "T2-rand-median",
+        "Table 2 (third reading)",
+        "K/V ≈ 0.89 read as the median of per-step ratios K_t/V_t (random)",
+        "0.89",
+        "{model}/random/kv_median_of_ratios",
+        Rule("near", 0.89, tol=NEAR_TOL),
+    ),
+    Claim(
         "B3-K",
         "§B.3",
         "On trained models K ≈ 7",
