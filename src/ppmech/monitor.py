@@ -731,7 +731,31 @@ def trace_many(
     out: list[TokenTrace] = []
     for batch in tqdm(batches, desc=progress, disable=progress is None, unit="batch", leave=False):
         out.extend(trace_batch(lm, batch))
+        _release_freed_memory()
     return out
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc only; a no-op elsewhere).
+
+    The per-row ``[n, V]`` float32 temporaries are freed after each batch, but
+    glibc keeps them in its heap: measured on smollm2, resident memory grew by
+    ~350 MB per 16-text batch (3.6 GB after 6 batches) without this, and stayed
+    at 1.0 GB with it.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        trim = getattr(libc, "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+    except OSError:
+        pass
 
 
 @dataclass
