@@ -65,7 +65,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     lm = load_model(args.model)
-    monitor = EnergyMonitor.calibrate(lm, MonitorConfig(model=args.model, sequences=32, tokens=64))
+    monitor = EnergyMonitor.calibrate(lm, MonitorConfig(model=args.model, sequences=8, tokens=32))
     prompts = [
         p.ids
         for p in select_prompts(
