@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layer", type=int, default=None, help="block for the layer run (default: middle)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-layer", action="store_true", help="time only plain and final-norm steering")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -81,8 +82,9 @@ def main() -> None:
     for _ in range(args.repeats):
         times["plain"].append(plain())
         times["final"].append(steered(None))
-        times["layer"].append(steered(layer))
-    best = {k: min(v) for k, v in times.items()}
+        if not args.skip_layer:
+            times["layer"].append(steered(layer))
+    best = {k: min(v) for k, v in times.items() if v}
     steps = args.prompts * args.new_tokens
 
     def row(name: str, key: str) -> str:
@@ -92,7 +94,7 @@ def main() -> None:
         )
 
     f_worked, f_total, f_mean = stats["final"]
-    l_worked, l_total, l_mean = stats["layer"]
+    l_worked, l_total, l_mean = stats.get("layer", (0, 0, 0.0))
     lines = [
         "## Jacobian steering overhead (`benchmarks/bench_steering.py`)",
         "",
@@ -107,16 +109,21 @@ def main() -> None:
         "|---|---|---|---|",
         row("plain (Recorder, greedy)", "plain"),
         row("steered at the final norm (paper)", "final"),
-        row(f"steered at the residual after block {layer} (beyond the paper)", "layer"),
+        *(
+            [row(f"steered at the residual after block {layer} (beyond the paper)", "layer")]
+            if "layer" in best
+            else []
+        ),
         "",
         f"Steps that needed steering (p below η): final {f_worked}/{f_total} "
-        f"(mean {f_mean:.2f} gradient steps each), layer {layer} {l_worked}/{l_total} "
-        f"(mean {l_mean:.2f}). A step is one batched decoding step of all {args.prompts} rows; "
-        f"{steps} row-steps per run.",
+        f"(mean {f_mean:.2f} gradient steps each)"
+        + (f", layer {layer} {l_worked}/{l_total} (mean {l_mean:.2f})" if "layer" in best else "")
+        + f". A step is one batched decoding step of all {args.prompts} rows; {steps} row-steps per run."
+        + ("" if "layer" in best else " The intermediate-layer run was skipped (--skip-layer)."),
         "",
         f"All repeats (s): plain {', '.join(f'{t:.2f}' for t in times['plain'])}; "
         f"final {', '.join(f'{t:.2f}' for t in times['final'])}; "
-        f"layer {', '.join(f'{t:.2f}' for t in times['layer'])}.",
+        f"layer {', '.join(f'{t:.2f}' for t in times['layer']) or 'skipped'}.",
         "",
     ]
     from bench_recorder import RESULTS, assemble  # same folder; rebuilds BENCHMARKS.md
