@@ -89,9 +89,7 @@ def server() -> Iterator[FakeServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     port = httpd.server_address[1]
     state.base_url = f"http://127.0.0.1:{port}/v1"
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield state
@@ -152,9 +150,7 @@ def test_several_items_in_order(server: FakeServer) -> None:
 
 
 def test_429_twice_then_success(server: FakeServer) -> None:
-    server.behaviour = lambda n: (
-        (429, '{"error": "slow down"}') if n <= 2 else (200, reply("Score: 6"))
-    )
+    server.behaviour = lambda n: (429, '{"error": "slow down"}') if n <= 2 else (200, reply("Score: 6"))
     judge = judge_for(server)
     [score] = judge.score([ITEM])
     assert score.score == 6.0
@@ -247,9 +243,7 @@ def test_unreachable_endpoint() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    judge = OpenAIJudge(
-        base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=2, backoff_s=0.01
-    )
+    judge = OpenAIJudge(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=2, backoff_s=0.01)
     with pytest.raises(PPMechError) as info:
         judge.score([ITEM])
     line = info.value.one_line()

@@ -167,9 +167,7 @@ def test_embedding_judge_prefers_coherent_tokens() -> None:
             " fashion",
         ],
     )
-    garbage = JudgeItem(
-        CONTEXT, [" qz", "##", "&&", " 7734", " blorp", " xyl", ")]", " ;;", " ¬", "ʼ"]
-    )
+    garbage = JudgeItem(CONTEXT, [" qz", "##", "&&", " 7734", " blorp", " xyl", ")]", " ;;", " ¬", "ʼ"])
     unrelated = JudgeItem(
         CONTEXT,
         [
