@@ -79,6 +79,10 @@ def test_directory_without_config(tmp_path: Path) -> None:
 
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hub reads HF_HUB_OFFLINE at import; patch the constant so no network is tried.
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(PPMechError, match="could not load model 'nobody/no-such-model'"):
         load_model("nobody/no-such-model")
