@@ -34,6 +34,8 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_recorder.py
+	$(PY) benchmarks/bench_steering.py
+	$(PY) benchmarks/bench_monitor.py
 
 clean-venv:
 	rm -rf $(VENV)
