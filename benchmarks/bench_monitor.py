@@ -97,8 +97,8 @@ def main() -> None:
         "",
         f"Workload: {args.model}, fp32, batch 1, {args.prompts} Wikipedia prompts x {args.context_tokens} "
         f"tokens, {args.new_tokens} greedy new tokens each ({tokens} tokens); both loops produce the same "
-        f"tokens. Times are the best of {args.repeats} alternating repeats; the machine was shared, so "
-        "absolute times are noisy, the ratio less so.",
+        f"tokens. Times are the best of {args.repeats} alternating repeats; the ratio compares runs "
+        "interleaved in the same process.",
         "",
         "| measurement | seconds | ms per token |",
         "|---|---|---|",

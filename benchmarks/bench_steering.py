@@ -102,8 +102,8 @@ def main() -> None:
         f"torch {versions()['torch']}. {args.prompts} Wikipedia prompts of 50 tokens decoded together "
         f"(batch {args.prompts}), {args.new_tokens} greedy new tokens; steered runs target the article's "
         f"own next token at every step (η = {config.eta}, K = {config.max_steps}). Times are the best of "
-        f"{args.repeats} alternating repeats in one run; the machine was shared with other jobs, so "
-        "absolute times are noisy, the ratios less so.",
+        f"{args.repeats} alternating repeats in one run; the ratios compare runs interleaved in the "
+        "same process.",
         "",
         "| run | seconds | ms per batched step | steered step / plain step |",
         "|---|---|---|---|",
