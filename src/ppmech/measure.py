@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.errors import PPMechError
-from ppmech.models import load_model
+from ppmech.models import load_configured
 from ppmech.recording import Decoding, Recorder
 from ppmech.runs import RunWriter, batch_tables, load_run
 from ppmech.statistics import EnergyStatistics, statistics_from_steps
@@ -142,13 +142,7 @@ def measure(
     """
     out = Path(out)
     started = time.perf_counter()
-    lm = load_model(
-        config.model,
-        weights=config.weights,  # type: ignore[arg-type]
-        seed=config.seed,
-        dtype=config.dtype,
-        trust_remote_code=config.trust_remote_code,
-    )
+    lm = load_configured(config)
     decoding = config.decoding_config()
     recorder = Recorder(lm, decoding, keep_hidden=config.save_hidden)
     special = len(lm.tokenizer("a")["input_ids"]) - len(

@@ -389,6 +389,18 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
 
 
+def load_configured(config: Any) -> LoadedModel:
+    """:func:`load_model` from any config carrying ``model``, ``weights``, ``seed``, ``dtype``
+    and ``trust_remote_code`` (``MeasureConfig``, ``MonitorConfig``, ``SteerConfig``, ...)."""
+    return load_model(
+        config.model,
+        weights=config.weights,
+        seed=config.seed,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+    )
+
+
 def _cache_kwarg(model: Any) -> str:
     import inspect
 

@@ -59,7 +59,7 @@ from ppmech.architectures import Readout, decoder_layers
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture, hook_module, resid_post
 from ppmech.mechanics import entropy_from_logprobs, speed_squared
-from ppmech.models import LoadedModel, forward_step
+from ppmech.models import LoadedModel, forward_step, load_configured
 from ppmech.recording import Decoding, Recorder, left_pad
 
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]
@@ -1111,7 +1111,6 @@ def run_steer(
 
     from ppmech.corpus import special_prefix
     from ppmech.measure import versions
-    from ppmech.models import load_model
     from ppmech.runs import write_json
 
     out_path = Path(out) if out is not None else None
@@ -1123,13 +1122,7 @@ def run_steer(
         (out_path / "summary.json").unlink(missing_ok=True)
         shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
     if lm is None:
-        lm = load_model(
-            config.model,
-            weights=config.weights,  # type: ignore[arg-type]
-            seed=config.seed,
-            dtype=config.dtype,
-            trust_remote_code=config.trust_remote_code,
-        )
+        lm = load_configured(config)
     if config.layer is not None:
         hook_module(lm.model, resid_post(config.layer))
     tok = lm.tokenizer

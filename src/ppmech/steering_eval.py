@@ -312,7 +312,7 @@ def evaluate_steering(
     from ppmech.corpus import load_documents, select_prompts
     from ppmech.hooks import FINAL_NORM, capture
     from ppmech.measure import versions
-    from ppmech.models import load_model
+    from ppmech.models import load_configured
     from ppmech.recording import left_pad
     from ppmech.steering import SteeringConfig, baseline_comparison, baseline_table, steer
 
@@ -322,13 +322,7 @@ def evaluate_steering(
     if out_path is not None:
         _prepare_out(out_path, overwrite)
     if lm is None:
-        lm = load_model(
-            config.model,
-            weights=config.weights,  # type: ignore[arg-type]
-            seed=config.seed,
-            dtype=config.dtype,
-            trust_remote_code=config.trust_remote_code,
-        )
+        lm = load_configured(config)
     judge = judge if judge is not None else build_judge(config)
     tok = lm.tokenizer
     docs = load_documents(config.corpus, text_field=config.text_field)

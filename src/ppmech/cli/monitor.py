@@ -67,7 +67,7 @@ def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ppmech.models import load_model
+    from ppmech.models import load_configured
     from ppmech.monitor import EnergyMonitor, MonitorConfig
 
     out = Path(args.out)
@@ -75,13 +75,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise PPMechError(f"{out} already exists", "pass --overwrite to replace it, or choose another --out")
     names = {f.name for f in fields(MonitorConfig)}
     config = MonitorConfig(**{k: v for k, v in vars(args).items() if k in names})
-    lm = load_model(
-        config.model,
-        weights=config.weights,  # type: ignore[arg-type]
-        seed=config.seed,
-        dtype=config.dtype,
-        trust_remote_code=config.trust_remote_code,
-    )
+    lm = load_configured(config)
     monitor = EnergyMonitor.calibrate(lm, config, progress=not args.no_progress)
     monitor.save(out)
     cal = monitor.calibration
