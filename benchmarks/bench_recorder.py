@@ -181,8 +181,13 @@ def main() -> None:
         f"| {_met(t_protocol < 90)} |",
         "",
     ]
+    publish("recorder.md", lines)
+
+
+def publish(name: str, lines: list[str]) -> None:
+    """Write one benchmark's section to ``benchmarks/results/<name>``, rebuild BENCHMARKS.md, print it."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "recorder.md").write_text("\n".join(lines))
+    (RESULTS / name).write_text("\n".join(lines))
     assemble()
     print("\n".join(lines))
 

@@ -126,12 +126,9 @@ def main() -> None:
         f"layer {', '.join(f'{t:.2f}' for t in times['layer']) or 'skipped'}.",
         "",
     ]
-    from bench_recorder import RESULTS, assemble  # same folder; rebuilds BENCHMARKS.md
+    from bench_recorder import publish  # same folder; rebuilds BENCHMARKS.md
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / RESULTS_NAME).write_text("\n".join(lines))
-    assemble()
-    print("\n".join(lines))
+    publish(RESULTS_NAME, lines)
 
 
 if __name__ == "__main__":
