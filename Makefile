@@ -32,6 +32,10 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(VENV)/bin/python -m pytest -q tests
 
+VERIFY_OUT ?= runs/verify
+verify: $(STAMP)
+	$(VENV)/bin/ppmech verify --out $(VERIFY_OUT)
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_recorder.py
 	$(PY) benchmarks/bench_steering.py
