@@ -133,7 +133,8 @@ class ModelIdentity:
     Attributes:
         spec: the model as the user named it.
         source: resolved file, directory or hub id.
-        source_hash: SHA-256 of the GGUF file, or of the config for other sources.
+        source_hash: SHA-256 of the GGUF file; for a local directory, of its
+            config and weight files; for a hub id, of the id and the loaded revision.
         weights: ``pretrained`` or ``random``.
         seed: the init seed for random weights, else ``None``.
         model_type: ``config.model_type``.
@@ -189,10 +190,49 @@ class LoadedModel:
 
 
 def _sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, remembered per (path, size, mtime) in the ppmech cache.
+
+    Hashing a multi-GB checkpoint on every load would cost seconds; the stat key
+    means a file is read in full once, and again whenever it is rewritten.
+    """
+    stat = path.stat()
+    key = str(path.resolve())
+    memo_file = cache_root() / "hashes.json"
+    memo: dict[str, Any] = {}
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    hit = memo.get(key)
+    if isinstance(hit, dict) and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
+        return str(hit["sha256"])
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
+    memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_name(f".hashes.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        tmp.replace(memo_file)
+    except OSError:
+        pass  # a read-only cache only costs re-hashing next time
+    return digest.hexdigest()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def _directory_hash(path: Path) -> str:
+    """SHA-256 over a model directory's ``config.json`` and every weight file in it.
+
+    The config alone would give a fine-tuned checkpoint the same identity as its
+    base model, so runs, calibrations and analyses could be mixed up silently.
+    """
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weight in sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+        digest.update(f"\0{weight.name}\0{_sha256(weight)}".encode())
     return digest.hexdigest()
 
 
@@ -282,7 +322,7 @@ def _resolve(spec: str) -> tuple[str, str, str]:
                 f"{path} is not a model directory (no config.json)",
                 "pass a directory written by save_pretrained, a .gguf file, or an embedded name",
             )
-        return "dir", str(path), hashlib.sha256(config.read_bytes()).hexdigest()
+        return "dir", str(path), _directory_hash(path)
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return "hub", spec, hashlib.sha256(spec.encode()).hexdigest()
     names = ", ".join(EMBEDDED_MODELS)
@@ -297,6 +337,22 @@ def _tokenizer_hash(tokenizer: Any) -> str:
     vocab = tokenizer.get_vocab()
     payload = json.dumps(sorted(vocab.items(), key=lambda kv: kv[1]), ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _hub_revision(repo_id: str) -> str:
+    """The commit of ``repo_id`` that was just loaded, read from the hub cache's snapshot path.
+
+    transformers 5 no longer records it on the config; after a load the cache's
+    ``refs/main`` names the snapshot that was used, online or offline.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        parts = Path(cached).parts
+        if "snapshots" in parts[:-1]:
+            return parts[parts.index("snapshots") + 1]
+    return "unknown-revision"
 
 
 def _max_context(config: Any) -> int:
@@ -371,6 +427,9 @@ def load_model(
 
     arch_spec(model)  # fail now, loudly, on an architecture we cannot read out
     config = model.config
+    if kind == "hub":
+        # The id alone names no particular weights: pin the revision that was loaded.
+        digest = hashlib.sha256(f"{spec}@{_hub_revision(spec)}".encode()).hexdigest()
     identity = ModelIdentity(
         spec=spec,
         source=location,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +49,68 @@ def test_local_directory(tiny_model_dir: Callable[[str], str]) -> None:
     lm = load_model(tiny_model_dir("llama"))
     assert lm.identity.source == tiny_model_dir("llama")
     assert lm.identity.hidden_size == 64
+
+
+def test_local_directory_identity_follows_the_weights(
+    tiny_model_dir: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Same config, different weights (a fine-tune) must not share an identity."""
+    import shutil
+
+    base = load_model(tiny_model_dir("llama"))
+    tuned_dir = tmp_path / "tuned"
+    shutil.copytree(tiny_model_dir("llama"), tuned_dir)
+    assert load_model(str(tuned_dir)).identity.source_hash == base.identity.source_hash
+    tuned = load_model(str(tuned_dir))
+    with torch.no_grad():
+        tuned.model.model.layers[0].mlp.up_proj.weight.mul_(1.01)
+    tuned.model.save_pretrained(tuned_dir)
+    assert (tuned_dir / "config.json").read_bytes() == (
+        Path(tiny_model_dir("llama")) / "config.json"
+    ).read_bytes()
+    again = load_model(str(tuned_dir))
+    assert again.identity.source_hash != base.identity.source_hash
+    assert again.identity.key != base.identity.key
+    # The remembered digest is the file's real SHA-256.
+    memo = json.loads((cache_root() / "hashes.json").read_text())
+    weights = tuned_dir / "model.safetensors"
+    assert memo[str(weights.resolve())]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def _hub_cache_entry(cache: Path, repo: str, source: str, commit: str) -> None:
+    """Lay out ``source`` as revision ``commit`` of ``repo`` in a Hugging Face hub cache."""
+    import shutil
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(source, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+
+
+def _load_offline_from(cache: Path, spec: str) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    code = (
+        "import json; from ppmech.models import load_model; "
+        f"i = load_model({spec!r}).identity; print(json.dumps({{'source': i.source, 'hash': i.source_hash}}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_hub_id_loads_offline_from_the_hub_cache_and_pins_the_revision(
+    tiny_model_dir: Callable[[str], str], tmp_path: Path
+) -> None:
+    """The real hub code path, on a local hub cache: a new revision is a new identity."""
+    first, second = "a" * 40, "b" * 40
+    _hub_cache_entry(tmp_path, "someone/tiny", tiny_model_dir("llama"), first)
+    loaded = _load_offline_from(tmp_path, "someone/tiny")
+    assert loaded["source"] == "someone/tiny"
+    assert loaded["hash"] == hashlib.sha256(f"someone/tiny@{first}".encode()).hexdigest()
+    _hub_cache_entry(tmp_path, "someone/tiny", tiny_model_dir("qwen2"), second)
+    assert _load_offline_from(tmp_path, "someone/tiny")["hash"] == (
+        hashlib.sha256(f"someone/tiny@{second}".encode()).hexdigest()
+    )
 
 
 def test_bfloat16_compute(tiny_model_dir: Callable[[str], str]) -> None:
