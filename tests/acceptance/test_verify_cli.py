@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ppmech.cli import main
+from ppmech.models import LoadedModel
+from tests.conftest import TINY_CONFIGS
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -145,12 +148,69 @@ def test_analyze_old_schema_is_a_one_line_error(
     assert "schema" in err and len(err.strip().splitlines()) == 1
 
 
-def test_correlation_needs_three_sizes(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(["analyze", str(runs["hidden"]), str(runs["plain"]), "--correlate", "drift"], capsys)
+@pytest.fixture(scope="module")
+def sizes(smollm2: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Runs of three sizes (1, 2, 3 layers) of one tiny llama family, same protocol."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("sizes")
+    made = []
+    for layers in (1, 2, 3):
+        cfg = dict(TINY_CONFIGS["llama"], num_hidden_layers=layers)
+        model_type = cfg.pop("model_type")
+        torch.manual_seed(layers)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg))
+        model.save_pretrained(root / f"model-{layers}")
+        smollm2.tokenizer.save_pretrained(root / f"model-{layers}")
+        made.append(root / f"run-{layers}")
+        assert main(_measure(str(root / f"model-{layers}"), made[-1])) == 0
+    return made
+
+
+def test_correlation_across_sizes_matches_scipy_on_the_summaries(
+    sizes: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scipy import stats
+
+    out_json = tmp_path / "r.json"
+    code, out, err = _run(
+        ["analyze", *map(str, sizes), "--correlate", "drift", "--json", str(out_json)], capsys
+    )
+    assert code == 0, err
+    summaries = [json.loads((d / "summary.json").read_text()) for d in sizes]
+    params = [s["model"]["num_parameters"] for s in summaries]
+    assert len(set(params)) == 3
+    expected = stats.pearsonr(params, [s["statistics"]["drift"] for s in summaries])
+    saved = json.loads(out_json.read_text())
+    assert saved["n"] == 3 and saved["metric"] == "drift"
+    assert saved["r"] == pytest.approx(expected.statistic) and saved["p"] == pytest.approx(expected.pvalue)
+    assert f"Pearson r = {expected.statistic:.4f}" in out
+
+
+def test_correlation_needs_three_sizes(sizes: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["analyze", *map(str, sizes[:2]), "--correlate", "drift"], capsys)
     assert code == 2
     assert "at least 3 sizes" in err and len(err.strip().splitlines()) == 1
-    code, _, err = _run(["analyze", str(runs["hidden"]), "--correlate", "no_such_metric"], capsys)
+    code, _, err = _run(["analyze", *map(str, sizes), "--correlate", "no_such_metric"], capsys)
     assert code == 2 and "unknown metric" in err
+
+
+def test_correlation_refuses_mixed_families_and_protocols(
+    sizes: list[Path],
+    runs: dict[str, Path],
+    tiny_model_dir: Callable[[str], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = _run(["analyze", *map(str, sizes[:2]), str(runs["plain"]), "--correlate", "drift"], capsys)
+    assert code == 2
+    assert "different protocols (weights)" in err and len(err.strip().splitlines()) == 1
+    qwen = tmp_path / "qwen"
+    assert main(_measure(tiny_model_dir("qwen2"), qwen)) == 0
+    capsys.readouterr()
+    code, _, err = _run(["analyze", *map(str, sizes[:2]), str(qwen), "--correlate", "drift"], capsys)
+    assert code == 2
+    assert "one model family (got llama, qwen2)" in err and len(err.strip().splitlines()) == 1
 
 
 def test_verify_refuses_other_models(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ppmech.errors import PPMechError
 from ppmech.report import fmt, markdown_table, text_table
 
 
@@ -61,31 +60,36 @@ def _est_rows(run_name: str, est: dict[str, Any]) -> list[dict[str, Any]]:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ppmech import analyses as A
     from ppmech.runs import load_run
-    from ppmech.verify import Sizes, hidden_analyses, layer_analysis, model_for_run, steps_analyses
+    from ppmech.verify import (
+        Sizes,
+        hidden_analyses,
+        layer_analysis,
+        model_for_run,
+        scaling_from_runs,
+        steps_analyses,
+    )
 
     runs = [load_run(d) for d in args.runs]
     if args.correlate:
-        families = {r.model.get("model_type") for r in runs}
-        if len(families) != 1:
-            raise PPMechError(
-                f"--correlate needs runs of one model family (got {', '.join(sorted(map(str, families)))})",
-                "pass runs of several sizes of one family",
-            )
-        values = []
-        for r in runs:
-            stats = r.summary.get("statistics", {})
-            if args.correlate not in stats:
-                known = ", ".join(k for k, v in stats.items() if isinstance(v, int | float))
-                raise PPMechError(f"unknown metric '{args.correlate}'", f"use one of: {known}")
-            v = stats[args.correlate]
-            values.append(float("nan") if v is None else float(v))
-        params = [float(r.model.get("num_parameters", float("nan"))) for r in runs]
-        corr = A.scaling_correlation(params, values, args.correlate)
-        frame = pd.DataFrame(
-            {"run": [str(r.path) for r in runs], "parameters": params, args.correlate: values}
-        )
+        frame, corr = scaling_from_runs(runs, args.correlate)
         print(text_table(frame))
         print(f"\nPearson r = {corr.r:.4f}, p = {corr.p:.4g} (n = {corr.n} runs)")
+        if args.json:
+            from ppmech.runs import write_json
+
+            write_json(
+                Path(args.json),
+                _clean(
+                    {
+                        "metric": args.correlate,
+                        "r": corr.r,
+                        "p": corr.p,
+                        "n": corr.n,
+                        "runs": frame.to_dict("records"),
+                    }
+                ),
+            )
+            print(f"\nwrote {args.json}")
         return 0
 
     sizes = Sizes(
