@@ -84,6 +84,10 @@ class MeasureConfig:
             )
         if self.batch_size < 1:
             raise PPMechError(f"--batch-size must be at least 1 (got {self.batch_size})", "use e.g. 50")
+        if self.n_boot < 0:
+            raise PPMechError(
+                f"--n-boot must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
+            )
         self.decoding_config()  # validates the sampling parameters
 
     def decoding_config(self) -> Decoding:

@@ -38,6 +38,11 @@ from ppmech.report import markdown_table
 from ppmech.runs import Run, load_run, write_json
 
 ANALYSIS_VERSION = 1
+#: Fewest bootstrap replicates that give a 95% percentile CI one replicate in each tail.
+MIN_BOOT_FOR_VERDICTS = 40
+#: Run settings that change only a run's own summary CIs, not what it recorded:
+#: the ledger recomputes every CI with its own ``n_boot``, so these do not block reuse.
+SUMMARY_ONLY_KEYS = ("n_boot",)
 EMBEDDED = ("smollm2-135m", "gemma3-270m")
 
 
@@ -120,6 +125,12 @@ class VerifyConfig:
     custom_sizes: Sizes | None = None
 
     def __post_init__(self) -> None:
+        if self.n_boot < MIN_BOOT_FOR_VERDICTS:
+            raise PPMechError(
+                f"--n-boot must be at least {MIN_BOOT_FOR_VERDICTS} for the ledger (got {self.n_boot}): "
+                "every verdict reads a 95% CI, whose 2.5% tails need one replicate each",
+                "use the default 1000",
+            )
         unknown = [m for m in self.models if m not in EMBEDDED_MODELS]
         if unknown or not self.models:
             raise PPMechError(
@@ -206,8 +217,9 @@ def ensure_run(plan: RunPlan, root: Path, progress: bool = True) -> Run:
     expected = plan.config.to_dict()
     if (path / "summary.json").is_file():
         run = load_run(path)
-        if run.config != expected:
-            diff = sorted(k for k in set(run.config) | set(expected) if run.config.get(k) != expected.get(k))
+        keys = (set(run.config) | set(expected)) - set(SUMMARY_ONLY_KEYS)
+        diff = sorted(k for k in keys if run.config.get(k) != expected.get(k))
+        if diff:
             raise PPMechError(
                 f"{path} holds a run of {run.config.get('model')} ({run.config.get('weights')}) made with "
                 f"different settings ({', '.join(diff)})",
@@ -441,6 +453,10 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
     """Run (or reuse) every run, analyse them, and write ``claims.md`` and ``claims.json``."""
     started = time.perf_counter()
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise PPMechError(
+            f"--out {out} is a file, not a directory", "pass a directory (it is created if missing)"
+        )
     runs_root = out / "runs"
     cache_root = out / "analyses"
     runs_root.mkdir(parents=True, exist_ok=True)

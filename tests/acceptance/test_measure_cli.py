@@ -72,6 +72,7 @@ def test_models_lists_the_embedded_models(capsys: pytest.CaptureFixture[str]) ->
         (["--corpus", "/nonexistent.txt"], "corpus '/nonexistent.txt' not found"),
         (["--prompts", "abc"], "invalid int value"),
         (["--decoding", "sample", "--temperature", "0"], "--temperature must be > 0"),
+        (["--n-boot", "-1"], "--n-boot must be 0 (no CIs) or more"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -134,3 +135,13 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
         proc.stderr.strip()
         == f"ppmech: error: run directory {tmp_path / 'missing'} not found; check the path"
     )
+
+
+def test_an_unwritable_out_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An OS error on a user's path (here: a file where a parent directory should be) is one line."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = _run(_small("smollm2-135m", blocker / "run"), capsys)
+    assert code == 2
+    assert "ppmech: error:" in err and str(blocker) in err and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "not a directory"

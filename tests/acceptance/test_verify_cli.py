@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tests.conftest import TINY_CONFIGS
 
 from ppmech.cli import main
 from ppmech.models import LoadedModel
-from tests.conftest import TINY_CONFIGS
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -219,6 +219,34 @@ def test_verify_refuses_other_models(capsys: pytest.CaptureFixture[str], tmp_pat
     assert "embedded models only" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--n-boot", "0"], "--n-boot must be at least 40 for the ledger"),
+        (["--out", "FILE"], "is a file, not a directory"),
+    ],
+)
+def test_verify_bad_settings_are_one_line_exit_2(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("kept")
+    argv = ["verify", "--quick", "--out", str(tmp_path / "v"), *extra]
+    code, _, err = _run([str(blocker) if a == "FILE" else a for a in argv], capsys)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "v").exists() and blocker.read_text() == "kept"
+
+
+@pytest.mark.parametrize("flag", ["--n-boot", "--trajectories", "--pairs", "--layers"])
+def test_analyze_negative_sizes_are_one_line_exit_2(
+    flag: str, runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(["analyze", str(runs["hidden"]), flag, "-1"], capsys)
+    assert code == 2
+    assert f"{flag} must be at least" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], float, str]:
     """One `ppmech verify --quick` on SmolLM2 (all conditions, tiny sizes)."""
@@ -293,6 +321,27 @@ def test_second_verify_reuses_everything(
     assert len(before) > 20
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept} == before
     assert json.loads((out / "claims.json").read_text())["claims"] == json.loads(text)["claims"]
+
+
+@pytest.mark.slow
+def test_another_n_boot_reuses_the_runs_and_recomputes_the_cis(
+    quick: tuple[Path, list[str], float, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """n_boot changes only CIs: the recorded runs are reused, the ledger's CIs are redone."""
+    out, args, _, text = quick
+    steps = out / "runs" / "smollm2-135m-pretrained" / "steps.parquet"
+    before = (steps.stat().st_mtime_ns, steps.read_bytes())
+    i = args.index("--n-boot")
+    code, _, err = _run([*args[:i], "--n-boot", "60", *args[i + 2 :]], capsys)
+    assert code == 0, err
+    assert (steps.stat().st_mtime_ns, steps.read_bytes()) == before
+    data = json.loads((out / "claims.json").read_text())
+    assert data["meta"]["n_boot"] == 60
+    old = json.loads(text)["measurements"]["smollm2-135m/pretrained/global_cv"]
+    new = data["measurements"]["smollm2-135m/pretrained/global_cv"]
+    assert new["value"] == old["value"] and (new["low"], new["high"]) != (old["low"], old["high"])
+    # Put the fixture's ledger back for the tests that read it afterwards.
+    assert _run(args, capsys)[0] == 0
 
 
 @pytest.mark.slow

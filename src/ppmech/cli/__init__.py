@@ -55,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     except PPMechError as exc:
         print(f"ppmech: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # A path the user gave cannot be read or written (a file where a directory
+        # should be, no permission, a full disk): one line, not a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"ppmech: error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(
             "ppmech: interrupted; an unfinished run directory can be continued with --resume",

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ppmech.errors import PPMechError
 from ppmech.report import fmt, markdown_table, text_table
 
 
@@ -69,6 +70,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         steps_analyses,
     )
 
+    for flag, value, least in (
+        ("--n-boot", args.n_boot, 0),
+        ("--trajectories", args.trajectories, 1),
+        ("--pairs", args.pairs, 1),
+        ("--layers", args.layers, 0),
+        ("--window", args.window, 0),
+    ):
+        if value < least:
+            raise PPMechError(f"{flag} must be at least {least} (got {value})", "see `ppmech analyze --help`")
     runs = [load_run(d) for d in args.runs]
     if args.correlate:
         frame, corr = scaling_from_runs(runs, args.correlate)
