@@ -113,7 +113,16 @@ def test_interrupted_run_is_marked_and_resumable(tiny: str, tmp_path: Path) -> N
         "--n-boot",
         "100",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C at a terminal: start the child with SIGINT at its default disposition. A test
+    # runner launched in the background by a non-interactive shell ignores SIGINT, children
+    # inherit that, and Python then installs no KeyboardInterrupt handler.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "parts").glob("batch-*.trajectories.parquet"))) < 2:
         time.sleep(0.05)
