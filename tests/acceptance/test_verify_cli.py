@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -248,7 +247,7 @@ def test_analyze_negative_sizes_are_one_line_exit_2(
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], float, str]:
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], str]:
     """One `ppmech verify --quick` on SmolLM2 (all conditions, tiny sizes)."""
     out = tmp_path_factory.mktemp("verify-quick") / "v"
     args = [
@@ -262,15 +261,14 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], fl
         "50",
         "--no-progress",
     ]
-    t0 = time.perf_counter()
     code = main(args)
     assert code == 0
-    return out, args, time.perf_counter() - t0, (out / "claims.json").read_text()
+    return out, args, (out / "claims.json").read_text()
 
 
 @pytest.mark.slow
-def test_verify_quick_writes_the_ledger(quick: tuple[Path, list[str], float, str]) -> None:
-    out, _, _, text = quick
+def test_verify_quick_writes_the_ledger(quick: tuple[Path, list[str], str]) -> None:
+    out, _, text = quick
     md = (out / "claims.md").read_text()
     assert "| T1-cv-pre | smollm2-135m |" in md
     for section in (
@@ -306,9 +304,9 @@ def test_verify_quick_writes_the_ledger(quick: tuple[Path, list[str], float, str
 
 @pytest.mark.slow
 def test_second_verify_reuses_everything(
-    quick: tuple[Path, list[str], float, str], capsys: pytest.CaptureFixture[str]
+    quick: tuple[Path, list[str], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out, args, _, text = quick
+    out, args, text = quick
     # Reuse means nothing is re-recorded or re-analysed: every run's files and every
     # cached analysis keep their bytes and modification times.
     kept = sorted(p for p in (out / "runs").rglob("*") if p.is_file()) + sorted(
@@ -325,10 +323,10 @@ def test_second_verify_reuses_everything(
 
 @pytest.mark.slow
 def test_another_n_boot_reuses_the_runs_and_recomputes_the_cis(
-    quick: tuple[Path, list[str], float, str], capsys: pytest.CaptureFixture[str]
+    quick: tuple[Path, list[str], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """n_boot changes only CIs: the recorded runs are reused, the ledger's CIs are redone."""
-    out, args, _, text = quick
+    out, args, text = quick
     steps = out / "runs" / "smollm2-135m-pretrained" / "steps.parquet"
     before = (steps.stat().st_mtime_ns, steps.read_bytes())
     i = args.index("--n-boot")
@@ -345,9 +343,9 @@ def test_another_n_boot_reuses_the_runs_and_recomputes_the_cis(
 
 
 @pytest.mark.slow
-def test_open_question_runs_vary_one_thing_each(quick: tuple[Path, list[str], float, str]) -> None:
+def test_open_question_runs_vary_one_thing_each(quick: tuple[Path, list[str], str]) -> None:
     """Each open-question run differs from the core run in the one setting it is about."""
-    out, _, _, text = quick
+    out, _, text = quick
     core = json.loads((out / "runs" / "smollm2-135m-pretrained" / "summary.json").read_text())["config"]
     varied = {
         "pretrained-wiki-es": {"corpus": "wiki-es"},
@@ -396,9 +394,9 @@ def test_open_question_runs_vary_one_thing_each(quick: tuple[Path, list[str], fl
 
 @pytest.mark.slow
 def test_verify_refuses_a_run_directory_with_other_settings(
-    quick: tuple[Path, list[str], float, str], capsys: pytest.CaptureFixture[str]
+    quick: tuple[Path, list[str], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out, args, _, _ = quick
+    out, args, _ = quick
     summary_path = out / "runs" / "smollm2-135m-random" / "summary.json"
     original = summary_path.read_text()
     summary = json.loads(original)
