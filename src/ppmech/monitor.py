@@ -31,14 +31,22 @@ Calibration
 :meth:`EnergyMonitor.calibrate` teacher-forces ``sequences`` texts of ``tokens``
 tokens each, by default from the English Wikipedia documents held out from the
 prompts used by measurement and steering (:func:`ppmech.corpus.document_split`),
-and learns, for every signal ``s`` in ``H, K, V, entropy, msp, neg_lse``:
+and splits them (split conformal): the first ``1 − holdout_fraction`` of them
+(the *fit* texts) give, for every signal ``s`` in ``H, K, V, entropy, msp, neg_lse``:
 
 * the pooled per-token mean ``μ_s`` and standard deviation ``σ_s`` (and quantiles);
 * the mean and standard deviation across sequences of the per-sequence mean;
-* the CUSUM threshold ``h_s`` (below).
 
 and, for the energy, the distribution of the per-sequence feature vector
-``f = (mean H, std H, drift H)`` (mean vector and covariance).
+``f = (mean H, std H, drift H)`` (mean vector and covariance). The remaining
+*held-out* texts, scored against that fit, set the thresholds: the CUSUM
+threshold ``h_s`` and the anomaly threshold are the ``⌈(n+1)(1−α)⌉``-th smallest
+of the ``n`` held-out scores (:func:`ppmech.nulls.conformal_threshold`), so a new
+normal text exchangeable with them alarms with probability at most ``α``. (Scores
+of the texts a threshold was fitted on are smaller than fresh ones; thresholds
+set on them alarmed on 10% of fresh normal text at a nominal 5%.) With fewer than
+``1/α − 1`` held-out texts no finite threshold has that guarantee: the threshold
+is ``+inf`` and that alarm is off.
 
 Scores
 ------
@@ -48,17 +56,19 @@ Scores
   ``H_j`` against the token index (nats per token).
 * per-sequence anomaly score: the Mahalanobis distance of ``f`` from the
   calibration's feature distribution, ``sqrt((f-m)ᵀ C⁻¹ (f-m))``, in units of
-  the calibration's spread; ``p_value`` is the fraction of calibration sequences
-  scoring at least as high (``(1 + #{ref >= a}) / (1 + N)``), and the sequence is
-  ``flagged`` when ``p_value <= alpha``. It is two-sided: an energy level, a
-  fluctuation or a drift that is too low is as anomalous as one too high.
+  the calibration's spread; ``p_value`` is the conformal p-value, the fraction of
+  held-out calibration sequences scoring at least as high
+  (``(1 + #{ref >= a}) / (1 + N)``), and the sequence is ``flagged`` when the
+  score is above the anomaly threshold (equivalently ``p_value <= alpha``). It is
+  two-sided: an energy level, a fluctuation or a drift that is too low is as
+  anomalous as one too high.
 * CUSUM alarm for sustained drift, on ``z_H`` clipped to ``±z_clip``:
   ``S⁺_j = max(0, S⁺_{j-1} + z_j - k)``, ``S⁻_j = max(0, S⁻_{j-1} - z_j - k)``,
   ``C_j = max(S⁺_j, S⁻_j)``, starting at 0 and skipping tokens with NaN ``z``.
   The alarm fires at the first token with ``C_j > h``, where ``h`` is the
-  ``1 - alpha`` quantile of ``max_j C_j`` over the calibration sequences: a
-  normal text of the calibration length raises a false alarm with probability
-  about ``alpha``; longer texts more often.
+  conformal ``1 - alpha`` quantile of ``max_j C_j`` over the held-out calibration
+  sequences: a normal text of the calibration length raises a false alarm with
+  probability at most ``alpha``; longer texts more often.
 
 The anomaly score compares sequence-level features, so it is most meaningful for
 texts about as long as the calibration's (``tokens``, default 64); z-scores and
@@ -92,7 +102,7 @@ F64 = NDArray[np.float64]
 SIGNALS = ("H", "K", "V", "entropy", "msp", "neg_lse")
 FEATURES = ("mean_H", "std_H", "drift_H")
 CALIBRATION_KIND = "ppmech-monitor-calibration"
-CALIBRATION_SCHEMA = 1
+CALIBRATION_SCHEMA = 2  # 2: split-conformal thresholds (fit and held-out texts)
 QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
 MIN_TOKENS = 4  # ids incl. prefix: 3 scored tokens, 2 of them with H, so std H is defined
 
@@ -113,6 +123,8 @@ class TokenTrace:
         entropy: ``[n]`` predictive entropy (nats).
         msp: ``[n]`` maximum softmax probability.
         neg_lse: ``[n]`` ``-logsumexp(logits)`` (Liu et al. 2020's energy score).
+        final_state: ``[d]`` post-final-norm state at the last position (teacher-forced
+            traces only; the hidden-state baseline of the benchmark), else ``None``.
     """
 
     token_ids: NDArray[np.int64]
@@ -122,6 +134,7 @@ class TokenTrace:
     entropy: F64
     msp: F64
     neg_lse: F64
+    final_state: F64 | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -263,8 +276,24 @@ class SignalCalibration:
         return float((v.mean() - self.seq_mean_mean) / self.seq_mean_std)
 
 
-def calibrate_signal(values: Sequence[F64], k: float, clip: float, alpha: float) -> SignalCalibration:
-    """Learn a :class:`SignalCalibration` from one array of per-token values per sequence."""
+def calibrate_signal(
+    values: Sequence[F64],
+    k: float,
+    clip: float,
+    alpha: float,
+    held_out: Sequence[F64] | None = None,
+) -> SignalCalibration:
+    """Learn a :class:`SignalCalibration`: moments from ``values``, the CUSUM threshold from ``held_out``.
+
+    Args:
+        values: per-token values, one array per fit sequence.
+        held_out: per-token values of the held-out sequences; their CUSUM maxima
+            (on z-scores from the fit) set the threshold by
+            :func:`ppmech.nulls.conformal_threshold`. ``None``: the fit sequences
+            themselves (in-sample; too low a threshold, kept for comparison).
+    """
+    from ppmech.nulls import conformal_threshold
+
     pooled = np.concatenate([_finite(v) for v in values])
     if len(pooled) < 2:
         raise PPMechError("calibration has fewer than 2 finite token values", "calibrate on more text")
@@ -274,7 +303,7 @@ def calibrate_signal(values: Sequence[F64], k: float, clip: float, alpha: float)
     seq_std = float(seq_means.std(ddof=1)) if len(seq_means) > 1 else 1.0
     maxima = [
         float(cusum_path((np.asarray(v, dtype=np.float64) - mean) / std, k, clip).max(initial=0.0))
-        for v in values
+        for v in (values if held_out is None else held_out)
     ]
     return SignalCalibration(
         token_mean=mean,
@@ -282,7 +311,7 @@ def calibrate_signal(values: Sequence[F64], k: float, clip: float, alpha: float)
         quantiles={str(q): float(np.quantile(pooled, q)) for q in QUANTILES},
         seq_mean_mean=float(seq_means.mean()),
         seq_mean_std=seq_std if seq_std > 0 else 1.0,
-        cusum_threshold=float(np.quantile(maxima, 1 - alpha)),
+        cusum_threshold=conformal_threshold(maxima, alpha),
     )
 
 
@@ -298,6 +327,8 @@ class MonitorConfig:
         sequences: number of calibration texts.
         tokens: tokens per calibration text (the first ``tokens`` of each document).
         alpha: false-alarm rate that sets the CUSUM threshold and the ``flagged`` cut-off.
+        holdout_fraction: share of the calibration texts held out to set the
+            thresholds (split conformal); the rest fit the moments.
         cusum_k: CUSUM slack, in standard deviations.
         z_clip: |z| is clipped to this before the CUSUM (heavy-tailed surprisal).
         batch_size: texts per forward pass.
@@ -313,13 +344,21 @@ class MonitorConfig:
     sequences: int = 200
     tokens: int = 64
     alpha: float = 0.05
+    holdout_fraction: float = 0.5
     cusum_k: float = 0.5
     z_clip: float = 5.0
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        if self.sequences < 3:
-            raise PPMechError(f"--sequences must be at least 3 (got {self.sequences})", "use e.g. 200")
+        if not 0 < self.holdout_fraction < 1:
+            raise PPMechError(
+                f"--holdout-fraction must be in (0, 1) (got {self.holdout_fraction})", "use e.g. 0.5"
+            )
+        if self.sequences < 4:
+            raise PPMechError(
+                f"--sequences must be at least 4 (got {self.sequences}): 3 to fit, 1 held out",
+                "use e.g. 200",
+            )
         if self.tokens < MIN_TOKENS:
             raise PPMechError(f"--tokens must be at least {MIN_TOKENS} (got {self.tokens})", "use e.g. 64")
         if not 0 < self.alpha < 1:
@@ -342,8 +381,12 @@ class Calibration:
         signals: a :class:`SignalCalibration` per name in :data:`SIGNALS`.
         feature_mean: ``[3]`` mean of ``(mean H, std H, drift H)`` over calibration sequences.
         feature_cov: ``[3, 3]`` their covariance (ddof 1).
-        anomaly_reference: the calibration sequences' own anomaly scores, sorted.
-        n_sequences: calibration sequences used.
+        anomaly_reference: the held-out sequences' anomaly scores, sorted (the
+            reference of the conformal p-value).
+        anomaly_threshold: conformal threshold on the anomaly score (``+inf``: too
+            few held-out texts for ``alpha``; never flags).
+        n_sequences: calibration sequences used (fit + held out).
+        n_fit, n_holdout: how many fit the moments and how many set the thresholds.
         versions: software versions.
         created: UTC time stamp.
     """
@@ -354,7 +397,10 @@ class Calibration:
     feature_mean: list[float]
     feature_cov: list[list[float]]
     anomaly_reference: list[float]
+    anomaly_threshold: float
     n_sequences: int
+    n_fit: int
+    n_holdout: int
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
 
@@ -402,12 +448,15 @@ class Calibration:
             "schema_version": CALIBRATION_SCHEMA,
             "model": self.model,
             "config": self.config,
-            "signals": {name: asdict(s) for name, s in self.signals.items()},
+            "signals": {name: _inf_as_null(asdict(s)) for name, s in self.signals.items()},
             "feature_names": list(FEATURES),
             "feature_mean": self.feature_mean,
             "feature_cov": self.feature_cov,
             "anomaly_reference": self.anomaly_reference,
+            "anomaly_threshold": _inf_as_null(self.anomaly_threshold),
             "n_sequences": self.n_sequences,
+            "n_fit": self.n_fit,
+            "n_holdout": self.n_holdout,
             "versions": self.versions,
             "created": self.created,
         }
@@ -439,11 +488,13 @@ class Calibration:
                     quantiles={str(k): float(v) for k, v in raw["quantiles"].items()},
                     seq_mean_mean=float(raw["seq_mean_mean"]),
                     seq_mean_std=float(raw["seq_mean_std"]),
-                    cusum_threshold=float(raw["cusum_threshold"]),
+                    cusum_threshold=_null_as_inf(raw["cusum_threshold"]),
                 )
             mean = [float(x) for x in data["feature_mean"]]
             cov = [[float(x) for x in row] for row in data["feature_cov"]]
             ref = sorted(float(x) for x in data["anomaly_reference"])
+            threshold = _null_as_inf(data["anomaly_threshold"])
+            n_fit, n_holdout = int(data["n_fit"]), int(data["n_holdout"])
             model = dict(data["model"])
             config = dict(data["config"])
             for key in ("alpha", "cusum_k", "z_clip"):
@@ -463,6 +514,8 @@ class Calibration:
             raise corrupt("feature statistics have the wrong shape")
         if not ref or not all(math.isfinite(x) for x in [*mean, *ref, *(v for r in cov for v in r)]):
             raise corrupt("non-finite or empty feature statistics")
+        if math.isnan(threshold) or n_fit + n_holdout != n:
+            raise corrupt("thresholds or split sizes do not add up")
         return cls(
             model=model,
             config=config,
@@ -470,7 +523,10 @@ class Calibration:
             feature_mean=mean,
             feature_cov=cov,
             anomaly_reference=ref,
+            anomaly_threshold=threshold,
             n_sequences=n,
+            n_fit=n_fit,
+            n_holdout=n_holdout,
             versions=dict(data.get("versions", {})),
             created=str(data.get("created", "")),
         )
@@ -508,20 +564,55 @@ class Calibration:
         return cls.from_dict(data, source=f"calibration file {path}")
 
 
+def calibration_split(n: int, holdout_fraction: float) -> int:
+    """How many of ``n`` calibration texts fit the moments (the rest are held out).
+
+    At least 1 is held out and at least 3 fit (a 3-feature covariance needs them).
+
+    Raises:
+        PPMechError: ``n < 4``.
+    """
+    if n < 4:
+        raise PPMechError(
+            f"calibration needs at least 4 sequences (got {n}): 3 to fit, 1 held out", "use more text"
+        )
+    n_hold = min(max(1, round(n * holdout_fraction)), n - 3)
+    return n - n_hold
+
+
 def fit_calibration(
     traces: Sequence[TokenTrace],
     identity: ModelIdentity,
     config: MonitorConfig,
     versions: dict[str, str] | None = None,
+    in_sample: bool = False,
 ) -> Calibration:
-    """Learn a :class:`Calibration` from teacher-forced traces of normal text (pure statistics)."""
-    if len(traces) < 3:
-        raise PPMechError(f"calibration needs at least 3 sequences (got {len(traces)})", "use more text")
+    """Learn a :class:`Calibration` from teacher-forced traces of normal text (pure statistics).
+
+    The first :func:`calibration_split` traces fit the moments; the rest, scored
+    against that fit, set the thresholds (split conformal).
+
+    Args:
+        in_sample: fit *and* threshold on all traces, the pre-conformal method
+            (its alarm rate on fresh text exceeds ``alpha``); for comparison only.
+    """
+    from ppmech.nulls import conformal_threshold
+
+    if len(traces) < 4:
+        raise PPMechError(f"calibration needs at least 4 sequences (got {len(traces)})", "use more text")
+    n_fit = len(traces) if in_sample else calibration_split(len(traces), config.holdout_fraction)
+    fit, held = list(traces[:n_fit]), list(traces if in_sample else traces[n_fit:])
     signals = {
-        name: calibrate_signal([t.signal(name) for t in traces], config.cusum_k, config.z_clip, config.alpha)
+        name: calibrate_signal(
+            [t.signal(name) for t in fit],
+            config.cusum_k,
+            config.z_clip,
+            config.alpha,
+            held_out=[t.signal(name) for t in held],
+        )
         for name in SIGNALS
     }
-    feats = np.array([sequence_features(t.H) for t in traces], dtype=np.float64)
+    feats = np.array([sequence_features(t.H) for t in fit], dtype=np.float64)
     feats = feats[np.all(np.isfinite(feats), axis=1)]
     if len(feats) < 3:
         raise PPMechError("fewer than 3 calibration sequences have a finite energy", "use longer texts")
@@ -535,13 +626,30 @@ def fit_calibration(
         feature_mean=[float(x) for x in mean],
         feature_cov=[[float(x) for x in row] for row in cov],
         anomaly_reference=[0.0],
+        anomaly_threshold=float("inf"),
         n_sequences=len(traces),
+        n_fit=n_fit,
+        n_holdout=len(traces) - n_fit if not in_sample else 0,
         versions=dict(versions or {}),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    ref = [cal.anomaly(t.H) for t in traces]
-    cal.anomaly_reference = sorted(float(x) for x in ref if math.isfinite(x))
+    ref = sorted(float(x) for x in (cal.anomaly(t.H) for t in held) if math.isfinite(x))
+    if not ref:
+        raise PPMechError("no held-out calibration sequence has a finite energy", "use longer texts")
+    cal.anomaly_reference = ref
+    cal.anomaly_threshold = conformal_threshold(ref, config.alpha)
     return cal
+
+
+def _inf_as_null(obj: Any) -> Any:
+    """JSON has no infinity: an infinite threshold (alarm off) is stored as ``null``."""
+    if isinstance(obj, dict):
+        return {k: _inf_as_null(v) for k, v in obj.items()}
+    return None if isinstance(obj, float) and math.isinf(obj) else obj
+
+
+def _null_as_inf(value: Any) -> float:
+    return float("inf") if value is None else float(value)
 
 
 # --------------------------------------------------------------------------- scores
@@ -559,7 +667,7 @@ class SequenceScore:
         z_mean_H: z-score of ``mean_H`` against the calibration's sequence means.
         anomaly: Mahalanobis distance of the features from the calibration.
         p_value: calibration tail probability of ``anomaly``.
-        flagged: ``p_value <= alpha``.
+        flagged: ``anomaly`` above the calibration's conformal threshold (``p_value <= alpha``).
         cusum_max: the largest CUSUM statistic reached on ``z_H``.
         alarm_at: index (into the scored tokens) of the first CUSUM alarm, or ``None``.
     """
@@ -621,7 +729,7 @@ def score_trace(
         z_mean_H=sig["H"].seq_z(trace.H),
         anomaly=anomaly,
         p_value=p,
-        flagged=bool(p <= cal.alpha),
+        flagged=bool(anomaly > cal.anomaly_threshold),
         cusum_max=float(path.max(initial=0.0)),
         alarm_at=first_alarm(path, threshold),
     )
@@ -716,6 +824,7 @@ def trace_batch(lm: LoadedModel, sequences: Sequence[Sequence[int]]) -> list[Tok
                 entropy=terms["entropy"],
                 msp=terms["msp"],
                 neg_lse=terms["neg_lse"],
+                final_state=h[-1].double().cpu().numpy(),
             )
         )
     return out
