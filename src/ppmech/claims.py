@@ -290,9 +290,10 @@ DEFINITIONS: list[str] = [
     "Cov(K, V) < 0; unchanged by h → c·h). Pairing null: V permuted within each trajectory (1000 "
     "permutations, seed 0), one-sided p = (1 + #{null ≤ observed})/(1 + B); the pooled mean of H and "
     "Var(K)+Var(V) do not change under it, so the global CV and R share a p-value. Scale null: h → c·h "
-    "adds 2 ln c to K and H. Token/position: fixed effects of the produced token x_t and the step t, "
-    "additive (backfitting), fitted on one half of the trajectories and evaluated on the other (2-fold "
-    "cross-fitting; unseen tokens get the mean); H' = (K − K̂) + V + mean K keeps mean H. Curvature: mean "
+    "adds 2 ln c to K and H. Token/position: fixed effects of the produced token x_t, the input "
+    "token x_{t−1} and the step t, additive (backfitting), fitted on one half of the trajectories and "
+    "evaluated on the other (2-fold cross-fitting; unseen tokens get the mean); H' = (K − K̂) + V + mean K, "
+    "K̂ from all three factors, keeps mean H. Curvature: mean "
     "over trajectories of the mean angle between v_t and v_{t+1} (degrees; 90° for independent "
     "directions), at the final norm.",
 ]
@@ -866,8 +867,8 @@ CLAIMS: list[Claim] = [
             Claim(
                 f"N-tokpos-{tag}",
                 "beyond the paper: token/position control",
-                f"K and V still compensate once produced-token and position effects are removed from K "
-                f"(cross-fitted): R' < 1 ({weights})",
+                f"K and V still compensate once produced-token, input-token and position effects are "
+                f"removed from K (cross-fitted): R' < 1 ({weights})",
                 "—",
                 f"{{model}}/{weights}/null_resid_R",
                 Rule("below", 1.0),
@@ -887,6 +888,15 @@ CLAIMS: list[Claim] = [
                 f"(held-out R² > 0.5) ({weights})",
                 "public critique",
                 f"{{model}}/{weights}/null_r2_token",
+                Rule("above", 0.5),
+            ),
+            Claim(
+                f"N-input-r2-{tag}",
+                "beyond the paper: token/position control",
+                f"The input token x_(t−1), whose position moves h_(t−1) to h_t, explains most of K's "
+                f"variance (held-out R² > 0.5) ({weights})",
+                "public critique",
+                f"{{model}}/{weights}/null_r2_input_token",
                 Rule("above", 0.5),
             ),
             Claim(
@@ -1103,10 +1113,22 @@ def controls_summary(rows: list[LedgerRow]) -> list[str]:
             comp = by.get((f"N-compensate-{tag}", model))
             if shuffle is None or comp is None:
                 continue
-            flat = shuffle.verdict == "supported" and comp.verdict == "supported"
+            paired = shuffle.verdict == "supported"
+            compensate = comp.verdict == "supported"
+            flat = paired and compensate
             text = (
-                f"{model}, {weights}: H is {'' if flat else 'not '}flatter than its unpaired null "
-                f"(permutation p = {_num(shuffle.value)}, R = {comp.measured})."
+                f"{model}, {weights}: H is {'' if paired else 'not '}flatter than its unpaired null "
+                f"(permutation p = {_num(shuffle.value)})"
+                + (
+                    ", and K and V compensate"
+                    if flat
+                    else (
+                        ", but K and V do not compensate overall" if paired else "; K and V do not compensate"
+                    )
+                    if not compensate
+                    else ", though K and V compensate"
+                )
+                + f" (R = {comp.measured})."
             )
             scale = by.get((f"N-scale-{tag}", model))
             if scale is not None:
@@ -1127,7 +1149,7 @@ def controls_summary(rows: list[LedgerRow]) -> list[str]:
                 else:
                     verdict = "they compensate" if after else "they still do not compensate"
                 text += (
-                    f" With produced-token and position effects removed from K, {verdict} "
+                    f" With produced-token, input-token and position effects removed from K, {verdict} "
                     f"(R' = {tp.measured}, permutation p = {_num(tp_p.value)})."
                 )
             out.append(text)

@@ -512,6 +512,13 @@ FACTORS = {
     "input_token": "input token x_{t−1} (the token that moved h_{t−1} to h_t)",
     "position": "step t",
     "token+position": "produced token and step t, additive",
+    "all": "produced token, input token and step t, additive",
+}
+"""Factors whose held-out ``R²`` of ``K`` is measured; ``K`` is residualised on ``all``."""
+
+FACTOR_COLUMNS = {
+    "token+position": ["token", "position"],
+    "all": ["token", "input_token", "position"],
 }
 
 
@@ -549,7 +556,8 @@ class IdentityControls:
         r2: held-out ``R²`` of ``K`` per factor of :data:`FACTORS` (trajectory-bootstrap CI
             with the fits held fixed).
         residual: conservation statistics on ``H' = K_resid + V + mean K`` with
-            ``K_resid`` the residual of the ``token+position`` fit: ``R``, ``global_cv``
+            ``K_resid`` the residual of the ``all`` fit (produced token, input token, step):
+            ``R``, ``global_cv``
             and ``mean_trajectory_cv``, as :class:`Estimate`.
         residual_null: :func:`pairing_shuffle` on ``(K_resid + mean K, V)``.
         n_steps: valid steps used.
@@ -569,6 +577,10 @@ def identity_controls(
     iterations: int = 20,
 ) -> IdentityControls:
     """How much of ``K`` token and position identity explain, and conservation without them.
+
+    ``K`` is residualised on all three factors at once (produced token, input token,
+    step): the velocity ``h_t − h_{t−1}`` is made at the position of the input token
+    ``x_{t−1}``, so "which token" can mean either, and the control removes both.
 
     Every prediction is *cross-fitted*: whole trajectories are split into two
     halves (seeded), the fixed effects are fitted on one half and predict the
@@ -593,7 +605,7 @@ def identity_controls(
     cuts = np.flatnonzero(np.diff(traj)) + 1
 
     def factors(name: str) -> list[NDArray[np.int64]]:
-        cols = {"token+position": ["token", "position"]}.get(name, [name])
+        cols = FACTOR_COLUMNS.get(name, [name])
         return [frame[c].to_numpy(np.int64) for c in cols]
 
     r2: dict[str, Estimate] = {}
@@ -605,7 +617,7 @@ def identity_controls(
         r2[name] = trajectory_bootstrap(
             parts, lambda a: r_squared(a[:, 0], a[:, 1]), n_boot, seed, f"held-out R² of K on {what}", "R²"
         )
-    k_res = k - preds["token+position"] + k.mean()
+    k_res = k - preds["all"] + k.mean()
     res_parts = np.split(np.column_stack([k_res, v]), cuts)
     h_parts = [p[:, 0] + p[:, 1] for p in res_parts]
 
@@ -615,7 +627,12 @@ def identity_controls(
     per_cv = [np.array([pooled(h)]) for h in h_parts if h.size >= MIN_STEPS]
     residual = {
         "R": trajectory_bootstrap(
-            res_parts, compensation_ratio, n_boot, seed, "R with K residualised on token+position", "R'"
+            res_parts,
+            compensation_ratio,
+            n_boot,
+            seed,
+            "R with K residualised on token, input token, step",
+            "R'",
         ),
         "global_cv": trajectory_bootstrap(
             h_parts, pooled, n_boot, seed, "global CV of H' = K_resid + V + mean K", "CV(H')"

@@ -169,7 +169,9 @@ def plan_runs(config: VerifyConfig) -> list[RunPlan]:
         plans.append(
             RunPlan(model, "random", replace(base, weights="random"), "paper protocol, random weights")
         )
-        teacher = replace(base, decoding="teacher")
+        # Teacher-forced runs need only one forward pass, but Gemma's 262k-token readout over
+        # every position is not free: as many prompts as the open-question runs.
+        teacher = replace(base, decoding="teacher", prompts=s.extra_prompts[model])
         plans.append(
             RunPlan(model, "pretrained-teacher", teacher, "curvature on natural text (teacher-forced)")
         )
@@ -681,8 +683,8 @@ def _sections(
                 + f"\n\nR: Var(H)/(Var(K)+Var(V)) pooled [95% CI]; null R: mean of R with V permuted within "
                 f"trajectories ({sizes.n_perm} permutations) [2.5–97.5%]; p: one-sided permutation p; "
                 "CV at c: global CV of H with h → c·h; R², held out: of K on the produced token, "
-                "the input token, the step, and token + step; R', p': on K with token + step effects "
-                "removed (cross-fitted); curvature: mean angle between consecutive velocities (°).",
+                "the input token, the step, token + step, and all three; R', p': on K with all three "
+                "effects removed (cross-fitted); curvature: mean angle between consecutive velocities (°).",
             )
         )
     for name, table in tables.items():
@@ -710,6 +712,7 @@ NULL_COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("R² input token", "null_r2_input_token", True),
     ("R² step", "null_r2_position", True),
     ("R² token+step", "null_r2_token+position", True),
+    ("R² all three", "null_r2_all", True),
     ("R'", "null_resid_R", True),
     ("p'", "null_resid_shuffle_p", False),
     ("curvature (°)", "curvature_deg", True),

@@ -190,9 +190,15 @@ def test_beyond_the_paper_rows_have_their_own_heading_and_a_plain_summary() -> N
     assert "| X-layers |" not in paper and "| X-layers |" in beyond
     summary = controls_summary(list(rows.values()))
     assert len(summary) == 1
-    assert "H is flatter than its unpaired null" in summary[0]
+    assert "H is flatter than its unpaired null" in summary[0] and "and K and V compensate" in summary[0]
     assert "does not survive rescaling h" in summary[0]
     assert "the result does not survive" in summary[0]
     not_flat = controls_summary(evaluate(_controls(False, False, (0.1, 0.09, 0.11)), ["smollm2-135m"]))
     assert "H is not flatter" in not_flat[0] and "survives rescaling" in not_flat[0]
+    assert "K and V do not compensate" in not_flat[0]
+    # Paired (p small) but R not below 1: both halves are said.
+    mixed = _controls(flat=True, survives_tokens=True, scale_cv=(0.1, 0.09, 0.11))
+    mixed["smollm2-135m/pretrained/null_R"] = est(1.0, 0.98, 1.02)
+    line = controls_summary(evaluate(mixed, ["smollm2-135m"]))[0]
+    assert "H is flatter than its unpaired null" in line and "but K and V do not compensate overall" in line
     assert "they still do not compensate" in not_flat[0]

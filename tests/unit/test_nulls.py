@@ -308,6 +308,15 @@ def test_token_control_removes_compensation_that_token_identity_explains() -> No
         n_perm=200,
     )
     assert real.residual["R"].high < 0.2
+    # The same confounding through the *input* token x_{t−1} is removed as well.
+    prev = np.concatenate([np.zeros((n, 1), dtype=np.int64), tokens[:, :-1]], axis=1)
+    via_input = N.identity_controls(
+        N.identity_frame(_steps(7 + effect[prev] + noise_k, 3 - effect[prev] + noise_v, tokens)),
+        n_boot=100,
+        n_perm=200,
+    )
+    assert via_input.r2["input_token"].value > 0.5 and via_input.r2["token"].value < 0.1
+    assert via_input.residual["R"].low > 0.8
     assert real.residual_null["R"].p_value < 0.01
 
 
