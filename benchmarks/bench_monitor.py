@@ -25,8 +25,8 @@ import torch
 
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.measure import versions
-from ppmech.models import forward_step, load_model
-from ppmech.monitor import EnergyMonitor, MonitorConfig
+from ppmech.models.loading import forward_step, load_model
+from ppmech.monitor.scoring import EnergyMonitor, MonitorConfig
 
 RESULTS_NAME = "monitor.md"
 

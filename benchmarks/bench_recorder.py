@@ -29,7 +29,7 @@ import torch
 
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.measure import MeasureConfig, measure, versions
-from ppmech.models import load_model
+from ppmech.models.loading import load_model
 from ppmech.recording import Decoding, Recorder, left_pad
 
 ROOT = Path(__file__).resolve().parent

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from ppmech.models import LoadedModel, load_model
+from ppmech.models.loading import LoadedModel, load_model
 
 torch.set_num_threads(2)
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.errors import PPMechError
-from ppmech.models import load_configured
+from ppmech.models.loading import load_configured
 from ppmech.recording import Decoding, Recorder
 from ppmech.runs import RunWriter, batch_tables, load_run
 from ppmech.statistics import EnergyStatistics, statistics_from_steps

@@ -29,7 +29,7 @@ import torch
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture
 from ppmech.mechanics import entropy_from_logprobs, speed_squared
-from ppmech.models import LoadedModel, forward_step
+from ppmech.models.loading import LoadedModel, forward_step
 
 Strategy = Literal["greedy", "sample", "teacher"]
 
@@ -261,7 +261,7 @@ class Recorder:
     def _teacher(self, prompts: list[list[int]], targets: list[list[int]]) -> BatchRecord:
         if any(len(t) == 0 for t in targets):
             raise PPMechError("a target has no tokens", "give every prompt a non-empty target")
-        from ppmech.architectures import readout
+        from ppmech.models.architectures import readout
 
         model = self.lm.model
         read = readout(model)

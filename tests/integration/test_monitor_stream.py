@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.models import LoadedModel
-from ppmech.monitor import EnergyMonitor, MonitorConfig, text_ids, trace_batch
+from ppmech.models.loading import LoadedModel
+from ppmech.monitor.scoring import EnergyMonitor, MonitorConfig, text_ids, trace_batch
 from ppmech.recording import Decoding, Recorder
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.judges import RUBRIC, JudgeItem, OpenAIJudge
+from ppmech.steering.judges.base import RUBRIC, JudgeItem, OpenAIJudge
 
 # A behaviour maps the 1-based request number to (status, body text).
 Behaviour = Callable[[int], tuple[int, str]]

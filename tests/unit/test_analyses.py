@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ppmech import analyses as A
-from ppmech.architectures import Readout
+from ppmech.claims import analyses as A
 from ppmech.errors import PPMechError
+from ppmech.models.architectures import Readout
 
 
 def _readout(weight: np.ndarray, softcap: float | None = None, scale: float = 1.0) -> Readout:

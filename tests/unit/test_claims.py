@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ppmech.analyses import Estimate
-from ppmech.claims import (
+from ppmech.claims.analyses import Estimate
+from ppmech.claims.ledger import (
     CLAIMS,
     DEFINITIONS,
     TABLE1,

@@ -1,4 +1,4 @@
-"""Unit tests for ppmech.judges: score parsing, the registry and the embedding judge."""
+"""Unit tests for ppmech.steering.judges.base: score parsing, the registry and the embedding judge."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.judges import (
+from ppmech.steering.judges.base import (
     RUBRIC,
     EmbeddingJudge,
     Judge,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ppmech.errors import PPMechError
-from ppmech.models import ModelIdentity
-from ppmech.monitor import (
+from ppmech.models.loading import ModelIdentity
+from ppmech.monitor.scoring import (
     SIGNALS,
     Calibration,
     MonitorConfig,

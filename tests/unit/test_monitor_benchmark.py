@@ -10,8 +10,8 @@ import pytest
 
 from ppmech.cli.monitor import BENCHMARK_DEFAULTS, CALIBRATE_DEFAULTS
 from ppmech.errors import PPMechError
-from ppmech.monitor import MonitorConfig
-from ppmech.monitor_benchmark import BenchmarkConfig, auroc, delay_stats, tpr_at_fpr
+from ppmech.monitor.benchmark import BenchmarkConfig, auroc, delay_stats, tpr_at_fpr
+from ppmech.monitor.scoring import MonitorConfig
 
 
 def test_auroc_by_hand() -> None:

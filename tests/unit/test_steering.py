@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ppmech.architectures import Readout
 from ppmech.errors import PPMechError
-from ppmech.steering import (
+from ppmech.models.architectures import Readout
+from ppmech.steering.algorithm import (
     SteeringConfig,
     analytic_direction,
     autograd_direction,

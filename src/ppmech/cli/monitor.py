@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ppmech.errors import PPMechError
-from ppmech.report import markdown_table, text_table
+from ppmech.tables import markdown_table, text_table
 
 
 def _read_texts(source: str, text_field: str, whole: bool) -> list[tuple[str, str]]:
@@ -54,7 +54,7 @@ def _read_texts(source: str, text_field: str, whole: bool) -> list[tuple[str, st
 
 
 def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
-    from ppmech.models import load_model
+    from ppmech.models.loading import load_model
 
     ident = cal.model
     spec = args.model or ident["spec"]
@@ -67,8 +67,8 @@ def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ppmech.models import load_configured
-    from ppmech.monitor import EnergyMonitor, MonitorConfig
+    from ppmech.models.loading import load_configured
+    from ppmech.monitor.scoring import EnergyMonitor, MonitorConfig
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -99,7 +99,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ppmech.monitor import Calibration, EnergyMonitor
+    from ppmech.monitor.scoring import Calibration, EnergyMonitor
 
     cal = Calibration.load(args.calibration)
     texts = _read_texts(args.input, args.text_field, args.whole)
@@ -185,7 +185,7 @@ def benchmark_report(result: Any) -> str:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from ppmech.monitor_benchmark import BenchmarkConfig, run_benchmark
+    from ppmech.monitor.benchmark import BenchmarkConfig, run_benchmark
     from ppmech.runs import write_json
 
     names = {f.name for f in fields(BenchmarkConfig)}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ppmech.cli.measure import add_model_args
-from ppmech.report import markdown_table, text_table
+from ppmech.tables import markdown_table, text_table
 
 
 def _layer(value: str) -> int | None:
@@ -41,7 +41,7 @@ def _one_line(text: str) -> str:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from ppmech.steering import SteerConfig, run_steer
+    from ppmech.steering.algorithm import SteerConfig, run_steer
 
     names = {f.name for f in fields(SteerConfig)}
     config = SteerConfig(**{k: v for k, v in vars(args).items() if k in names})
@@ -58,7 +58,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def _eval_config(args: argparse.Namespace) -> Any:
-    from ppmech.steering_eval import SteeringEvalConfig
+    from ppmech.steering.evaluation import SteeringEvalConfig
 
     names = {f.name for f in fields(SteeringEvalConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
@@ -67,7 +67,7 @@ def _eval_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ppmech.steering_eval import evaluate_steering
+    from ppmech.steering.evaluation import evaluate_steering
 
     config = _eval_config(args)
     out = Path(args.out or f"runs/steering-eval-{Path(config.model).name}-{config.judge}")

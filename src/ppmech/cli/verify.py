@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 
 from ppmech.errors import PPMechError
-from ppmech.report import fmt, markdown_table, text_table
+from ppmech.tables import fmt, markdown_table, text_table
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ppmech.verify import EMBEDDED, VerifyConfig, summary_frame, verify
+    from ppmech.claims.verify import EMBEDDED, VerifyConfig, summary_frame, verify
 
     config = VerifyConfig(
         out=args.out,
@@ -59,9 +59,8 @@ def _est_rows(run_name: str, est: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from ppmech import analyses as A
-    from ppmech.runs import load_run
-    from ppmech.verify import (
+    from ppmech.claims import analyses as A
+    from ppmech.claims.verify import (
         Sizes,
         hidden_analyses,
         layer_analysis,
@@ -69,6 +68,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         scaling_from_runs,
         steps_analyses,
     )
+    from ppmech.runs import load_run
 
     for flag, value, least in (
         ("--n-boot", args.n_boot, 0),

@@ -77,7 +77,7 @@ def arch_spec(model: nn.Module) -> ArchSpec:
         known = ", ".join(sorted(ARCHITECTURES))
         raise PPMechError(
             f"unsupported architecture '{model_type}'",
-            f"ppmech knows {known}; add an entry to ppmech.architectures.ARCHITECTURES",
+            f"ppmech knows {known}; add an entry to ppmech.models.architectures.ARCHITECTURES",
         )
     return ARCHITECTURES[model_type]
 
@@ -89,7 +89,7 @@ def get_submodule(model: nn.Module, path: str) -> nn.Module:
     except AttributeError as exc:
         raise PPMechError(
             f"model of type {type(model).__name__} has no submodule '{path}'",
-            "its architecture entry in ppmech.architectures is out of date",
+            "its architecture entry in ppmech.models.architectures is out of date",
         ) from exc
 
 
@@ -159,7 +159,7 @@ def readout(model: nn.Module) -> Readout:
     if not isinstance(head, nn.Linear):
         raise PPMechError(
             f"unembedding '{spec.unembed}' is a {type(head).__name__}, not a Linear layer",
-            "its architecture entry in ppmech.architectures is out of date",
+            "its architecture entry in ppmech.models.architectures is out of date",
         )
     config = model.config
     scale = 1.0

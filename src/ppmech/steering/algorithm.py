@@ -5,7 +5,7 @@ target token ``t*_i``. A *log-prob map* ``F: [B, d] -> [B, V]`` gives the model'
 float32 next-token log-probabilities from ``h``:
 
 * final layer (the paper's case): ``h`` is the post-final-norm state ``h_t`` and
-  ``F`` is :meth:`ppmech.architectures.Readout.log_probs`. Where the readout is
+  ``F`` is :meth:`ppmech.models.architectures.Readout.log_probs`. Where the readout is
   affine (no soft-capping) the direction is the paper's closed form
   ``g = s (W_{t*} - pᵀW)`` (``s`` = the readout's logit scale, 1 for most models);
   otherwise (Gemma's soft-capping) it is ``∇_h ln p_{t*}`` by autograd.
@@ -55,11 +55,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ppmech.architectures import Readout, decoder_layers
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture, hook_module, resid_post
 from ppmech.mechanics import entropy_from_logprobs, speed_squared
-from ppmech.models import LoadedModel, forward_step, load_configured
+from ppmech.models.architectures import Readout, decoder_layers
+from ppmech.models.loading import LoadedModel, forward_step, load_configured
 from ppmech.recording import Decoding, Recorder, left_pad
 
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]
@@ -449,7 +449,7 @@ def steer(
     """Algorithm 1 on post-final-norm states (the paper's case).
 
     Args:
-        readout: the model's :class:`~ppmech.architectures.Readout`.
+        readout: the model's :class:`~ppmech.models.architectures.Readout`.
         h: ``[B, d]`` states ``h_t``.
         targets: ``[B]`` target ids (negative: leave the row alone).
         config: η, K, line search (defaults: η = 0.5, K = 20).
@@ -854,7 +854,7 @@ def _steered_trace(
     seeds: list[int] | None,
     pad_id: int,
 ) -> Trace:
-    from ppmech.architectures import readout as get_readout
+    from ppmech.models.architectures import readout as get_readout
 
     model = lm.model
     device = lm.device

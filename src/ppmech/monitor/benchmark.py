@@ -17,7 +17,7 @@ are built at the id level (no re-tokenisation):
   Spanish or French passage (alternating) to ``tokens`` tokens; the detection
   delay of each per-token alarm is measured from the first foreign token.
 
-Per-sequence scores (higher = more anomalous; see :mod:`ppmech.monitor` for the
+Per-sequence scores (higher = more anomalous; see :mod:`ppmech.monitor.scoring` for the
 definitions): the monitor's anomaly score, ``|z|`` of mean ``H``, the CUSUM
 maximum on ``z_H``, ``|z|`` of mean ``K``; the standard baselines mean NLL,
 ``-`` mean max softmax probability, mean energy score ``-logsumexp(logits)``
@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 
 from ppmech.errors import PPMechError
-from ppmech.models import LoadedModel
-from ppmech.monitor import (
+from ppmech.models.loading import LoadedModel
+from ppmech.monitor.scoring import (
     Calibration,
     MonitorConfig,
     TokenTrace,
@@ -315,7 +315,7 @@ def _random_model_texts(
     lm: LoadedModel, config: BenchmarkConfig, prompts: list[list[int]], progress: bool
 ) -> list[list[int]]:
     """Greedy continuations by the random-weight model (seed 0) of ``prompts``."""
-    from ppmech.models import load_model
+    from ppmech.models.loading import load_model
     from ppmech.recording import Decoding, Recorder
 
     rand = load_model(
@@ -441,7 +441,7 @@ def run_benchmark(
 ) -> BenchmarkResult:
     """Build the sets, calibrate on held-out English, score everything, and tabulate."""
     from ppmech.measure import versions
-    from ppmech.models import load_model
+    from ppmech.models.loading import load_model
 
     start = time.perf_counter()
     if lm is None:

@@ -423,7 +423,7 @@ def load_model(
     model.to(device)
     model.eval()
     model.requires_grad_(False)
-    from ppmech.architectures import arch_spec
+    from ppmech.models.architectures import arch_spec
 
     arch_spec(model)  # fail now, loudly, on an architecture we cannot read out
     config = model.config

@@ -2,7 +2,7 @@
 
 Each :class:`Claim` names the paper's figure, the measurement that tests it and
 a :class:`Rule` decided *before* any measurement and written here as data.
-:func:`evaluate` applies the rules to measured :class:`~ppmech.analyses.Estimate`
+:func:`evaluate` applies the rules to measured :class:`~ppmech.claims.analyses.Estimate`
 values; :func:`render_markdown` and :func:`ledger_json` write the ledger.
 
 Measurement keys are ``"{model}/{condition}/{metric}"``, e.g.
@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ppmech.analyses import Estimate, implied_sample_size
+from ppmech.claims.analyses import Estimate, implied_sample_size
 
 Verdict = Literal["supported", "not supported", "inconclusive"]
 RuleKind = Literal[

@@ -2,7 +2,7 @@
 
 Nothing here loads a model or reads a file: inputs are per-step arrays (from a
 run's ``steps.parquet``), hidden states ``h_t`` (from ``Run.hidden()``) and a
-:class:`~ppmech.architectures.Readout`. Statistics are float64; log-softmax goes
+:class:`~ppmech.models.architectures.Readout`. Statistics are float64; log-softmax goes
 through the readout in float32.
 
 Conventions follow :mod:`ppmech.mechanics`: for one trajectory, ``h_t`` is the
@@ -40,8 +40,8 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
-from ppmech.architectures import Readout
 from ppmech.errors import PPMechError
+from ppmech.models.architectures import Readout
 from ppmech.statistics import energy_statistics
 
 F64 = NDArray[np.float64]

@@ -23,7 +23,7 @@ special prefix is never scored (nothing predicts it).
 Also kept per token (the baselines of the benchmark): the predictive entropy of
 ``p(·|h_{j-1})``, the maximum softmax probability ``msp``, and the energy score
 of Liu et al. (2020) ``neg_lse = -logsumexp(logits)``. Logits are the model's own
-(bias, scaling and soft-capping included, :func:`ppmech.architectures.readout`);
+(bias, scaling and soft-capping included, :func:`ppmech.models.architectures.readout`);
 log-softmax is float32, statistics float64.
 
 Calibration
@@ -85,7 +85,7 @@ from numpy.typing import NDArray
 
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture
-from ppmech.models import LoadedModel, ModelIdentity, forward_step
+from ppmech.models.loading import LoadedModel, ModelIdentity, forward_step
 
 F64 = NDArray[np.float64]
 
@@ -683,7 +683,7 @@ def check_ids(lm: LoadedModel, ids: Sequence[int]) -> None:
 @torch.no_grad()
 def trace_batch(lm: LoadedModel, sequences: Sequence[Sequence[int]]) -> list[TokenTrace]:
     """Teacher-force a batch of id sequences (left-padded, one forward pass) into traces."""
-    from ppmech.architectures import readout
+    from ppmech.models.architectures import readout
     from ppmech.recording import left_pad
 
     for ids in sequences:

@@ -41,7 +41,7 @@ from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from ppmech.errors import PPMechError
-from ppmech.judges import Judge, JudgeItem, JudgeScore, make_judge
+from ppmech.steering.judges.base import Judge, JudgeItem, JudgeScore, make_judge
 
 __all__ = [
     "SteeringEvalConfig",
@@ -98,7 +98,7 @@ class SteeringEvalConfig:
     baselines: bool = True
 
     def __post_init__(self) -> None:
-        from ppmech.steering import SteeringConfig
+        from ppmech.steering.algorithm import SteeringConfig
 
         SteeringConfig(eta=self.eta, max_steps=self.max_steps)  # validates η and K
         if self.targets not in TARGET_SOURCES:
@@ -231,7 +231,7 @@ def table3_frame(model: str, statistics: dict[str, Any]) -> pd.DataFrame:
 def build_judge(config: SteeringEvalConfig, reference_lm: Any = None) -> Judge:
     """The judge named by ``config.judge`` with its options."""
     if config.judge == "reference-lm":
-        from ppmech.reference_judge import default_reference
+        from ppmech.steering.judges.reference import default_reference
 
         options: dict[str, Any] = {"model": config.judge_model or default_reference(config.model)}
         if reference_lm is not None:
@@ -308,13 +308,13 @@ def evaluate_steering(
         lm: an already loaded steered model (else loaded from ``config``).
         judge: a judge to use instead of the one ``config`` names.
     """
-    from ppmech.architectures import readout
     from ppmech.corpus import load_documents, select_prompts
     from ppmech.hooks import FINAL_NORM, capture
     from ppmech.measure import versions
-    from ppmech.models import load_configured
+    from ppmech.models.architectures import readout
+    from ppmech.models.loading import load_configured
     from ppmech.recording import left_pad
-    from ppmech.steering import SteeringConfig, baseline_comparison, baseline_table, steer
+    from ppmech.steering.algorithm import SteeringConfig, baseline_comparison, baseline_table, steer
 
     started = time.time()
     steering_config = SteeringConfig(eta=config.eta, max_steps=config.max_steps)

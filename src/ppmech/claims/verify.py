@@ -29,13 +29,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ppmech import analyses as A
-from ppmech.claims import evaluate, ledger_json, render_markdown, verdict_counts
+from ppmech.claims import analyses as A
+from ppmech.claims.ledger import evaluate, ledger_json, render_markdown, verdict_counts
 from ppmech.errors import PPMechError
 from ppmech.measure import MeasureConfig, measure, versions
-from ppmech.models import EMBEDDED_MODELS, LoadedModel, load_model
-from ppmech.report import markdown_table
+from ppmech.models.loading import EMBEDDED_MODELS, LoadedModel, load_model
 from ppmech.runs import Run, load_run, write_json
+from ppmech.tables import markdown_table
 
 ANALYSIS_VERSION = 1
 #: Fewest bootstrap replicates that give a 95% percentile CI one replicate in each tail.
@@ -298,7 +298,7 @@ def steps_analyses(run: Run, n_boot: int, seed: int) -> dict[str, A.Estimate]:
 
 def hidden_analyses(run: Run, lm: LoadedModel, sizes: Sizes, n_boot: int, seed: int) -> dict[str, A.Estimate]:
     """§C.5 interpolation and the Euler–Lagrange residual, on saved hidden states."""
-    from ppmech.architectures import readout
+    from ppmech.models.architectures import readout
 
     check_model(run, lm)
     read = readout(lm.model)
@@ -333,7 +333,7 @@ def hidden_analyses(run: Run, lm: LoadedModel, sizes: Sizes, n_boot: int, seed: 
 
 def layer_analysis(run: Run, lm: LoadedModel, trajectories: int) -> pd.DataFrame:
     """Per-layer K, V, H statistics on the first ``trajectories`` trajectories of a run."""
-    from ppmech.layers import record_layers
+    from ppmech.claims.layers import record_layers
 
     check_model(run, lm)
     traj = run.trajectories.sort_values("trajectory").head(trajectories)
@@ -359,7 +359,7 @@ def scaling_from_runs(runs: list[Run], metric: str) -> tuple[pd.DataFrame, A.Cor
     Raises:
         PPMechError: runs of several families (``model_type``), runs made with
             different protocols (only the model may differ), an unknown metric, or
-            fewer than 3 sizes (via :func:`~ppmech.analyses.scaling_correlation`).
+            fewer than 3 sizes (via :func:`~ppmech.claims.analyses.scaling_correlation`).
     """
     families = {str(r.model.get("model_type")) for r in runs}
     if len(families) != 1:
