@@ -26,7 +26,8 @@ import torch
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.measure import versions
 from ppmech.models.loading import forward_step, load_model
-from ppmech.monitor.scoring import EnergyMonitor, MonitorConfig
+from ppmech.monitor.calibration import MonitorConfig
+from ppmech.monitor.stream import EnergyMonitor
 
 RESULTS_NAME = "monitor.md"
 

@@ -28,7 +28,8 @@ from ppmech.corpus import load_documents, select_prompts
 from ppmech.measure import versions
 from ppmech.models.loading import load_model
 from ppmech.recording import Decoding, Recorder
-from ppmech.steering.algorithm import SteeringConfig, _steered_trace
+from ppmech.steering.algorithm import SteeringConfig
+from ppmech.steering.generation import _steered_trace
 
 RESULTS_NAME = "steering.md"
 

@@ -29,7 +29,8 @@ import torch
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture
 from ppmech.mechanics import entropy_from_logprobs, speed_squared
-from ppmech.models.loading import LoadedModel, forward_step
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import forward_step
 
 Strategy = Literal["greedy", "sample", "teacher"]
 

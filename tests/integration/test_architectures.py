@@ -11,7 +11,8 @@ from torch import nn
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture, resid_post
 from ppmech.models.architectures import ARCHITECTURES, arch_spec, readout
-from ppmech.models.loading import LoadedModel, load_model
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import load_model
 
 IDS = torch.tensor([[504, 3458, 282, 4649, 314, 7042, 30, 378, 1345]])
 

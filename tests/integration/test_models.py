@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from ppmech.errors import PPMechError
-from ppmech.models.loading import EMBEDDED_MODELS, LoadedModel, cache_root, load_model
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import EMBEDDED_MODELS, cache_root, load_model
 
 
 def test_embedded_model_is_cached_as_safetensors(smollm2: LoadedModel) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.steering.judges.base import RUBRIC, JudgeItem, OpenAIJudge
+from ppmech.steering.judges.base import RUBRIC, JudgeItem
+from ppmech.steering.judges.openai import OpenAIJudge
 
 # A behaviour maps the 1-based request number to (status, body text).
 Behaviour = Callable[[int], tuple[int, str]]

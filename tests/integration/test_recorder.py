@@ -11,7 +11,8 @@ import torch
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.errors import PPMechError
 from ppmech.mechanics import energy_terms
-from ppmech.models.loading import LoadedModel, load_model
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import load_model
 from ppmech.recording import Decoding, Recorder, left_pad
 
 

@@ -12,15 +12,11 @@ from ppmech.corpus import special_prefix
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture
 from ppmech.models.architectures import readout
-from ppmech.models.loading import LoadedModel, load_model
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import load_model
 from ppmech.recording import Decoding, Recorder
-from ppmech.steering.algorithm import (
-    SteeringConfig,
-    analytic_direction,
-    autograd_direction,
-    steer,
-    steered_generation,
-)
+from ppmech.steering.algorithm import SteeringConfig, analytic_direction, autograd_direction, steer
+from ppmech.steering.generation import steered_generation
 from ppmech.steering.judges.base import JudgeItem
 from ppmech.steering.judges.reference import ReferenceLMJudge
 

@@ -18,7 +18,7 @@ from ppmech.claims.verify import (
 )
 from ppmech.errors import PPMechError
 from ppmech.measure import MeasureConfig, measure
-from ppmech.models.loading import LoadedModel
+from ppmech.models.identity import LoadedModel
 from ppmech.runs import Run, load_run
 
 

@@ -11,15 +11,13 @@ from ppmech.claims.ledger import (
     CLAIMS,
     DEFINITIONS,
     TABLE1,
-    Rule,
-    apply_rule,
     evaluate,
     inconsistencies,
-    ledger_json,
-    render_markdown,
     table1_consistency,
     table5_sample_size,
 )
+from ppmech.claims.render import ledger_json, render_markdown
+from ppmech.claims.rules import Rule, apply_rule
 
 
 def est(value: float, low: float, high: float) -> Estimate:

@@ -7,16 +7,10 @@ import json
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.steering.judges.base import (
-    RUBRIC,
-    EmbeddingJudge,
-    Judge,
-    JudgeItem,
-    OpenAIJudge,
-    format_item,
-    make_judge,
-    parse_score,
-)
+from ppmech.steering.judges.base import RUBRIC, Judge, JudgeItem, format_item, parse_score
+from ppmech.steering.judges.embedding import EmbeddingJudge
+from ppmech.steering.judges.openai import OpenAIJudge
+from ppmech.steering.judges.registry import make_judge
 
 
 @pytest.mark.parametrize(

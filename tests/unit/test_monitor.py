@@ -12,24 +12,20 @@ import pytest
 import torch
 
 from ppmech.errors import PPMechError
-from ppmech.models.loading import ModelIdentity
+from ppmech.models.identity import ModelIdentity
+from ppmech.monitor.calibration import Calibration, MonitorConfig, fit_calibration, score_trace
 from ppmech.monitor.scoring import (
     SIGNALS,
-    Calibration,
-    MonitorConfig,
     TokenTrace,
     calibrate_signal,
     cusum_path,
     cusum_step,
-    distribution_terms,
     first_alarm,
-    fit_calibration,
-    log_kinetic_from_states,
     mahalanobis,
-    score_trace,
     sequence_features,
     tail_p_value,
 )
+from ppmech.monitor.stream import distribution_terms, log_kinetic_from_states
 
 IDENTITY = ModelIdentity(
     spec="toy",

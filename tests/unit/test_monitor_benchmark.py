@@ -11,7 +11,7 @@ import pytest
 from ppmech.cli.monitor import BENCHMARK_DEFAULTS, CALIBRATE_DEFAULTS
 from ppmech.errors import PPMechError
 from ppmech.monitor.benchmark import BenchmarkConfig, auroc, delay_stats, tpr_at_fpr
-from ppmech.monitor.scoring import MonitorConfig
+from ppmech.monitor.calibration import MonitorConfig
 
 
 def test_auroc_by_hand() -> None:

@@ -16,12 +16,11 @@ from ppmech.steering.algorithm import (
     SteeringConfig,
     analytic_direction,
     autograd_direction,
-    baseline_comparison,
-    baseline_table,
     energy_change,
     kl_divergence,
     steer,
 )
+from ppmech.steering.baselines import baseline_comparison, baseline_table
 
 
 def make_readout(seed: int, vocab: int = 40, dim: int = 12, softcap: float | None = None) -> Readout:

@@ -21,7 +21,7 @@ import torch
 from ppmech.hooks import capture, resid_post
 from ppmech.mechanics import speed_squared
 from ppmech.models.architectures import decoder_layers, final_norm, readout
-from ppmech.models.loading import LoadedModel
+from ppmech.models.identity import LoadedModel
 from ppmech.recording import left_pad
 
 

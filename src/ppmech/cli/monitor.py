@@ -68,7 +68,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ppmech.models.loading import load_configured
-    from ppmech.monitor.scoring import EnergyMonitor, MonitorConfig
+    from ppmech.monitor.calibration import MonitorConfig
+    from ppmech.monitor.stream import EnergyMonitor
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -99,7 +100,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ppmech.monitor.scoring import Calibration, EnergyMonitor
+    from ppmech.monitor.calibration import Calibration
+    from ppmech.monitor.stream import EnergyMonitor
 
     cal = Calibration.load(args.calibration)
     texts = _read_texts(args.input, args.text_field, args.whole)

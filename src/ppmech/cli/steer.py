@@ -41,7 +41,7 @@ def _one_line(text: str) -> str:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from ppmech.steering.algorithm import SteerConfig, run_steer
+    from ppmech.steering.run import SteerConfig, run_steer
 
     names = {f.name for f in fields(SteerConfig)}
     config = SteerConfig(**{k: v for k, v in vars(args).items() if k in names})

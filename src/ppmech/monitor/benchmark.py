@@ -45,17 +45,10 @@ import numpy as np
 import pandas as pd
 
 from ppmech.errors import PPMechError
-from ppmech.models.loading import LoadedModel
-from ppmech.monitor.scoring import (
-    Calibration,
-    MonitorConfig,
-    TokenTrace,
-    calibration_sequences,
-    cusum_path,
-    first_alarm,
-    fit_calibration,
-    trace_many,
-)
+from ppmech.models.identity import LoadedModel
+from ppmech.monitor.calibration import Calibration, MonitorConfig, fit_calibration
+from ppmech.monitor.scoring import TokenTrace, cusum_path, first_alarm
+from ppmech.monitor.stream import calibration_sequences, trace_many
 
 F64 = Any
 

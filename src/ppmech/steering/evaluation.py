@@ -41,7 +41,8 @@ from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from ppmech.errors import PPMechError
-from ppmech.steering.judges.base import Judge, JudgeItem, JudgeScore, make_judge
+from ppmech.steering.judges.base import Judge, JudgeItem, JudgeScore
+from ppmech.steering.judges.registry import make_judge
 
 __all__ = [
     "SteeringEvalConfig",
@@ -314,7 +315,8 @@ def evaluate_steering(
     from ppmech.models.architectures import readout
     from ppmech.models.loading import load_configured
     from ppmech.recording import left_pad
-    from ppmech.steering.algorithm import SteeringConfig, baseline_comparison, baseline_table, steer
+    from ppmech.steering.algorithm import SteeringConfig, steer
+    from ppmech.steering.baselines import baseline_comparison, baseline_table
 
     started = time.time()
     steering_config = SteeringConfig(eta=config.eta, max_steps=config.max_steps)

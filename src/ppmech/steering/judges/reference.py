@@ -42,7 +42,8 @@ import torch
 
 from ppmech.corpus import special_prefix
 from ppmech.errors import PPMechError
-from ppmech.models.loading import LoadedModel, forward_step, load_model
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import forward_step, load_model
 from ppmech.steering.judges.base import SCORE_MAX, SCORE_MIN, JudgeItem, JudgeScore
 
 __all__ = ["ReferenceLMJudge", "default_reference"]
