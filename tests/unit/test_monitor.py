@@ -25,7 +25,7 @@ from ppmech.monitor.scoring import (
     sequence_features,
     tail_p_value,
 )
-from ppmech.monitor.stream import distribution_terms, log_kinetic_from_states
+from ppmech.monitor.stream import distribution_terms
 
 IDENTITY = ModelIdentity(
     spec="toy",
@@ -108,11 +108,6 @@ def test_distribution_terms_by_hand() -> None:
     assert terms["neg_lse"].tolist() == pytest.approx([-math.log(4), -math.log(4)], abs=1e-6)
     h2 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     assert terms["entropy"].tolist() == pytest.approx([math.log(4), h2], abs=1e-6)
-
-
-def test_log_kinetic_from_states() -> None:
-    assert log_kinetic_from_states(torch.tensor([3.0, 4.0]), torch.zeros(2)) == pytest.approx(math.log(12.5))
-    assert log_kinetic_from_states(torch.ones(2), torch.ones(2)) == float("-inf")
 
 
 def test_calibrate_signal_by_hand() -> None:

@@ -41,6 +41,7 @@ import torch
 from numpy.typing import NDArray
 
 from ppmech.errors import PPMechError
+from ppmech.mechanics import kinetic, log_energy, log_kinetic, potential
 from ppmech.models.architectures import Readout
 from ppmech.statistics import energy_statistics
 
@@ -188,12 +189,11 @@ def energy_forms(speed_sq: F64, logp: F64) -> dict[str, F64]:
         and ``E = 0``; callers drop non-finite ``H`` steps from all three.
     """
     s = np.asarray(speed_sq, dtype=np.float64)
-    lp = np.asarray(logp, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        h = np.log(0.5 * s) - lp
+    v = potential(np.asarray(logp, dtype=np.float64))
+    h = log_energy(log_kinetic(s), v)
     with np.errstate(over="ignore"):
-        e = 0.5 * s * np.exp(-lp)
-    return {"log": h, "product": e, "classical": 0.5 * s - lp}
+        e = kinetic(s) * np.exp(v)
+    return {"log": h, "product": e, "classical": kinetic(s) + v}
 
 
 def energy_form_cvs(parts: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0) -> dict[str, Estimate]:
@@ -720,8 +720,7 @@ def layer_energy_table(
     traj = np.repeat(np.arange(n), t)
     rows = []
     for layer in range(n_layers):
-        with np.errstate(divide="ignore"):
-            k = np.log(0.5 * ss[layer]).ravel()
+        k = log_kinetic(ss[layer]).ravel()
         stats = energy_statistics(traj, k, -lp[layer].ravel(), n_boot=n_boot, seed=seed)
         rows.append(
             {

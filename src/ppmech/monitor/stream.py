@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,14 @@ from numpy.typing import NDArray
 
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture
+from ppmech.mechanics import (
+    entropy_from_logprobs,
+    log_energy,
+    log_kinetic,
+    potential,
+    speed_squared,
+    step_speed_squared,
+)
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import forward_step
 from ppmech.monitor.calibration import Calibration, MonitorConfig, MonitorScore, fit_calibration, score_trace
@@ -33,9 +40,8 @@ def distribution_terms(logits: torch.Tensor, targets: torch.Tensor) -> dict[str,
     z = logits.float()
     lse = torch.logsumexp(z, dim=-1)
     logprobs = z - lse[:, None]
-    p = logprobs.exp()
-    entropy = -(p * torch.where(p > 0, logprobs, torch.zeros_like(logprobs))).sum(-1)
-    v = -logprobs.gather(-1, targets[:, None].to(z.device))[:, 0]
+    entropy = entropy_from_logprobs(logprobs)
+    v = potential(logprobs.gather(-1, targets[:, None].to(z.device))[:, 0])
     msp = logprobs.max(-1).values.exp()
     return {
         "V": v.double().cpu().numpy(),
@@ -43,12 +49,6 @@ def distribution_terms(logits: torch.Tensor, targets: torch.Tensor) -> dict[str,
         "msp": msp.double().cpu().numpy(),
         "neg_lse": (-lse).double().cpu().numpy(),
     }
-
-
-def log_kinetic_from_states(h_prev: torch.Tensor, h_prev2: torch.Tensor) -> float:
-    """``ln(½‖h_prev - h_prev2‖²)`` in float64; ``-inf`` for equal states."""
-    sq = float((h_prev.double() - h_prev2.double()).pow(2).sum())
-    return math.log(0.5 * sq) if sq > 0 else float("-inf")
 
 
 def text_ids(lm: LoadedModel, text: str) -> list[int]:
@@ -104,17 +104,13 @@ def trace_batch(lm: LoadedModel, sequences: Sequence[Sequence[int]]) -> list[Tok
         h = states[row, width - n :]  # [n, d], position i predicts u_{i+1}
         targets = torch.tensor(list(seq[1:]), dtype=torch.long, device=h.device)
         terms = distribution_terms(read.logits(h[:-1]), targets)
-        hd = h[:-1].double()
-        k = np.full(n - 1, np.nan)
-        sq = (hd[1:] - hd[:-1]).pow(2).sum(-1).cpu().numpy()
-        with np.errstate(divide="ignore"):
-            k[1:] = np.log(0.5 * sq)
+        k = log_kinetic(speed_squared(h[:-1]).cpu().numpy())
         out.append(
             TokenTrace(
                 token_ids=np.asarray(seq[1:], dtype=np.int64),
                 V=terms["V"],
                 K=k,
-                H=k + terms["V"],
+                H=log_energy(k, terms["V"]),
                 entropy=terms["entropy"],
                 msp=terms["msp"],
                 neg_lse=terms["neg_lse"],
@@ -248,11 +244,11 @@ class MonitorStream:
                 terms = distribution_terms(self.next_logits[None, :], torch.tensor([tok]))
                 v = float(terms["V"][0])
                 k = (
-                    log_kinetic_from_states(self._h_last, self._h_before)
+                    float(log_kinetic(step_speed_squared(self._h_before, self._h_last)))
                     if self._h_before is not None
                     else float("nan")
                 )
-                h = k + v
+                h = float(log_energy(np.array(k), np.array(v)))
                 zh = float(sig["H"].z(np.array([h]))[0])
                 self._cusum = cusum_step(self._cusum, zh, cal.cusum_k, cal.z_clip)
                 c = max(self._cusum)

@@ -52,6 +52,7 @@ import pandas as pd
 import torch
 
 from ppmech.errors import PPMechError
+from ppmech.mechanics import log_energy, log_kinetic, potential, step_speed_squared
 from ppmech.models.architectures import Readout
 
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]
@@ -223,9 +224,9 @@ def energy_change(
         logp_natural: ``[B]`` ln p of the token emitted from the natural distribution.
         logp_steered: ``[B]`` ln p of the token emitted from the steered distribution.
     """
-    k_nat = torch.log(0.5 * (h_natural.double() - h_prev.double()).pow(2).sum(-1))
-    k_st = torch.log(0.5 * (h_steered.double() - h_prev.double()).pow(2).sum(-1))
-    return (k_st - logp_steered.double()) - (k_nat - logp_natural.double())
+    h_nat = log_energy(log_kinetic(step_speed_squared(h_prev, h_natural)), potential(logp_natural))
+    h_st = log_energy(log_kinetic(step_speed_squared(h_prev, h_steered)), potential(logp_steered))
+    return h_st - h_nat
 
 
 # --------------------------------------------------------------------------- Algorithm 1
@@ -404,15 +405,11 @@ def readout_line(readout: Readout, targets: torch.Tensor) -> LineFactory:
     targets = targets.clamp_min(0)
 
     def factory(h: torch.Tensor, u: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        z0 = torch.nn.functional.linear(h.float(), readout.weight, readout.bias)
+        z0 = readout.affine(h)
         dz = torch.nn.functional.linear(u.float(), readout.weight)
 
         def at(step: torch.Tensor) -> torch.Tensor:
-            z = z0 + step[:, None] * dz
-            if readout.scale != 1.0:
-                z = z * readout.scale
-            if readout.softcap is not None:
-                z = readout.softcap * torch.tanh(z / readout.softcap)
+            z = readout.finish(z0 + step[:, None] * dz)
             return target_logp(torch.log_softmax(z, dim=-1), targets)
 
         return at

@@ -15,6 +15,7 @@ from ppmech.steering.algorithm import (
     autograd_direction,
     energy_change,
     kl_divergence,
+    readout_line,
     target_logp,
 )
 
@@ -38,15 +39,7 @@ def _reach_along(
     the one before it. Rows that never reach the goal on the grid get NaN (along a
     fixed line ``p_{t*}`` can peak below the goal).
     """
-    # Logits are affine in the step before soft-capping: z(s) = scale (W h + b + s W u).
-    z0 = torch.nn.functional.linear(h.float(), readout.weight, readout.bias)
-    dz = torch.nn.functional.linear(u.float(), readout.weight)
-
-    def line_logp(step: torch.Tensor) -> torch.Tensor:
-        z = (z0 + step[:, None] * dz) * readout.scale
-        if readout.softcap is not None:
-            z = readout.softcap * torch.tanh(z / readout.softcap)
-        return target_logp(torch.log_softmax(z, -1), targets)
+    line_logp = readout_line(readout, targets)(h, u)
 
     base = (h.norm(dim=-1) * 1e-4).clamp_min(1e-8)
     lo = torch.zeros_like(base)
