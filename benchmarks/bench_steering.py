@@ -25,8 +25,8 @@ import time
 import torch
 
 from ppmech.corpus import load_documents, select_prompts
-from ppmech.measure import versions
 from ppmech.models.loading import load_model
+from ppmech.provenance import versions
 from ppmech.recording import Decoding, Recorder
 from ppmech.steering.algorithm import SteeringConfig
 from ppmech.steering.generation import _steered_trace

@@ -7,7 +7,6 @@ embedded SmolLM2-135M: 100 Wikipedia prompts of 50 tokens, 100 greedy tokens.
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.errors import PPMechError
 from ppmech.models.loading import load_configured
+from ppmech.provenance import versions
 from ppmech.recording import Decoding, Recorder
 from ppmech.runs import RunWriter, batch_tables, load_run
 from ppmech.statistics import EnergyStatistics, statistics_from_steps
@@ -112,24 +112,6 @@ class MeasureResult:
     summary: dict[str, Any]
     steps: pd.DataFrame
     trajectories: pd.DataFrame
-
-
-def versions() -> dict[str, str]:
-    """Versions of everything that can change a number."""
-    import numpy
-    import transformers
-
-    from ppmech import __version__
-
-    return {
-        "ppmech": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pd.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
 
 
 def measure(

@@ -20,13 +20,14 @@ trajectory ``i``; ``std`` has ddof 0):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+
+from ppmech.provenance import json_safe
 
 F64 = NDArray[np.float64]
 
@@ -95,15 +96,7 @@ class EnergyStatistics:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; non-finite floats become ``None``."""
-        return _finite_or_none(asdict(self))
-
-
-def _finite_or_none(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+        return json_safe(asdict(self))
 
 
 def _ratio(num: float, den: float) -> float:

@@ -43,6 +43,7 @@ from numpy.typing import NDArray
 from ppmech.errors import PPMechError
 from ppmech.mechanics import kinetic, log_energy, log_kinetic, potential
 from ppmech.models.architectures import Readout
+from ppmech.provenance import json_safe
 from ppmech.statistics import energy_statistics
 
 F64 = NDArray[np.float64]
@@ -75,9 +76,7 @@ class Estimate:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
-        }
+        return dict(json_safe(asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Estimate:

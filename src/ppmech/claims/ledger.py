@@ -23,6 +23,7 @@ import numpy as np
 
 from ppmech.claims.analyses import Estimate, implied_sample_size
 from ppmech.claims.rules import Rule, Verdict, apply_rule
+from ppmech.provenance import json_safe
 
 # --------------------------------------------------------------------------- the paper's data
 
@@ -726,10 +727,6 @@ def _fmt_est(m: Estimate | None) -> str:
     return f"{m.value:.4g} [{m.low:.4g}, {m.high:.4g}]"
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def evaluate(
     measurements: dict[str, Estimate], models: list[str], claims: list[Claim] | None = None
 ) -> list[LedgerRow]:
@@ -775,9 +772,9 @@ def evaluate(
                     claim=claim.statement,
                     paper=paper,
                     measured=_fmt_est(m) if claim.rule.kind != "untestable" else "—",
-                    value=_finite(m.value) if m else None,
-                    low=_finite(m.low) if m else None,
-                    high=_finite(m.high) if m else None,
+                    value=json_safe(m.value) if m else None,
+                    low=json_safe(m.low) if m else None,
+                    high=json_safe(m.high) if m else None,
                     n=m.n if m else 0,
                     verdict=verdict,
                     rule=describe,

@@ -33,9 +33,10 @@ from ppmech.claims import analyses as A
 from ppmech.claims.ledger import evaluate
 from ppmech.claims.render import ledger_json, render_markdown, verdict_counts
 from ppmech.errors import PPMechError
-from ppmech.measure import MeasureConfig, measure, versions
+from ppmech.measure import MeasureConfig, measure
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import EMBEDDED_MODELS, load_model
+from ppmech.provenance import versions
 from ppmech.runs import Run, load_run, write_json
 from ppmech.tables import markdown_table
 

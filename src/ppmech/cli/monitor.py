@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ppmech.errors import PPMechError
+from ppmech.provenance import json_safe
 from ppmech.tables import markdown_table, text_table
 
 
@@ -111,9 +111,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     scores = monitor.score_many([t for _, t in texts], batch_size=args.batch_size)
     if args.json:
         for (name, _), sc in zip(texts, scores, strict=True):
-            record: dict[str, Any] = {"source": name, **_clean(sc.sequence.to_dict())}
+            record: dict[str, Any] = {"source": name, **json_safe(sc.sequence.to_dict())}
             if args.tokens:
-                record["tokens"] = [_clean(r) for r in sc.tokens.to_dict(orient="records")]
+                record["tokens"] = [json_safe(r) for r in sc.tokens.to_dict(orient="records")]
             print(json.dumps(record, ensure_ascii=False))
         return 0
     if args.tokens:
@@ -143,18 +143,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         )
     print(text_table(pd.DataFrame(rows), title=f"\nEnergy monitor ({lm.identity.spec}, alpha={cal.alpha})"))
     return 0
-
-
-def _clean(record: dict[str, Any]) -> dict[str, Any]:
-    """JSON-safe values: NaN/inf as null, numpy scalars as Python ones."""
-    out: dict[str, Any] = {}
-    for k, v in record.items():
-        if hasattr(v, "item"):
-            v = v.item()
-        if isinstance(v, float) and not math.isfinite(v):
-            v = None
-        out[k] = v
-    return out
 
 
 def _escape_pipes(frame: Any) -> Any:
@@ -201,21 +189,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(benchmark_report(result))
         print(f"wrote {args.markdown}")
     if args.json:
-        write_json(Path(args.json), _json_safe(result.to_dict()))
+        write_json(Path(args.json), json_safe(result.to_dict()))
         print(f"wrote {args.json}")
     return 0
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "item"):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # Defaults of MonitorConfig / BenchmarkConfig, repeated here so that `ppmech --help`

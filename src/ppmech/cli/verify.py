@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ppmech.errors import PPMechError
+from ppmech.provenance import json_safe
 from ppmech.tables import fmt, markdown_table, text_table
 
 
@@ -89,7 +90,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
             write_json(
                 Path(args.json),
-                _clean(
+                json_safe(
                     {
                         "metric": args.correlate,
                         "r": corr.r,
@@ -135,22 +136,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.json:
         from ppmech.runs import write_json
 
-        write_json(Path(args.json), _clean(out_json))
+        write_json(Path(args.json), json_safe(out_json))
         print(f"\nwrote {args.json}")
     if args.markdown:
         Path(args.markdown).write_text(markdown_table(frame, digits=4) + "\n")
         print(f"wrote {args.markdown}")
     return 0
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def register(sub: Any) -> None:

@@ -433,8 +433,8 @@ def run_benchmark(
     config: BenchmarkConfig, lm: LoadedModel | None = None, progress: bool = True
 ) -> BenchmarkResult:
     """Build the sets, calibrate on held-out English, score everything, and tabulate."""
-    from ppmech.measure import versions
     from ppmech.models.loading import load_model
+    from ppmech.provenance import versions
 
     start = time.perf_counter()
     if lm is None:

@@ -332,7 +332,7 @@ class EnergyMonitor:
             sequences: calibrate on these id sequences instead of the corpus.
             progress: show a tqdm bar on stderr.
         """
-        from ppmech.measure import versions
+        from ppmech.provenance import versions
 
         config = config or MonitorConfig(model=lm.identity.spec)
         if sequences is None:

@@ -41,6 +41,7 @@ from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from ppmech.errors import PPMechError
+from ppmech.provenance import json_safe
 from ppmech.steering.judges.base import Judge, JudgeItem, JudgeScore
 from ppmech.steering.judges.registry import make_judge
 
@@ -279,18 +280,6 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _finite(obj.item())
-    return obj
-
-
 def evaluate_steering(
     config: SteeringEvalConfig,
     out: str | Path | None = None,
@@ -311,9 +300,9 @@ def evaluate_steering(
     """
     from ppmech.corpus import load_documents, select_prompts
     from ppmech.hooks import FINAL_NORM, capture
-    from ppmech.measure import versions
     from ppmech.models.architectures import readout
     from ppmech.models.loading import load_configured
+    from ppmech.provenance import versions
     from ppmech.recording import left_pad
     from ppmech.steering.algorithm import SteeringConfig, steer
     from ppmech.steering.baselines import baseline_comparison, baseline_table
@@ -439,7 +428,7 @@ def evaluate_steering(
         _write_csv(out_path / "items.csv", items)
         if len(long):
             _write_csv(out_path / "baselines.csv", long)
-        write_json(out_path / "summary.json", _finite(summary))
+        write_json(out_path / "summary.json", json_safe(summary))
     return SteeringEvalResult(
         path=out_path, items=items, statistics=statistics, table=table, baselines=baselines, summary=summary
     )

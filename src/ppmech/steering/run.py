@@ -159,7 +159,7 @@ def run_steer(
     import shutil
 
     from ppmech.corpus import special_prefix
-    from ppmech.measure import versions
+    from ppmech.provenance import versions
     from ppmech.runs import write_json
 
     out_path = Path(out) if out is not None else None
