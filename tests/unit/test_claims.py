@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from ppmech.claims.analyses import Estimate
 from ppmech.claims.ledger import (
     CLAIMS,
     DEFINITIONS,
@@ -18,6 +17,7 @@ from ppmech.claims.ledger import (
 )
 from ppmech.claims.render import ledger_json, render_markdown
 from ppmech.claims.rules import Rule, apply_rule
+from ppmech.statistics import Estimate
 
 
 def est(value: float, low: float, high: float) -> Estimate:

@@ -11,7 +11,8 @@ post-final-norm state that produced token ``x_t``; ``v_t = h_t - h_{t-1}``;
 
 Confidence intervals are percentile bootstraps that resample *trajectories*
 (the independent unit), seeded; at least :data:`MIN_TRAJECTORIES_FOR_CI`
-trajectories are required, otherwise :class:`~ppmech.errors.PPMechError`.
+trajectories are required, otherwise :class:`~ppmech.errors.PPMechError`
+(:func:`ppmech.statistics.trajectory_bootstrap`).
 
 What each analysis tests:
 
@@ -32,8 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -43,100 +43,17 @@ from numpy.typing import NDArray
 from ppmech.errors import PPMechError
 from ppmech.mechanics import kinetic, log_energy, log_kinetic, potential
 from ppmech.models.architectures import Readout
-from ppmech.provenance import json_safe
-from ppmech.statistics import energy_statistics
+from ppmech.statistics import (
+    MIN_TRAJECTORIES_FOR_CI,
+    Estimate,
+    energy_statistics,
+    trajectory_bootstrap,
+)
 
 F64 = NDArray[np.float64]
 
-MIN_TRAJECTORIES_FOR_CI = 5
-"""Fewer independent trajectories than this give no meaningful bootstrap CI."""
-
 ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 """§C.5's interpolation grid α ∈ {0, 0.1, …, 1}."""
-
-
-# --------------------------------------------------------------------------- estimates
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A measured figure with its 95% bootstrap CI.
-
-    Attributes:
-        value: the point estimate on all data.
-        low, high: percentile bootstrap CI (``NaN`` when not computed).
-        n: number of independent units (trajectories) behind it.
-        note: how it was computed, in words.
-    """
-
-    value: float
-    low: float = float("nan")
-    high: float = float("nan")
-    n: int = 0
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(json_safe(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Estimate:
-        def f(x: Any) -> float:
-            return float("nan") if x is None else float(x)
-
-        return cls(
-            value=f(d.get("value")),
-            low=f(d.get("low")),
-            high=f(d.get("high")),
-            n=int(d.get("n", 0)),
-            note=str(d.get("note", "")),
-        )
-
-    @property
-    def has_ci(self) -> bool:
-        return math.isfinite(self.low) and math.isfinite(self.high)
-
-
-def require_trajectories(n: int, what: str) -> None:
-    """Refuse a CI over fewer than :data:`MIN_TRAJECTORIES_FOR_CI` trajectories."""
-    if n < MIN_TRAJECTORIES_FOR_CI:
-        raise PPMechError(
-            f"{what} needs at least {MIN_TRAJECTORIES_FOR_CI} trajectories for a confidence "
-            f"interval (got {n})",
-            f"record at least {MIN_TRAJECTORIES_FOR_CI} prompts (e.g. `ppmech measure --prompts 100`)",
-        )
-
-
-def trajectory_bootstrap(
-    parts: Sequence[np.ndarray],
-    statistic: Callable[[np.ndarray], float],
-    n_boot: int = 1000,
-    seed: int = 0,
-    note: str = "",
-    what: str = "this statistic",
-) -> Estimate:
-    """Point estimate and percentile 95% CI of ``statistic`` over concatenated parts.
-
-    Args:
-        parts: one array per trajectory (rows are steps; any trailing shape).
-        statistic: maps the concatenation of (resampled) parts to a float.
-        n_boot: bootstrap replicates; trajectories are resampled with replacement.
-        seed: RNG seed.
-
-    Raises:
-        PPMechError: fewer than :data:`MIN_TRAJECTORIES_FOR_CI` parts.
-    """
-    require_trajectories(len(parts), what)
-    value = float(statistic(np.concatenate(list(parts), axis=0)))
-    rng = np.random.default_rng(seed)
-    reps = np.empty(n_boot, dtype=np.float64)
-    for b in range(n_boot):
-        pick = rng.integers(0, len(parts), size=len(parts))
-        reps[b] = statistic(np.concatenate([parts[i] for i in pick], axis=0))
-    reps = reps[np.isfinite(reps)]
-    if reps.size < max(10, n_boot // 2):
-        return Estimate(value, n=len(parts), note=note)
-    low, high = np.percentile(reps, [2.5, 97.5])
-    return Estimate(value, float(low), float(high), len(parts), note)
 
 
 def split_by_trajectory(steps: pd.DataFrame, columns: Sequence[str]) -> list[np.ndarray]:

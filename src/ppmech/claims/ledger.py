@@ -2,7 +2,7 @@
 
 Each :class:`Claim` names the paper's figure, the measurement that tests it and
 a :class:`Rule` decided *before* any measurement and written here as data.
-:func:`evaluate` applies the rules to measured :class:`~ppmech.claims.analyses.Estimate`
+:func:`evaluate` applies the rules to measured :class:`~ppmech.statistics.Estimate`
 values; :func:`~ppmech.claims.render.render_markdown` and :func:`~ppmech.claims.render.ledger_json`
 write the ledger.
 
@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ppmech.claims.analyses import Estimate, implied_sample_size
+from ppmech.claims.analyses import implied_sample_size
 from ppmech.claims.rules import Rule, Verdict, apply_rule
 from ppmech.provenance import json_safe
+from ppmech.statistics import Estimate
 
 # --------------------------------------------------------------------------- the paper's data
 

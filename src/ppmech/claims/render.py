@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ppmech.claims.analyses import Estimate
 from ppmech.claims.ledger import DEFINITIONS, LedgerRow, inconsistencies
+from ppmech.statistics import Estimate
 
 
 def verdict_counts(rows: list[LedgerRow]) -> dict[str, int]:

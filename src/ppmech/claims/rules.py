@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ppmech.claims.analyses import Estimate
+from ppmech.statistics import Estimate
 
 Verdict = Literal["supported", "not supported", "inconclusive"]
 RuleKind = Literal[
