@@ -71,22 +71,22 @@ class MeasureConfig:
     def __post_init__(self) -> None:
         if self.prompts < 1:
             raise PPMechError(
-                f"--prompts must be at least 1 (got {self.prompts})", "ask for 1 or more prompts"
+                f"`prompts` must be at least 1 (got {self.prompts})", "ask for 1 or more prompts"
             )
         if self.new_tokens < 2:
             raise PPMechError(
-                f"--new-tokens must be at least 2 (got {self.new_tokens})",
+                f"`new_tokens` must be at least 2 (got {self.new_tokens})",
                 "H needs two steps; use e.g. 100",
             )
         if self.context_tokens < 1:
             raise PPMechError(
-                f"--context-tokens must be at least 1 (got {self.context_tokens})", "use e.g. 50"
+                f"`context_tokens` must be at least 1 (got {self.context_tokens})", "use e.g. 50"
             )
         if self.batch_size < 1:
-            raise PPMechError(f"--batch-size must be at least 1 (got {self.batch_size})", "use e.g. 50")
+            raise PPMechError(f"`batch_size` must be at least 1 (got {self.batch_size})", "use e.g. 50")
         if self.n_boot < 0:
             raise PPMechError(
-                f"--n-boot must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
+                f"`n_boot` must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
             )
         self.decoding_config()  # validates the sampling parameters
 

@@ -251,5 +251,5 @@ def test_unreachable_endpoint() -> None:
     assert "unreachable" in line
     assert "3 attempts" in line
     assert f"127.0.0.1:{port}" in line
-    assert "--judge-url" in info.value.fix
+    assert "`judge_url`" in info.value.fix  # the field; the CLI prints it as --judge-url
     assert judge.requests_sent == 3

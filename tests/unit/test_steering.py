@@ -71,12 +71,12 @@ def test_soft_capped_readout_steers_by_autograd() -> None:
 
 @pytest.mark.parametrize("eta", [0.0, 1.0, 1.5, -0.2])
 def test_eta_outside_open_interval_is_refused(eta: float) -> None:
-    with pytest.raises(PPMechError, match="--eta"):
+    with pytest.raises(PPMechError, match="`eta`"):
         SteeringConfig(eta=eta)
 
 
 def test_max_steps_must_be_positive() -> None:
-    with pytest.raises(PPMechError, match="--max-steps"):
+    with pytest.raises(PPMechError, match="`max_steps`"):
         SteeringConfig(max_steps=0)
 
 

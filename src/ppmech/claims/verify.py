@@ -131,7 +131,7 @@ class VerifyConfig:
     def __post_init__(self) -> None:
         if self.n_boot < MIN_BOOT_FOR_VERDICTS:
             raise PPMechError(
-                f"--n-boot must be at least {MIN_BOOT_FOR_VERDICTS} for the ledger (got {self.n_boot}): "
+                f"`n_boot` must be at least {MIN_BOOT_FOR_VERDICTS} for the ledger (got {self.n_boot}): "
                 "every verdict reads a 95% CI, whose 2.5% tails need one replicate each",
                 "use the default 1000",
             )
@@ -139,7 +139,7 @@ class VerifyConfig:
         if unknown or not self.models:
             raise PPMechError(
                 f"ppmech verify checks the embedded models only (got {', '.join(unknown) or 'none'})",
-                f"use --models with {' and/or '.join(EMBEDDED)}",
+                f"use `models` with {' and/or '.join(EMBEDDED)}",
             )
 
     @property
@@ -227,7 +227,7 @@ def ensure_run(plan: RunPlan, root: Path, progress: bool = True) -> Run:
             raise PPMechError(
                 f"{path} holds a run of {run.config.get('model')} ({run.config.get('weights')}) made with "
                 f"different settings ({', '.join(diff)})",
-                "delete that directory or pass another --out",
+                "delete that directory or pass another `out`",
             )
         return run
     resume = (path / "parts" / "config.json").is_file()
@@ -459,7 +459,7 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise PPMechError(
-            f"--out {out} is a file, not a directory", "pass a directory (it is created if missing)"
+            f"`out` {out} is a file, not a directory", "pass a directory (it is created if missing)"
         )
     runs_root = out / "runs"
     cache_root = out / "analyses"

@@ -195,13 +195,13 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.sequences < 10:
-            raise PPMechError(f"--sequences must be at least 10 (got {self.sequences})", "use e.g. 100")
+            raise PPMechError(f"`sequences` must be at least 10 (got {self.sequences})", "use e.g. 100")
         if self.tokens < 16:
-            raise PPMechError(f"--tokens must be at least 16 (got {self.tokens})", "use e.g. 64")
+            raise PPMechError(f"`tokens` must be at least 16 (got {self.tokens})", "use e.g. 64")
         if not 4 <= self.splice_at <= self.tokens - 4:
             raise PPMechError(
-                f"--splice-at must be between 4 and tokens - 4 = {self.tokens - 4} (got {self.splice_at})",
-                "use e.g. half of --tokens",
+                f"`splice_at` must be between 4 and tokens - 4 = {self.tokens - 4} (got {self.splice_at})",
+                "use e.g. half of `tokens`",
             )
 
     def monitor_config(self) -> MonitorConfig:

@@ -68,15 +68,15 @@ class MonitorConfig:
 
     def __post_init__(self) -> None:
         if self.sequences < 3:
-            raise PPMechError(f"--sequences must be at least 3 (got {self.sequences})", "use e.g. 200")
+            raise PPMechError(f"`sequences` must be at least 3 (got {self.sequences})", "use e.g. 200")
         if self.tokens < MIN_TOKENS:
-            raise PPMechError(f"--tokens must be at least {MIN_TOKENS} (got {self.tokens})", "use e.g. 64")
+            raise PPMechError(f"`tokens` must be at least {MIN_TOKENS} (got {self.tokens})", "use e.g. 64")
         if not 0 < self.alpha < 1:
-            raise PPMechError(f"--alpha must be in (0, 1) (got {self.alpha})", "use e.g. 0.05")
+            raise PPMechError(f"`alpha` must be in (0, 1) (got {self.alpha})", "use e.g. 0.05")
         if self.cusum_k < 0 or self.z_clip <= 0:
-            raise PPMechError("--cusum-k must be >= 0 and --z-clip > 0", "use e.g. 0.5 and 5")
+            raise PPMechError("`cusum_k` must be >= 0 and `z_clip` > 0", "use e.g. 0.5 and 5")
         if self.batch_size < 1:
-            raise PPMechError(f"--batch-size must be >= 1 (got {self.batch_size})", "use e.g. 16")
+            raise PPMechError(f"`batch_size` must be >= 1 (got {self.batch_size})", "use e.g. 16")
         if self.split not in ("heldout", "prompts", "all"):
             raise PPMechError(f"unknown split '{self.split}'", "use heldout, prompts or all")
 

@@ -93,9 +93,9 @@ class SteeringConfig:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.eta, float | int) and 0.0 < float(self.eta) < 1.0):
-            raise PPMechError(f"--eta must lie strictly between 0 and 1 (got {self.eta})", "use e.g. 0.5")
+            raise PPMechError(f"`eta` must lie strictly between 0 and 1 (got {self.eta})", "use e.g. 0.5")
         if self.max_steps < 1:
-            raise PPMechError(f"--max-steps must be >= 1 (got {self.max_steps})", "use e.g. 20")
+            raise PPMechError(f"`max_steps` must be >= 1 (got {self.max_steps})", "use e.g. 20")
         if self.max_backtracks < 1 or self.max_expansions < 0 or self.bisections < 0:
             raise PPMechError(
                 "max_backtracks must be >= 1, max_expansions and bisections >= 0",

@@ -105,10 +105,10 @@ class SteeringEvalConfig:
         SteeringConfig(eta=self.eta, max_steps=self.max_steps)  # validates η and K
         if self.targets not in TARGET_SOURCES:
             raise PPMechError(
-                f"unknown --targets {self.targets!r}", f"use one of {', '.join(TARGET_SOURCES)}"
+                f"unknown `targets` {self.targets!r}", f"use one of {', '.join(TARGET_SOURCES)}"
             )
         if self.top_k < 1:
-            raise PPMechError(f"--top-k must be >= 1 (got {self.top_k})", "use e.g. 10")
+            raise PPMechError(f"`top_k` must be >= 1 (got {self.top_k})", "use e.g. 10")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,10 +244,10 @@ def build_judge(config: SteeringEvalConfig, reference_lm: Any = None) -> Judge:
     if config.judge == "openai":
         if not config.judge_url:
             raise PPMechError(
-                "--judge openai needs --judge-url", "pass e.g. --judge-url http://127.0.0.1:8000/v1"
+                "`judge` openai needs `judge_url`", "pass e.g. `judge_url` http://127.0.0.1:8000/v1"
             )
         if not config.judge_model:
-            raise PPMechError("--judge openai needs --judge-model", "pass the endpoint's model name")
+            raise PPMechError("`judge` openai needs `judge_model`", "pass the endpoint's model name")
         return make_judge(
             "openai",
             base_url=config.judge_url,

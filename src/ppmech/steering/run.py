@@ -61,13 +61,13 @@ class SteerConfig:
     def __post_init__(self) -> None:
         SteeringConfig(eta=self.eta, max_steps=self.max_steps)
         if (self.target_text is None) == (self.target_ids is None):
-            raise PPMechError("give exactly one of --target-text and --target-ids", "pass one of them")
+            raise PPMechError("give exactly one of `target_text` and `target_ids`", "pass one of them")
         if not self.prompt.strip():
-            raise PPMechError("the prompt is empty", "pass --prompt with some text")
+            raise PPMechError("the prompt is empty", "pass `prompt` with some text")
         if self.decoding not in ("greedy", "sample"):
-            raise PPMechError(f"--decoding {self.decoding!r} cannot be steered", "use greedy or sample")
+            raise PPMechError(f"`decoding` {self.decoding!r} cannot be steered", "use greedy or sample")
         if self.new_tokens is not None and self.new_tokens < 1:
-            raise PPMechError(f"--new-tokens must be >= 1 (got {self.new_tokens})", "use e.g. 20")
+            raise PPMechError(f"`new_tokens` must be >= 1 (got {self.new_tokens})", "use e.g. 20")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -113,7 +113,7 @@ def target_schedule(tokenizer: Any, prompt: str, config: SteerConfig) -> list[in
     if not ids:
         raise PPMechError(
             f"the target text {config.target_text!r} tokenises to no tokens",
-            "pass a --target-text with visible characters",
+            "pass a `target_text` with visible characters",
         )
     return ids
 

@@ -109,10 +109,10 @@ class OpenAIJudge:
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise PPMechError(
                 f"judge URL {base_url!r} is not an http(s) URL",
-                "pass --judge-url like http://127.0.0.1:8000/v1",
+                "pass `judge_url` like http://127.0.0.1:8000/v1",
             )
         if not model:
-            raise PPMechError("no judge model given", "pass --judge-model")
+            raise PPMechError("no judge model given", "pass `judge_model`")
         if max_retries < 0 or backoff_s < 0 or max_backoff_s < 0 or timeout_s <= 0:
             raise PPMechError(
                 "judge retry settings must be non-negative and the timeout positive",
@@ -235,7 +235,7 @@ class OpenAIJudge:
         except OSError as exc:
             raise PPMechError(
                 f"cannot write the judge cache in {path.parent}: {exc.strerror or exc}",
-                "pass a writable --judge-cache directory",
+                "pass a writable `judge_cache` directory",
             ) from exc
 
     def _redact(self, text: str) -> str:
@@ -262,12 +262,12 @@ class OpenAIJudge:
             raise PPMechError(
                 f"judge endpoint {self.url} kept failing after {attempts} attempts: "
                 f"{self._redact(last.reason)}",
-                "the server is overloaded or broken; retry later, raise --judge-retries, "
+                "the server is overloaded or broken; retry later, raise `judge_retries`, "
                 "or check the server's logs",
             )
         raise PPMechError(
             f"judge endpoint {self.url} unreachable after {attempts} attempts: {self._redact(last.reason)}",
-            "check --judge-url / that the server is running",
+            "check `judge_url` / that the server is running",
         )
 
     def _attempt(self, data: bytes) -> str:
@@ -312,5 +312,5 @@ def _fix_for_status(code: int, api_key_env: str) -> str:
     if code in (401, 403):
         return f"set {api_key_env} to a valid API key for this endpoint"
     if code == 404:
-        return "check --judge-url (it usually ends in /v1) and --judge-model"
-    return "check --judge-model and that the endpoint speaks the OpenAI chat-completions API"
+        return "check `judge_url` (it usually ends in /v1) and `judge_model`"
+    return "check `judge_model` and that the endpoint speaks the OpenAI chat-completions API"
