@@ -3,32 +3,38 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ppmech.cli.config import config_from_args
 from ppmech.errors import PPMechError
 from ppmech.tables import compare_frame, fmt, markdown_table, text_table
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--weights``, ``--dtype``, ``--seed``: shared by every command that loads a model."""
+def add_model_args(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """``--model``, ``--weights``, ``--dtype``, ``--seed``: shared by every command that loads a model.
+
+    ``defaults=False`` leaves omitted flags out of the namespace (the config dataclass supplies them).
+    """
+
+    def d(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
     parser.add_argument(
         "--model",
-        default="smollm2-135m",
+        default=d("smollm2-135m"),
         help="embedded name (see `ppmech models`), .gguf path, local directory or hub id",
     )
-    parser.add_argument("--weights", choices=["pretrained", "random"], default="pretrained")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--seed", type=int, default=0, help="prompt choice, random init, sampling")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--weights", choices=["pretrained", "random"], default=d("pretrained"))
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=d("float32"))
+    parser.add_argument("--seed", type=int, default=d(0), help="prompt choice, random init, sampling")
+    parser.add_argument("--trust-remote-code", action="store_true", default=d(False))
 
 
 def _measure_config(args: argparse.Namespace) -> Any:
     from ppmech.measure import MeasureConfig
 
-    names = {f.name for f in fields(MeasureConfig)}
-    return MeasureConfig(**{k: v for k, v in vars(args).items() if k in names})
+    return config_from_args(MeasureConfig, args)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:

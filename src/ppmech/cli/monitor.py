@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ppmech.cli.config import config_from_args
 from ppmech.errors import PPMechError
 from ppmech.provenance import json_safe
 from ppmech.tables import markdown_table, text_table
@@ -74,8 +74,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise PPMechError(f"{out} already exists", "pass --overwrite to replace it, or choose another --out")
-    names = {f.name for f in fields(MonitorConfig)}
-    config = MonitorConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(MonitorConfig, args)
     lm = load_configured(config)
     monitor = EnergyMonitor.calibrate(lm, config, progress=not args.no_progress)
     monitor.save(out)
@@ -178,8 +177,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from ppmech.monitor.benchmark import BenchmarkConfig, run_benchmark
     from ppmech.runs import write_json
 
-    names = {f.name for f in fields(BenchmarkConfig)}
-    config = BenchmarkConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(BenchmarkConfig, args)
     result = run_benchmark(config, progress=not args.no_progress)
     print(text_table(result.table(), title=f"\nEnergy monitor benchmark: {config.model} (AUROC / TPR@5%FPR)"))
     print(text_table(result.delays, title="\nSpliced set: per-token CUSUM alarms"))
@@ -194,47 +192,26 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-# Defaults of MonitorConfig / BenchmarkConfig, repeated here so that `ppmech --help`
-# does not import torch; tests/unit/test_monitor_cli_defaults.py keeps them equal.
-CALIBRATE_DEFAULTS: dict[str, Any] = {
-    "corpus": "wiki-en",
-    "split": "heldout",
-    "sequences": 200,
-    "tokens": 64,
-    "alpha": 0.05,
-    "cusum_k": 0.5,
-    "z_clip": 5.0,
-    "batch_size": 16,
-}
-BENCHMARK_DEFAULTS: dict[str, Any] = {
-    "model": "smollm2-135m",
-    "dtype": "float32",
-    "seed": 0,
-    "sequences": 100,
-    "calibration_sequences": 150,
-    "tokens": 64,
-    "splice_at": 32,
-    "batch_size": 16,
-}
-
-
 def register(sub: Any) -> None:
     from ppmech.cli.measure import add_model_args
 
     group = sub.add_parser("monitor", help="energy monitor: calibrate, score text, benchmark")
     msub = group.add_subparsers(dest="monitor_command", required=True, parser_class=type(group))
 
-    d = CALIBRATE_DEFAULTS
+    # Config fields default to SUPPRESS: an omitted flag is absent from the namespace and the config
+    # dataclass (MonitorConfig, BenchmarkConfig) supplies its own default, written once, there.
+    # (Importing the dataclasses here would make `ppmech --help` import torch.)
+    d = argparse.SUPPRESS
     p = msub.add_parser("calibrate", help="learn a model's normal energy distribution")
-    add_model_args(p)
-    p.add_argument("--corpus", default=d["corpus"], help="normal text: wiki-en (default), wiki-es, a path")
-    p.add_argument("--split", choices=["heldout", "prompts", "all"], default=d["split"])
-    p.add_argument("--sequences", type=int, default=d["sequences"], help="calibration texts")
-    p.add_argument("--tokens", type=int, default=d["tokens"], help="tokens per calibration text")
-    p.add_argument("--alpha", type=float, default=d["alpha"], help="false-alarm rate of the thresholds")
-    p.add_argument("--cusum-k", type=float, default=d["cusum_k"], help="CUSUM slack (std units)")
-    p.add_argument("--z-clip", type=float, default=d["z_clip"], help="clip |z| before the CUSUM")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    add_model_args(p, defaults=False)
+    p.add_argument("--corpus", default=d, help="normal text: wiki-en (default), wiki-es, a path")
+    p.add_argument("--split", choices=["heldout", "prompts", "all"], default=d)
+    p.add_argument("--sequences", type=int, default=d, help="calibration texts")
+    p.add_argument("--tokens", type=int, default=d, help="tokens per calibration text")
+    p.add_argument("--alpha", type=float, default=d, help="false-alarm rate of the thresholds")
+    p.add_argument("--cusum-k", type=float, default=d, help="CUSUM slack (std units)")
+    p.add_argument("--z-clip", type=float, default=d, help="clip |z| before the CUSUM")
+    p.add_argument("--batch-size", type=int, default=d)
     p.add_argument("--out", required=True, help="calibration JSON file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true")
@@ -255,17 +232,16 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_score)
 
-    b = BENCHMARK_DEFAULTS
     p = msub.add_parser("benchmark", help="AUROC of the monitor and baselines on shifted text")
-    p.add_argument("--model", default=b["model"])
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=b["dtype"])
-    p.add_argument("--seed", type=int, default=b["seed"])
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--sequences", type=int, default=b["sequences"], help="texts per set")
-    p.add_argument("--calibration-sequences", type=int, default=b["calibration_sequences"])
-    p.add_argument("--tokens", type=int, default=b["tokens"], help="tokens per text")
-    p.add_argument("--splice-at", type=int, default=b["splice_at"])
-    p.add_argument("--batch-size", type=int, default=b["batch_size"])
+    p.add_argument("--model", default=d)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=d)
+    p.add_argument("--seed", type=int, default=d)
+    p.add_argument("--trust-remote-code", action="store_true", default=d)
+    p.add_argument("--sequences", type=int, default=d, help="texts per set")
+    p.add_argument("--calibration-sequences", type=int, default=d)
+    p.add_argument("--tokens", type=int, default=d, help="tokens per text")
+    p.add_argument("--splice-at", type=int, default=d)
+    p.add_argument("--batch-size", type=int, default=d)
     p.add_argument("--markdown", default=None, help="also write the tables as markdown")
     p.add_argument("--json", default=None, help="also write all numbers as JSON")
     p.add_argument("--no-progress", action="store_true")

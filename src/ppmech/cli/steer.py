@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ppmech.cli.config import config_from_args
 from ppmech.cli.measure import add_model_args
 from ppmech.tables import markdown_table, text_table
 
@@ -43,8 +43,7 @@ def _one_line(text: str) -> str:
 def cmd_steer(args: argparse.Namespace) -> int:
     from ppmech.steering.run import SteerConfig, run_steer
 
-    names = {f.name for f in fields(SteerConfig)}
-    config = SteerConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(SteerConfig, args)
     out = Path(args.out or f"runs/steer-{Path(config.model).name}")
     result = run_steer(config, out, overwrite=args.overwrite)
     where = "final norm (paper)" if config.layer is None else f"residual after block {config.layer}"
@@ -60,10 +59,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 def _eval_config(args: argparse.Namespace) -> Any:
     from ppmech.steering.evaluation import SteeringEvalConfig
 
-    names = {f.name for f in fields(SteeringEvalConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values["baselines"] = not args.no_baselines
-    return SteeringEvalConfig(**values)
+    return config_from_args(SteeringEvalConfig, args, baselines=not args.no_baselines)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
