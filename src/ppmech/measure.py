@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,18 @@ def measure(
         steps=run.steps,
         trajectories=run.trajectories,
     )
+
+
+class _MeasureModule(types.ModuleType):
+    """This module, callable as :func:`measure`.
+
+    ``ppmech.measure`` names both this submodule and the public function :func:`measure`;
+    whichever Python binds to the package attribute (the submodule once it has been
+    imported), ``ppmech.measure(config, out)`` runs a measurement.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> MeasureResult:
+        return measure(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _MeasureModule
