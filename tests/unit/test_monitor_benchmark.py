@@ -1,18 +1,13 @@
-"""Benchmark metrics by hand, and the CLI taking its defaults from the config dataclasses."""
+"""Benchmark metrics by hand."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 
 import numpy as np
 import pytest
 
-from ppmech.cli import build_parser
-from ppmech.cli.config import config_from_args
-from ppmech.errors import PPMechError
-from ppmech.monitor.benchmark import BenchmarkConfig, auroc, delay_stats, tpr_at_fpr
-from ppmech.monitor.calibration import MonitorConfig
+from ppmech.monitor.benchmark import auroc, delay_stats, tpr_at_fpr
 
 
 def test_auroc_by_hand() -> None:
@@ -47,23 +42,3 @@ def test_delay_stats_by_hand() -> None:
     assert mean == pytest.approx(1.5)
     det, false, med, _ = delay_stats([np.zeros(3)], 1.0, [1])
     assert det == 0.0 and false == 0.0 and math.isnan(med)
-
-
-def test_cli_defaults_come_from_the_config_dataclasses() -> None:
-    """Omitted flags of `monitor calibrate`/`benchmark` leave the defaults to the dataclasses."""
-    parser = build_parser()
-    args = parser.parse_args(["monitor", "calibrate", "--out", "cal.json"])
-    config_fields = {f.name for f in fields(MonitorConfig)}
-    assert not config_fields & set(vars(args))  # no default written in the CLI
-    assert config_from_args(MonitorConfig, args) == MonitorConfig()
-    args = parser.parse_args(["monitor", "calibrate", "--out", "c.json", "--z-clip", "3", "--model", "x"])
-    assert config_from_args(MonitorConfig, args) == MonitorConfig(z_clip=3.0, model="x")
-    args = parser.parse_args(["monitor", "benchmark"])
-    assert not {f.name for f in fields(BenchmarkConfig)} & set(vars(args))
-    assert config_from_args(BenchmarkConfig, args) == BenchmarkConfig()
-
-
-@pytest.mark.parametrize("kwargs", [{"sequences": 5}, {"tokens": 8}, {"splice_at": 62}, {"splice_at": 2}])
-def test_benchmark_config_validation(kwargs: dict[str, int]) -> None:
-    with pytest.raises(PPMechError):
-        BenchmarkConfig(**kwargs)  # type: ignore[arg-type]

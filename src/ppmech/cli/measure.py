@@ -11,24 +11,24 @@ from ppmech.errors import PPMechError
 from ppmech.tables import compare_frame, fmt, markdown_table, text_table
 
 
-def add_model_args(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+def add_model_args(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--weights``, ``--dtype``, ``--seed``: shared by every command that loads a model.
 
-    ``defaults=False`` leaves omitted flags out of the namespace (the config dataclass supplies them).
+    Like every flag that sets a config field, they default to ``SUPPRESS``: an omitted flag is
+    absent from the namespace and the config dataclass supplies its default (written once, there;
+    importing the dataclasses here would make ``ppmech --help`` import torch).
     """
-
-    def d(value: object) -> object:
-        return value if defaults else argparse.SUPPRESS
-
     parser.add_argument(
         "--model",
-        default=d("smollm2-135m"),
+        default=argparse.SUPPRESS,
         help="embedded name (see `ppmech models`), .gguf path, local directory or hub id",
     )
-    parser.add_argument("--weights", choices=["pretrained", "random"], default=d("pretrained"))
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=d("float32"))
-    parser.add_argument("--seed", type=int, default=d(0), help="prompt choice, random init, sampling")
-    parser.add_argument("--trust-remote-code", action="store_true", default=d(False))
+    parser.add_argument("--weights", choices=["pretrained", "random"], default=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=argparse.SUPPRESS)
+    parser.add_argument(
+        "--seed", type=int, default=argparse.SUPPRESS, help="prompt choice, random init, sampling"
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", default=argparse.SUPPRESS)
 
 
 def _measure_config(args: argparse.Namespace) -> Any:
@@ -93,19 +93,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("measure", help="record trajectories and measure the energy statistics")
     add_model_args(p)
-    p.add_argument("--corpus", default="wiki-en", help="wiki-en, wiki-es, wiki-fr, or a path")
-    p.add_argument("--text-field", default="text", help="text field of JSONL/datasets")
-    p.add_argument("--prompts", type=int, default=100)
-    p.add_argument("--context-tokens", type=int, default=50)
-    p.add_argument("--new-tokens", type=int, default=100)
-    p.add_argument("--decoding", choices=["greedy", "sample", "teacher"], default="greedy")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--stop-at-eos", action="store_true")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--save-hidden", action="store_true", help="also store h_t (hidden/*.npy)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for CIs")
+    p.add_argument("--corpus", default=argparse.SUPPRESS, help="wiki-en, wiki-es, wiki-fr, or a path")
+    p.add_argument("--text-field", default=argparse.SUPPRESS, help="text field of JSONL/datasets")
+    p.add_argument("--prompts", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--context-tokens", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--new-tokens", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--decoding", choices=["greedy", "sample", "teacher"], default=argparse.SUPPRESS)
+    p.add_argument("--temperature", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--top-k", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--top-p", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--stop-at-eos", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS)
+    p.add_argument(
+        "--save-hidden", action="store_true", default=argparse.SUPPRESS, help="also store h_t (hidden/*.npy)"
+    )
+    p.add_argument("--n-boot", type=int, default=argparse.SUPPRESS, help="bootstrap replicates for CIs")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<weights>-<decoding>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

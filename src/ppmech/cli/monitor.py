@@ -198,12 +198,11 @@ def register(sub: Any) -> None:
     group = sub.add_parser("monitor", help="energy monitor: calibrate, score text, benchmark")
     msub = group.add_subparsers(dest="monitor_command", required=True, parser_class=type(group))
 
-    # Config fields default to SUPPRESS: an omitted flag is absent from the namespace and the config
-    # dataclass (MonitorConfig, BenchmarkConfig) supplies its own default, written once, there.
-    # (Importing the dataclasses here would make `ppmech --help` import torch.)
+    # Config fields default to SUPPRESS (see add_model_args): MonitorConfig and BenchmarkConfig
+    # supply the defaults.
     d = argparse.SUPPRESS
     p = msub.add_parser("calibrate", help="learn a model's normal energy distribution")
-    add_model_args(p, defaults=False)
+    add_model_args(p)
     p.add_argument("--corpus", default=d, help="normal text: wiki-en (default), wiki-es, a path")
     p.add_argument("--split", choices=["heldout", "prompts", "all"], default=d)
     p.add_argument("--sequences", type=int, default=d, help="calibration texts")

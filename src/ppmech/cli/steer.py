@@ -103,53 +103,63 @@ def register(sub: Any) -> None:
         "--target-text",
         help="steer toward this text, token by token "
         "(a space is prepended when both sides are word characters)",
+        default=argparse.SUPPRESS,
     )
     target.add_argument(
         "--target-ids",
         type=_schedule,
         help="token schedule: comma-separated target id per step, '-' or -1 leaves a step alone",
+        default=argparse.SUPPRESS,
     )
-    p.add_argument("--new-tokens", type=int, default=None, help="steps to generate (default: targets + 5)")
-    p.add_argument("--eta", type=float, default=0.5, help="target probability threshold η in (0, 1)")
-    p.add_argument("--max-steps", type=int, default=20, help="K, gradient steps per token")
+    p.add_argument(
+        "--new-tokens", type=int, default=argparse.SUPPRESS, help="steps to generate (default: targets + 5)"
+    )
+    p.add_argument(
+        "--eta", type=float, default=argparse.SUPPRESS, help="target probability threshold η in (0, 1)"
+    )
+    p.add_argument("--max-steps", type=int, default=argparse.SUPPRESS, help="K, gradient steps per token")
     p.add_argument(
         "--layer",
         type=_layer,
-        default=None,
+        default=argparse.SUPPRESS,
         help="'final' (default, the paper: h_t after the final norm) or a block index L: steer the "
         "residual after block L, which enters the KV cache (beyond the paper)",
     )
-    p.add_argument("--decoding", choices=["greedy", "sample"], default="greedy")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--decoding", choices=["greedy", "sample"], default=argparse.SUPPRESS)
+    p.add_argument("--temperature", type=float, default=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="output directory (default runs/steer-<model>)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("evaluate-steering", help="the paper's Table 3: judge natural vs steered top-10 lists")
     add_model_args(p)
-    p.add_argument("--corpus", default="wiki-en")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--prompts", type=int, default=50)
-    p.add_argument("--context-tokens", type=int, default=50)
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--eta", type=float, default=0.5)
-    p.add_argument("--max-steps", type=int, default=20)
+    p.add_argument("--corpus", default=argparse.SUPPRESS)
+    p.add_argument("--text-field", default=argparse.SUPPRESS)
+    p.add_argument("--prompts", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--context-tokens", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--top-k", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--eta", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--max-steps", type=int, default=argparse.SUPPRESS)
     p.add_argument(
         "--targets",
         choices=["ground-truth", "sampled"],
-        default="ground-truth",
+        default=argparse.SUPPRESS,
         help="steer toward the article's next token (paper) or a token sampled from the model",
     )
-    p.add_argument("--judge", choices=["reference-lm", "embedding", "openai"], default="reference-lm")
+    p.add_argument("--judge", choices=["reference-lm", "embedding", "openai"], default=argparse.SUPPRESS)
     p.add_argument(
         "--judge-model",
-        default=None,
+        default=argparse.SUPPRESS,
         help="reference-lm: the reference model (default: the other embedded model); openai: the model name",
     )
-    p.add_argument("--judge-url", default=None, help="openai: base URL, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="openai: env variable holding the key")
-    p.add_argument("--judge-cache", default=None, help="openai: directory caching the replies")
-    p.add_argument("--judge-retries", type=int, default=5, help="openai: retries on 429/5xx/unreachable")
+    p.add_argument(
+        "--judge-url", default=argparse.SUPPRESS, help="openai: base URL, e.g. http://127.0.0.1:8000/v1"
+    )
+    p.add_argument("--judge-key-env", default=argparse.SUPPRESS, help="openai: env variable holding the key")
+    p.add_argument("--judge-cache", default=argparse.SUPPRESS, help="openai: directory caching the replies")
+    p.add_argument(
+        "--judge-retries", type=int, default=argparse.SUPPRESS, help="openai: retries on 429/5xx/unreachable"
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines table")
     p.add_argument("--markdown", default=None, help="also write the tables as markdown")
     p.add_argument("--out", default=None, help="output directory")
