@@ -17,7 +17,7 @@ are built at the id level (no re-tokenisation):
   Spanish or French passage (alternating) to ``tokens`` tokens; the detection
   delay of each per-token alarm is measured from the first foreign token.
 
-Per-sequence scores (higher = more anomalous; see :mod:`ppmech.monitor.scoring` for the
+Per-sequence scores (higher = more anomalous; see :mod:`ppmech.monitor` for the
 definitions): the monitor's anomaly score, ``|z|`` of mean ``H``, the CUSUM
 maximum on ``z_H``, ``|z|`` of mean ``K``; the standard baselines mean NLL,
 ``-`` mean max softmax probability, mean energy score ``-logsumexp(logits)``
@@ -176,7 +176,8 @@ class BenchmarkConfig:
         calibration_sequences: held-out English texts to calibrate on (disjoint from ``normal``).
         tokens: tokens per text (after the special prefix).
         splice_at: English tokens before the foreign passage in ``spliced``.
-        alpha, cusum_k, z_clip: the monitor's thresholds (see :class:`ppmech.monitor.MonitorConfig`).
+        alpha, cusum_k, z_clip: the monitor's thresholds
+            (see :class:`ppmech.monitor.calibration.MonitorConfig`).
         batch_size: texts per forward pass.
     """
 

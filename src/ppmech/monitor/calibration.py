@@ -40,7 +40,8 @@ class MonitorConfig:
     """Configuration of a calibration (the CLI's ``ppmech monitor calibrate`` flags).
 
     Attributes:
-        model, weights, seed, dtype, trust_remote_code: which model (see :func:`ppmech.models.load_model`).
+        model, weights, seed, dtype, trust_remote_code: which model
+            (see :func:`ppmech.models.loading.load_model`).
         corpus: normal text: ``wiki-en`` (default) or any :func:`ppmech.corpus.load_documents` source.
         split: ``heldout`` (default: documents never used as prompts elsewhere),
             ``prompts`` or ``all``.
@@ -86,7 +87,7 @@ class Calibration:
     """A model's normal operation, as saved in a calibration JSON file.
 
     Attributes:
-        model: the :class:`~ppmech.models.ModelIdentity` as a dict (``key`` added).
+        model: the :class:`~ppmech.models.identity.ModelIdentity` as a dict (``key`` added).
         config: the :class:`MonitorConfig` it was made with.
         signals: a :class:`SignalCalibration` per name in :data:`SIGNALS`.
         feature_mean: ``[3]`` mean of ``(mean H, std H, drift H)`` over calibration sequences.

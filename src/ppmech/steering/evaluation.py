@@ -8,14 +8,14 @@ Protocol (:func:`evaluate_steering`), defaults as in the paper:
    (``Prompt.continuation_ids[0]``).
 2. One batched forward gives ``h_t``, the post-final-norm state at the last
    prompt position (and ``h_{t-1}`` for ΔH).
-3. Algorithm 1 (:func:`ppmech.steering.steer`) moves ``h_t`` toward the target
+3. Algorithm 1 (:func:`ppmech.steering.algorithm.steer`) moves ``h_t`` toward the target
    (η = 0.5, K = 20).
 4. The natural top-10 (from ``h_t``) and the steered top-10 (from ``ĥ_t``) lists
    are rated 1-10 by a judge (default: the offline ``reference-lm`` judge).
 5. Table-3 statistics over the pairs where both scores exist
    (:func:`paired_statistics`), plus the share of items whose ground-truth token
    is in the natural / steered top-10, and the baselines table
-   (:func:`ppmech.steering.baseline_comparison`) on the same states.
+   (:func:`ppmech.steering.baselines.baseline_comparison`) on the same states.
 
 Everything is written to ``out``: ``items.csv`` (one row per prompt with both
 lists, both scores and the steering numbers), ``baselines.csv`` (per state and

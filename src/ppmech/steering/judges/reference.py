@@ -29,7 +29,7 @@ after the context. For an item with context ``x`` and listed strings
 Scores are comparable only between runs with the same reference model and the
 same ``lo``/``hi`` (recorded by :meth:`ReferenceLMJudge.describe`). The measure
 rewards lists of likely next strings (grammar and topic both count), unlike the
-topical :class:`~ppmech.steering.judges.base.EmbeddingJudge`. An item with no rateable
+topical :class:`~ppmech.steering.judges.embedding.EmbeddingJudge`. An item with no rateable
 string is recorded as missing (``score=None``).
 """
 
