@@ -29,11 +29,12 @@ steps: ``K`` and ``V`` both finite, as in :mod:`ppmech.statistics`):
 * **Curvature**: the mean turning angle between consecutive velocities
   (Hosseini & Fedorenko, NeurIPS 2023; the per-step formula is
   :func:`ppmech.mechanics.turning_angles`).
-* **False-alarm control**: the split-conformal threshold and the
-  Clopper–Pearson interval of a measured false-alarm rate.
 
-Confidence intervals reuse :func:`ppmech.analyses.trajectory_bootstrap`
-(percentile, trajectories resampled with replacement).
+Confidence intervals reuse :func:`ppmech.statistics.trajectory_bootstrap`
+(percentile, trajectories resampled with replacement). The monitor's
+false-alarm control lives with the monitor
+(:func:`ppmech.monitor.scoring.conformal_threshold`,
+:func:`ppmech.statistics.binomial_interval`).
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from ppmech.analyses import Estimate, finite_mean, require_trajectories, trajectory_bootstrap
 from ppmech.errors import PPMechError
 from ppmech.mechanics import turning_angles
+from ppmech.statistics import Estimate, require_trajectories, trajectory_bootstrap
 
 F64 = NDArray[np.float64]
 
@@ -72,13 +73,18 @@ def valid_pairs(parts: Sequence[np.ndarray]) -> list[F64]:
 
     Args:
         parts: per trajectory ``[n_i, 2]`` arrays of (``K``, ``V``) in step order
-            (e.g. :func:`ppmech.analyses.split_by_trajectory` of ``["K", "V"]``).
+            (e.g. :func:`ppmech.claims.analyses.split_by_trajectory` of ``["K", "V"]``).
     """
     out = []
     for p in parts:
         a = np.asarray(p, dtype=np.float64).reshape(-1, 2)
         out.append(a[np.isfinite(a).all(axis=1)])
     return out
+
+
+def _mean(a: np.ndarray) -> float:
+    """Mean of one-value-per-trajectory parts (already finite by construction)."""
+    return float(np.mean(a)) if np.size(a) else float("nan")
 
 
 # --------------------------------------------------------------------------- compensation ratio
@@ -125,7 +131,7 @@ def compensation(parts: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0)
             vp, compensation_ratio, n_boot, seed, "Var(H)/(Var(K)+Var(V)) pooled", "the compensation ratio"
         ),
         "per_trajectory": trajectory_bootstrap(
-            per, finite_mean, n_boot, seed, "mean over trajectories of R_i", "the per-trajectory ratio"
+            per, _mean, n_boot, seed, "mean over trajectories of R_i", "the per-trajectory ratio"
         ),
         "cov_KV": trajectory_bootstrap(vp, cov, n_boot, seed, "Cov(K, V) pooled (nats²)", "Cov(K, V)"),
     }
@@ -283,7 +289,7 @@ def pairing_shuffle(
         A :class:`NullTest` per statistic in :data:`STATISTIC_NAMES`.
 
     Raises:
-        PPMechError: fewer than :data:`~ppmech.analyses.MIN_TRAJECTORIES_FOR_CI`
+        PPMechError: fewer than :data:`~ppmech.statistics.MIN_TRAJECTORIES_FOR_CI`
             trajectories with valid steps, or ``n_perm < 1``.
     """
     if n_perm < 1:
@@ -638,7 +644,7 @@ def identity_controls(
             h_parts, pooled, n_boot, seed, "global CV of H' = K_resid + V + mean K", "CV(H')"
         ),
         "mean_trajectory_cv": trajectory_bootstrap(
-            per_cv, finite_mean, n_boot, seed, "mean over trajectories of CV(H'_i)", "CV(H')"
+            per_cv, _mean, n_boot, seed, "mean over trajectories of CV(H'_i)", "CV(H')"
         ),
     }
     return IdentityControls(
@@ -685,55 +691,6 @@ def curvature(hidden: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str
     parts = [np.array([c]) for c in per if math.isfinite(c)]
     return {
         "mean_deg": trajectory_bootstrap(
-            parts, finite_mean, n_boot, seed, "mean angle between consecutive velocities (°)", "the curvature"
+            parts, _mean, n_boot, seed, "mean angle between consecutive velocities (°)", "the curvature"
         )
     }
-
-
-# --------------------------------------------------------------------------- false-alarm control
-
-
-def conformal_threshold(scores: Sequence[float], alpha: float) -> float:
-    """Split-conformal alarm threshold: the ``⌈(n+1)(1−α)⌉``-th smallest held-out score.
-
-    With ``n`` calibration scores exchangeable with a new normal score ``s``,
-    ``P(s > threshold) ≤ α`` (and ``≥ α − 1/(n+1)`` without ties): alarm when a
-    score is strictly above the threshold. When ``⌈(n+1)(1−α)⌉ > n`` no finite
-    threshold keeps that guarantee and the result is ``+inf`` (never alarm).
-
-    Raises:
-        PPMechError: ``alpha`` outside (0, 1), or no finite score.
-    """
-    if not 0 < alpha < 1:
-        raise PPMechError(f"alpha must be in (0, 1) (got {alpha})", "use e.g. 0.05")
-    s = np.sort(np.asarray(scores, dtype=np.float64))
-    s = s[np.isfinite(s)]
-    if s.size == 0:
-        raise PPMechError("no finite calibration score to set a threshold", "calibrate on more text")
-    rank = math.ceil((s.size + 1) * (1 - alpha) - 1e-9)
-    return float(s[rank - 1]) if rank <= s.size else float("inf")
-
-
-def binomial_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
-    """Clopper–Pearson (exact) interval for a binomial proportion ``successes / trials``.
-
-    Raises:
-        PPMechError: ``trials < 1`` or ``successes`` outside ``[0, trials]``.
-    """
-    from scipy import stats
-
-    if trials < 1 or not 0 <= successes <= trials:
-        raise PPMechError(
-            f"a rate needs 0 <= successes <= trials and trials >= 1 (got {successes}/{trials})",
-            "count the alarms on at least one text",
-        )
-    a = (1 - level) / 2
-    low = 0.0 if successes == 0 else float(stats.beta.ppf(a, successes, trials - successes + 1))
-    high = 1.0 if successes == trials else float(stats.beta.ppf(1 - a, successes + 1, trials - successes))
-    return low, high
-
-
-def rate_estimate(successes: int, trials: int, level: float = 0.95, note: str = "") -> Estimate:
-    """A measured rate with its Clopper–Pearson interval, as an :class:`Estimate`."""
-    low, high = binomial_interval(successes, trials, level)
-    return Estimate(successes / trials, low, high, trials, note or "Clopper–Pearson interval")

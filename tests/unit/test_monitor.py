@@ -12,26 +12,27 @@ import pytest
 import torch
 
 from ppmech.errors import PPMechError
-from ppmech.models import ModelIdentity
-from ppmech.monitor import (
-    SIGNALS,
+from ppmech.models.identity import ModelIdentity
+from ppmech.monitor.calibration import (
     Calibration,
     MonitorConfig,
+    calibration_split,
+    fit_calibration,
+    score_trace,
+)
+from ppmech.monitor.scoring import (
+    SIGNALS,
     TokenTrace,
     calibrate_signal,
-    calibration_split,
+    conformal_threshold,
     cusum_path,
     cusum_step,
-    distribution_terms,
     first_alarm,
-    fit_calibration,
-    log_kinetic_from_states,
     mahalanobis,
-    score_trace,
     sequence_features,
     tail_p_value,
 )
-from ppmech.nulls import conformal_threshold
+from ppmech.monitor.stream import distribution_terms
 
 IDENTITY = ModelIdentity(
     spec="toy",
@@ -114,11 +115,6 @@ def test_distribution_terms_by_hand() -> None:
     assert terms["neg_lse"].tolist() == pytest.approx([-math.log(4), -math.log(4)], abs=1e-6)
     h2 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     assert terms["entropy"].tolist() == pytest.approx([math.log(4), h2], abs=1e-6)
-
-
-def test_log_kinetic_from_states() -> None:
-    assert log_kinetic_from_states(torch.tensor([3.0, 4.0]), torch.zeros(2)) == pytest.approx(math.log(12.5))
-    assert log_kinetic_from_states(torch.ones(2), torch.ones(2)) == float("-inf")
 
 
 def test_calibrate_signal_by_hand() -> None:
@@ -273,3 +269,36 @@ def test_split_conformal_false_alarm_rate_holds_on_exchangeable_texts() -> None:
     assert np.mean(split_rates) == pytest.approx(1 / 31, abs=0.014)
     assert np.mean(split_rates) <= 0.05
     assert np.mean(naive_rates) > np.mean(split_rates) + 0.01
+
+
+# ----------------------------------------------------------------------------- split-conformal threshold
+
+
+def test_conformal_threshold_by_hand() -> None:
+    scores = np.arange(1.0, 20.0)  # n = 19
+    assert conformal_threshold(scores, 0.10) == 18.0  # ⌈20·0.9⌉ = 18
+    assert conformal_threshold(scores, 0.05) == 19.0  # ⌈20·0.95⌉ = 19
+    assert conformal_threshold(scores, 0.01) == math.inf  # ⌈20·0.99⌉ = 20 > n
+    assert conformal_threshold(np.array([3.0, np.nan, 1.0, 2.0]), 0.5) == 2.0  # ⌈4·0.5⌉ = 2 of 3 finite
+    with pytest.raises(PPMechError, match="alpha"):
+        conformal_threshold(scores, 1.0)
+    with pytest.raises(PPMechError, match="finite"):
+        conformal_threshold([np.nan], 0.1)
+
+
+@pytest.mark.parametrize("n", [19, 50, 200])
+def test_conformal_threshold_covers_exchangeable_data(n: int) -> None:
+    # Exact finite-sample rate: 1 − ⌈(n+1)(1−α)⌉/(n+1), between α − 1/(n+1) and α.
+    rng = np.random.default_rng(n)
+    alpha, reps = 0.05, 20000
+    cal = rng.standard_t(3, size=(reps, n))
+    new = rng.standard_t(3, size=reps)
+    thresholds = np.array([conformal_threshold(c, alpha) for c in cal])
+    rate = float(np.mean(new > thresholds))
+    exact = 1 - math.ceil((n + 1) * (1 - alpha)) / (n + 1)
+    se = math.sqrt(exact * (1 - exact) / reps) + 1e-3
+    assert abs(rate - exact) < 4 * se
+    assert rate <= alpha + 4 * se
+    # The naive in-sample (1 − α) quantile of the same scores alarms more often for small n.
+    naive = float(np.mean(new > np.quantile(cal, 1 - alpha, axis=1)))
+    assert naive >= rate

@@ -59,20 +59,11 @@ import numpy as np
 import pandas as pd
 
 from ppmech.errors import PPMechError
-from ppmech.models import LoadedModel
-from ppmech.monitor import (
-    Calibration,
-    MonitorConfig,
-    TokenTrace,
-    calibration_sequences,
-    calibration_split,
-    cusum_path,
-    first_alarm,
-    fit_calibration,
-    mahalanobis,
-    trace_many,
-)
-from ppmech.nulls import rate_estimate
+from ppmech.models.identity import LoadedModel
+from ppmech.monitor.calibration import Calibration, MonitorConfig, calibration_split, fit_calibration
+from ppmech.monitor.scoring import TokenTrace, cusum_path, first_alarm, mahalanobis
+from ppmech.monitor.stream import calibration_sequences, trace_many
+from ppmech.statistics import rate_estimate
 
 F64 = Any
 
@@ -268,8 +259,8 @@ class BenchmarkConfig:
             the false-alarm rates are counted.
         tokens: tokens per text (after the special prefix).
         splice_at: English tokens before the foreign passage in ``spliced``.
-        alpha, holdout_fraction, cusum_k, z_clip: the monitor's thresholds (see
-            :class:`ppmech.monitor.MonitorConfig`).
+        alpha, holdout_fraction, cusum_k, z_clip: the monitor's thresholds
+            (see :class:`ppmech.monitor.calibration.MonitorConfig`).
         batch_size: texts per forward pass.
     """
 
@@ -290,23 +281,23 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.sequences < 10:
-            raise PPMechError(f"--sequences must be at least 10 (got {self.sequences})", "use e.g. 100")
+            raise PPMechError(f"`sequences` must be at least 10 (got {self.sequences})", "use e.g. 100")
         if self.calibration_sequences < 4:
             raise PPMechError(
-                f"--calibration-sequences must be at least 4 (got {self.calibration_sequences})",
+                f"`calibration_sequences` must be at least 4 (got {self.calibration_sequences})",
                 "use e.g. 600",
             )
         if self.false_alarm_sequences < 0:
             raise PPMechError(
-                f"--false-alarm-sequences must be 0 or more (got {self.false_alarm_sequences})",
+                f"`false_alarm_sequences` must be 0 or more (got {self.false_alarm_sequences})",
                 "use e.g. 400",
             )
         if self.tokens < 16:
-            raise PPMechError(f"--tokens must be at least 16 (got {self.tokens})", "use e.g. 64")
+            raise PPMechError(f"`tokens` must be at least 16 (got {self.tokens})", "use e.g. 64")
         if not 4 <= self.splice_at <= self.tokens - 4:
             raise PPMechError(
-                f"--splice-at must be between 4 and tokens - 4 = {self.tokens - 4} (got {self.splice_at})",
-                "use e.g. half of --tokens",
+                f"`splice_at` must be between 4 and tokens - 4 = {self.tokens - 4} (got {self.splice_at})",
+                "use e.g. half of `tokens`",
             )
 
     def monitor_config(self) -> MonitorConfig:
@@ -428,7 +419,7 @@ def _random_model_texts(
     lm: LoadedModel, config: BenchmarkConfig, prompts: list[list[int]], progress: bool
 ) -> list[list[int]]:
     """Greedy continuations by the random-weight model (seed 0) of ``prompts``."""
-    from ppmech.models import load_model
+    from ppmech.models.loading import load_model
     from ppmech.recording import Decoding, Recorder
 
     rand = load_model(
@@ -635,8 +626,8 @@ def run_benchmark(
     config: BenchmarkConfig, lm: LoadedModel | None = None, progress: bool = True
 ) -> BenchmarkResult:
     """Build the sets, calibrate on held-out English, score everything, and tabulate."""
-    from ppmech.measure import versions
-    from ppmech.models import load_model
+    from ppmech.models.loading import load_model
+    from ppmech.provenance import versions
 
     start = time.perf_counter()
     if lm is None:
