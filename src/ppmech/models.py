@@ -369,7 +369,7 @@ def load_model(
     seed: int = 0,
     dtype: str = "float32",
     trust_remote_code: bool = False,
-    device: str = "cpu",
+    device: str | torch.device = "auto",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode.
 
@@ -380,13 +380,17 @@ def load_model(
         seed: init seed for random weights (ignored for pretrained).
         dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
         trust_remote_code: passed to transformers; off unless asked for.
-        device: torch device string.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
+            (see :func:`ppmech.engine.device.resolve_device`).
 
     Raises:
         PPMechError: unknown model, missing or corrupt file, unsupported dtype.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from ppmech.engine.device import resolve_device
+
+    target = resolve_device(device)  # before any loading: a missing device is a one-line error
     if weights not in ("pretrained", "random"):
         raise PPMechError(f"unknown weights '{weights}'", "use pretrained or random")
     if dtype not in DTYPES:
@@ -420,7 +424,7 @@ def load_model(
             f"could not load model '{spec}': {str(exc).splitlines()[0]}",
             "check that it is a complete causal-LM checkpoint",
         ) from exc
-    model.to(device)
+    model.to(target)
     model.eval()
     model.requires_grad_(False)
     from ppmech.architectures import arch_spec
@@ -449,14 +453,15 @@ def load_model(
 
 
 def load_configured(config: Any) -> LoadedModel:
-    """:func:`load_model` from any config carrying ``model``, ``weights``, ``seed``, ``dtype``
-    and ``trust_remote_code`` (``MeasureConfig``, ``MonitorConfig``, ``SteerConfig``, ...)."""
+    """:func:`load_model` from any config carrying ``model``, ``weights``, ``seed``, ``dtype``,
+    ``trust_remote_code`` and ``device`` (``MeasureConfig``, ``MonitorConfig``, ``SteerConfig``, ...)."""
     return load_model(
         config.model,
         weights=config.weights,
         seed=config.seed,
         dtype=config.dtype,
         trust_remote_code=config.trust_remote_code,
+        device=getattr(config, "device", "auto"),
     )
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ppmech import analyses as A
 from ppmech.claims import evaluate, ledger_json, render_markdown, verdict_counts
 from ppmech.errors import PPMechError
-from ppmech.measure import MeasureConfig, measure, versions
+from ppmech.measure import EXECUTION_KEYS, MeasureConfig, measure, versions
 from ppmech.models import EMBEDDED_MODELS, LoadedModel, load_model
 from ppmech.report import markdown_table
 from ppmech.runs import Run, load_run, write_json
@@ -217,7 +217,7 @@ def ensure_run(plan: RunPlan, root: Path, progress: bool = True) -> Run:
     expected = plan.config.to_dict()
     if (path / "summary.json").is_file():
         run = load_run(path)
-        keys = (set(run.config) | set(expected)) - set(SUMMARY_ONLY_KEYS)
+        keys = (set(run.config) | set(expected)) - set(SUMMARY_ONLY_KEYS) - set(EXECUTION_KEYS)
         diff = sorted(k for k in keys if run.config.get(k) != expected.get(k))
         if diff:
             raise PPMechError(

@@ -22,6 +22,40 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--seed", type=int, default=0, help="prompt choice, random init, sampling")
     parser.add_argument("--trust-remote-code", action="store_true")
+    add_device_arg(parser)
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device``: shared by every command that runs a model."""
+    from ppmech.engine.device import DEVICE_HELP
+
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_decode_args(parser: argparse.ArgumentParser, batch_default: str = "auto") -> None:
+    """``--batch-size`` (a number or auto) and ``--compile``: commands that decode batches."""
+    parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=batch_default,
+        help="trajectories per batch, or auto: the largest that fits, halved on out-of-memory (CPU: 50)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="static KV cache + compiled decode step (CUDA graphs on CUDA); auto: only when it repays "
+        "its warm-up (never on the CPU, where it does not pay)",
+    )
+
+
+def _batch_size(value: str) -> int | str:
+    from ppmech.engine.batching import parse_batch_size
+
+    try:
+        return parse_batch_size(value)
+    except PPMechError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from exc
 
 
 def _measure_config(args: argparse.Namespace) -> Any:
@@ -97,7 +131,7 @@ def register(sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--stop-at-eos", action="store_true")
-    p.add_argument("--batch-size", type=int, default=50)
+    add_decode_args(p)
     p.add_argument("--save-hidden", action="store_true", help="also store h_t (hidden/*.npy)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for CIs")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<weights>-<decoding>)")

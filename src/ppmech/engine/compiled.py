@@ -40,6 +40,7 @@ from ppmech.errors import PPMechError
 
 if TYPE_CHECKING:
     from ppmech.engine.decoder import Engine, Session
+    from ppmech.models import LoadedModel
 
 COMPILE_MODES = ("auto", "on", "off")
 #: Static caches are sized in multiples of this many positions, so nearby lengths share a compiled step.
@@ -82,6 +83,17 @@ def inductor_cache_dir() -> str:
 
     default = str(cache_root() / "inductor")
     return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", default)
+
+
+def warmup_key(lm: LoadedModel, device: torch.device, batch: int) -> str:
+    """Names a compiled step for the warm-up memory: device, architecture, shape, dtype, batch, torch."""
+    from ppmech.engine.device import device_name
+
+    ident = lm.identity
+    return (
+        f"{device_name(device)}|{ident.model_type}|{ident.num_layers}x{ident.hidden_size}|"
+        f"{ident.dtype}|b{batch}|torch{torch.__version__}"
+    )
 
 
 def _warmup_file() -> Any:
@@ -136,8 +148,18 @@ class CompiledStep:
         if self.usable and not getattr(engine.model, "_can_compile_fullgraph", True):
             self.usable = False
             self.failed_reason = "the architecture does not support a static cache"
+        if self.usable:
+            probe = self._static_cache(config=engine.model.config, max_cache_len=CACHE_BUCKET)
+            if any(getattr(layer, "is_sliding", False) for layer in getattr(probe, "layers", [])):
+                # transformers counts a sliding-window layer's length in a Python int,
+                # which makes dynamo retrace the step at every position.
+                self.usable = False
+                self.failed_reason = "its sliding-window layers retrace the step at every position"
         if not self.usable:
-            note(f"compiled decoding unavailable ({self.failed_reason}); decoding eagerly")
+            note(
+                f"compiled decoding is not available for {engine.lm.identity.model_type} "
+                f"({self.failed_reason}); decoding eagerly"
+            )
             return
         inductor_cache_dir()
         # Hooks stay registered while the engine lives: new hooks would retrace the step.
@@ -195,7 +217,12 @@ class CompiledStep:
             try:
                 if self.graphs:
                     torch.compiler.cudagraph_mark_step_begin()
-                logits, states = self._fn(ids, pos, session.mask, session.cache)
+                if key in self._warm:
+                    # A warm step that wants to retrace would retrace at every step: give up at once.
+                    with torch.compiler.set_stance("fail_on_recompile"):
+                        logits, states = self._fn(ids, pos, session.mask, session.cache)
+                else:
+                    logits, states = self._fn(ids, pos, session.mask, session.cache)
             except Exception as exc:  # any compiler failure: decode eagerly from here on
                 self._give_up(session, exc)
             else:
@@ -204,7 +231,7 @@ class CompiledStep:
                 if key not in self._warm:
                     self._warm.add(key)
                     self.warmup_seconds[key] = time.perf_counter() - started
-                    remember_warmup(self.warmup_key(key), self.warmup_seconds[key])
+                    remember_warmup(warmup_key(self.engine.lm, self.device, key[0]), self.warmup_seconds[key])
                 if self.graphs:  # CUDA-graph outputs are overwritten by the next replay
                     return logits.clone(), {n: s.clone() for n, s in states.items()}
                 return logits, states
@@ -227,13 +254,3 @@ class CompiledStep:
         filled = int(session.cache.get_seq_length())
         if filled > session.length:
             session.cache.crop(-(filled - session.length))
-
-    def warmup_key(self, key: tuple[int, int]) -> str:
-        """Names a compiled step: device, architecture, shape, dtype, batch and cache size."""
-        from ppmech.engine.device import device_name
-
-        ident = self.engine.lm.identity
-        return (
-            f"{device_name(self.device)}|{ident.model_type}|{ident.num_layers}x{ident.hidden_size}|"
-            f"{ident.dtype}|b{key[0]}|len{key[1]}|torch{torch.__version__}"
-        )

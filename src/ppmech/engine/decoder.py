@@ -226,6 +226,7 @@ class Engine:
         self.compile_mode = check_compile_mode(compile)
         self.compiled: CompiledStep | None = None
         self._compiled_factory = CompiledStep
+        self._decided = False
         tok = lm.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.pad_id = int(pad) if pad is not None else 0
@@ -292,6 +293,25 @@ class Engine:
         if on and self.compiled is None:
             self.compiled = self._compiled_factory(self)
         self._fast = on and self.compiled is not None and self.compiled.usable
+
+    def consider_compiling(self, eager_step_s: float, steps_left: int, batch: int) -> bool:
+        """With ``compile='auto'``: after a timed eager batch, take the fast path if it repays.
+
+        Decides once per engine (see :func:`ppmech.engine.compiled.compile_pays`); returns :attr:`fast`.
+        """
+        from ppmech.engine.compiled import compile_pays, remembered_warmup, warmup_key
+
+        if self.compile_mode != "auto" or self._decided:
+            return self.fast
+        self._decided = True
+        warm = remembered_warmup(warmup_key(self.lm, self.device, batch))
+        if compile_pays(self.device.type, eager_step_s, steps_left, warm):
+            note(
+                f"compiling the decode step: {steps_left} steps left at {eager_step_s * 1e3:.0f} ms "
+                "each repay its warm-up (--compile off to decode eagerly)"
+            )
+            self.use_compiled(True)
+        return self.fast
 
     @property
     def fast(self) -> bool:

@@ -62,6 +62,32 @@ class BatchRecord:
     speed_sq: torch.Tensor
     hidden: torch.Tensor | None = None
 
+    @staticmethod
+    def concat(records: list[BatchRecord]) -> BatchRecord:
+        """Stack batches row-wise (padding shorter ``T`` with -1 / NaN)."""
+        if len(records) == 1:
+            return records[0]
+        steps = max(r.token_ids.shape[1] for r in records)
+
+        def pad(x: torch.Tensor, value: float) -> torch.Tensor:
+            extra = steps - x.shape[1]
+            if extra == 0:
+                return x
+            filler = torch.full((x.shape[0], extra, *x.shape[2:]), value, dtype=x.dtype)
+            return torch.cat([x, filler], dim=1)
+
+        hidden = [r.hidden for r in records]
+        return BatchRecord(
+            token_ids=torch.cat([pad(r.token_ids, -1) for r in records]),
+            lengths=[n for r in records for n in r.lengths],
+            logp=torch.cat([pad(r.logp, float("nan")) for r in records]),
+            entropy=torch.cat([pad(r.entropy, float("nan")) for r in records]),
+            speed_sq=torch.cat([pad(r.speed_sq, float("nan")) for r in records]),
+            hidden=None
+            if any(h is None for h in hidden)
+            else torch.cat([pad(h, float("nan")) for h in hidden if h is not None]),
+        )
+
     def rows(self, n: int) -> BatchRecord:
         """The first ``n`` trajectories."""
         return BatchRecord(
@@ -95,6 +121,8 @@ class Recorder:
         self.pad_id = self.engine.pad_id
         self.eos_ids = self.engine.eos_ids
         self.last_step_seconds: float | None = None
+        #: Trajectories the job still has to record (``compile='auto'`` decides with it); ``None``: unknown.
+        self.rows_left: int | None = None
         self._rows = 0
 
     def check_length(self, prompt_len: int, new_tokens: int) -> None:
@@ -128,6 +156,10 @@ class Recorder:
         started = time.perf_counter()
         record = self._generate(prompts, new_tokens, seeds)
         self.last_step_seconds = (time.perf_counter() - started) / new_tokens
+        if self.rows_left is not None:
+            self.rows_left = max(0, self.rows_left - len(prompts))
+            batches_left = -(-self.rows_left // len(prompts))
+            self.engine.consider_compiling(self.last_step_seconds, batches_left * new_tokens, len(prompts))
         return record
 
     # ------------------------------------------------------------------ generation
