@@ -28,9 +28,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ppmech.engine.recorder import BatchRecord
 from ppmech.errors import PPMechError
 from ppmech.mechanics import energy_terms
-from ppmech.recording import BatchRecord
 
 SCHEMA_VERSION = 1
 

@@ -35,7 +35,7 @@ def test_cuda_without_cuda_is_one_line_naming_the_fix(spec: str) -> None:
     with pytest.raises(PPMechError) as info:
         resolve_device(spec)
     line = info.value.one_line()
-    assert "CUDA is not available" in line and "--device cpu" in line and "\n" not in line
+    assert "CUDA is not available" in line and "`device` cpu" in line and "\n" not in line
 
 
 @pytest.mark.parametrize("spec", ["tpu", "cuda:x", "gpu0", "cuda:"])
@@ -61,7 +61,7 @@ def test_parse_batch_size() -> None:
     assert parse_batch_size("16") == 16
     assert parse_batch_size(7) == 7
     for bad in ("0", "-3", "many", 2.5):
-        with pytest.raises(PPMechError, match="batch-size"):
+        with pytest.raises(PPMechError, match="`batch_size`"):
             parse_batch_size(bad)
 
 
@@ -118,7 +118,7 @@ def test_backoff_mid_job_retries_only_the_failed_batch() -> None:
 def test_out_of_memory_at_one_row_or_fixed_size_is_a_user_error() -> None:
     with pytest.raises(PPMechError, match="out of memory"):
         BatchSizer("auto", CPU).map([1, 2, 3], _flaky_memory(0, []))  # type: ignore[arg-type]
-    with pytest.raises(PPMechError, match="smaller --batch-size"):
+    with pytest.raises(PPMechError, match="smaller `batch_size`"):
         BatchSizer(8, CPU).map(list(range(10)), _flaky_memory(4, []))  # type: ignore[arg-type]
 
 

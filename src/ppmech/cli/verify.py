@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ppmech.cli.measure import add_device_arg
 from ppmech.errors import PPMechError
-from ppmech.report import fmt, markdown_table, text_table
+from ppmech.provenance import json_safe
+from ppmech.tables import fmt, markdown_table, text_table
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ppmech.verify import EMBEDDED, VerifyConfig, summary_frame, verify
+    from ppmech.claims.verify import EMBEDDED, VerifyConfig, summary_frame, verify
 
     config = VerifyConfig(
         out=args.out,
@@ -26,6 +28,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         extras=not args.no_extras,
         n_boot=args.n_boot,
         seed=args.seed,
+        device=args.device,
     )
     argv = sys.argv[1:]
     command = (
@@ -59,9 +62,8 @@ def _est_rows(run_name: str, est: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from ppmech import analyses as A
-    from ppmech.runs import load_run
-    from ppmech.verify import (
+    from ppmech.claims import analyses as A
+    from ppmech.claims.verify import (
         Sizes,
         hidden_analyses,
         layer_analysis,
@@ -69,6 +71,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         scaling_from_runs,
         steps_analyses,
     )
+    from ppmech.runs import load_run
 
     for flag, value, least in (
         ("--n-boot", args.n_boot, 0),
@@ -89,7 +92,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
             write_json(
                 Path(args.json),
-                _clean(
+                json_safe(
                     {
                         "metric": args.correlate,
                         "r": corr.r,
@@ -114,7 +117,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         est = steps_analyses(run, args.n_boot, args.seed)
         layers = None
         if args.hidden or args.layers:
-            lm = model_for_run(run)
+            lm = model_for_run(run, args.device)
             if args.hidden:
                 est.update(hidden_analyses(run, lm, sizes, args.n_boot, args.seed))
             if args.layers:
@@ -135,22 +138,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.json:
         from ppmech.runs import write_json
 
-        write_json(Path(args.json), _clean(out_json))
+        write_json(Path(args.json), json_safe(out_json))
         print(f"\nwrote {args.json}")
     if args.markdown:
         Path(args.markdown).write_text(markdown_table(frame, digits=4) + "\n")
         print(f"wrote {args.markdown}")
     return 0
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def register(sub: Any) -> None:
@@ -163,6 +156,7 @@ def register(sub: Any) -> None:
     p.add_argument("--no-extras", action="store_true", help="skip the open-question runs")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for every CI")
     p.add_argument("--seed", type=int, default=0)
+    add_device_arg(p, "auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_verify)
 
@@ -173,6 +167,7 @@ def register(sub: Any) -> None:
     p.add_argument("--window", type=int, default=0, metavar="STEPS", help="CV of H by position, per window")
     p.add_argument("--trajectories", type=int, default=20, help="trajectories for --hidden analyses")
     p.add_argument("--pairs", type=int, default=20, help="interpolation pairs per trajectory")
+    add_device_arg(p, "auto")
     p.add_argument(
         "--correlate",
         default=None,

@@ -36,7 +36,7 @@ def parse_batch_size(value: int | str) -> int | str:
     except (TypeError, ValueError):
         number = 0
     if number < 1 or (isinstance(value, float) and value != number):
-        raise PPMechError(f"--batch-size must be 'auto' or at least 1 (got {value!r})", "use auto or e.g. 50")
+        raise PPMechError(f"`batch_size` must be 'auto' or at least 1 (got {value!r})", "use auto or e.g. 50")
     return number
 
 
@@ -90,7 +90,7 @@ class BatchSizer:
                 if self.batch_size != "auto" or len(batch) == 1:
                     raise PPMechError(
                         f"out of memory on {self.device} with a batch of {len(batch)}",
-                        "use a smaller --batch-size (or auto), a smaller --dtype, or another --device",
+                        "use a smaller `batch_size` (or auto), a smaller `dtype`, or another `device`",
                     ) from exc
                 self.current = max(1, len(batch) // 2)
                 self.backoffs += 1

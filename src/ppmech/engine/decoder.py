@@ -40,7 +40,7 @@ import torch
 from ppmech.engine.hooks import FINAL_NORM, Patch, capture, hook_module
 from ppmech.engine.sampling import TokenChooser
 from ppmech.errors import PPMechError
-from ppmech.models import LoadedModel
+from ppmech.models.identity import LoadedModel
 
 #: With ``stop_at_eos``, how often (in steps) the loop asks the device whether every row has ended.
 EOS_CHECK_EVERY = 8
@@ -128,8 +128,7 @@ class Session:
     ended_at: torch.Tensor | None = None
     static_key: tuple[int, int] | None = None
     last_input: tuple[torch.Tensor, torch.Tensor] | None = None
-    store: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    _hooks: Any = None
+    last_out: ForwardOut | None = None
 
     # ------------------------------------------------------------------ running
 
@@ -148,6 +147,7 @@ class Session:
         finally:
             self.patches.clear()
         self.last_input = (ids, pos)
+        self.last_out = out
         self.pending = None
         self.length += ids.shape[1]
         return out
@@ -167,6 +167,7 @@ class Session:
         self.length -= ids.shape[1]
         self.pending, self.pending_pos = ids, pos
         self.last_input = None
+        self.last_out = None
 
     def feed(self, tokens: torch.Tensor) -> None:
         """Make ``tokens`` ``[B, n]`` pending, at the positions after the last ones."""
@@ -184,10 +185,9 @@ class Session:
     # ------------------------------------------------------------------ cleanup
 
     def close(self) -> None:
-        """Remove this session's hooks."""
-        if self._hooks is not None:
-            self._hooks.__exit__(None, None, None)
-            self._hooks = None
+        """Let go of the KV cache (a static one goes back to the engine's pool)."""
+        self.cache = None
+        self.last_out = None
 
     def __enter__(self) -> Session:
         return self
@@ -266,15 +266,14 @@ class Engine:
         return out.logits, new_cache
 
     def _run(self, session: Session, ids: torch.Tensor, pos: torch.Tensor, logits_to_keep: int) -> ForwardOut:
-        for values in session.store.values():
-            values.clear()
         if session.static:
             assert self.compiled is not None
             logits, states = self.compiled.run(session, ids, pos, logits_to_keep)
             return ForwardOut(logits=logits, states=states)
-        logits, session.cache = self.forward(ids, session.mask, pos, session.cache, logits_to_keep)
-        states = {name: values[-1] for name, values in session.store.items() if values}
-        return ForwardOut(logits=logits, states=states)
+        # Hooks live for one pass only: an idle session (a paused monitor stream) holds none.
+        with capture(self.model, self.capture, session.patches) as store:
+            logits, session.cache = self.forward(ids, session.mask, pos, session.cache, logits_to_keep)
+        return ForwardOut(logits=logits, states={name: values[-1] for name, values in store.items()})
 
     # ------------------------------------------------------------------ sessions
 
@@ -285,7 +284,7 @@ class Engine:
             raise PPMechError(
                 f"context of {prompt_len} + {new_tokens} new tokens = {total} exceeds the "
                 f"model's {self.lm.max_context} positions",
-                "use fewer --context-tokens or --new-tokens",
+                "use fewer `context_tokens` or `new_tokens`",
             )
 
     def use_compiled(self, on: bool) -> None:
@@ -308,7 +307,7 @@ class Engine:
         if compile_pays(self.device.type, eager_step_s, steps_left, warm):
             note(
                 f"compiling the decode step: {steps_left} steps left at {eager_step_s * 1e3:.0f} ms "
-                "each repay its warm-up (--compile off to decode eagerly)"
+                "each repay its warm-up (`compile` off to decode eagerly)"
             )
             self.use_compiled(True)
         return self.fast
@@ -352,9 +351,6 @@ class Engine:
         if static:
             assert self.compiled is not None
             self.compiled.open(session, width, new_tokens)
-        else:
-            session._hooks = capture(self.model, self.capture, session.patches)
-            session.store = session._hooks.__enter__()
         if hold_last and width > 1:
             # Run all but the last prompt token now; the last one is the first step's input.
             session.pending, session.pending_pos = ids[:, :-1], positions[:, :-1]
@@ -389,8 +385,12 @@ class Engine:
         session.ended_at = torch.full((batch,), new_tokens, dtype=torch.long, device=self.device)
         grad = torch.is_grad_enabled()
         for t in range(new_tokens):
-            with torch.no_grad():
-                out = session.run_pending()
+            if session.pending is None:  # the caller already ran its tokens (a monitor stream)
+                assert session.last_out is not None, "start a session or feed tokens first"
+                out = session.last_out
+            else:
+                with torch.no_grad():
+                    out = session.run_pending()
             logits = out.logits[:, -1, :].float()
             states = {name: s[:, -1, :] for name, s in out.states.items()}
             if intervene is not None:

@@ -40,8 +40,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if name == "mps":
         if not _mps_available():
             raise PPMechError(
-                "--device mps was asked for but this machine has no usable MPS (Apple GPU) backend",
-                "use --device cpu (or auto)",
+                "`device` mps was asked for but this machine has no usable MPS (Apple GPU) backend",
+                "use `device` cpu (or auto)",
             )
         return torch.device("mps")
     if name == "cuda" or name.startswith("cuda:"):
@@ -51,15 +51,15 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         if not torch.cuda.is_available():
             build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible CUDA device"
             raise PPMechError(
-                f"--device {spec} was asked for but CUDA is not available here ({build})",
-                "use --device cpu (or auto), or install a CUDA build of torch "
+                f"`device` {spec} was asked for but CUDA is not available here ({build})",
+                "use `device` cpu (or auto), or install a CUDA build of torch "
                 "(e.g. `make TORCH_SPEC=torch demo`) on a machine with an NVIDIA GPU",
             )
         index = int(index_text)
         count = torch.cuda.device_count()
         if index >= count:
             raise PPMechError(
-                f"--device {spec} does not exist: this machine has {count} CUDA device(s)",
+                f"`device` {spec} does not exist: this machine has {count} CUDA device(s)",
                 f"use cuda:0 .. cuda:{count - 1}",
             )
         return torch.device("cuda", index)

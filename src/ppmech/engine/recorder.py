@@ -36,7 +36,7 @@ from ppmech.engine.hooks import FINAL_NORM
 from ppmech.engine.sampling import Decoding, TokenChooser
 from ppmech.errors import PPMechError
 from ppmech.mechanics import entropy_from_logprobs, speed_squared
-from ppmech.models import LoadedModel
+from ppmech.models.identity import LoadedModel
 
 
 @dataclass
@@ -147,7 +147,7 @@ class Recorder:
             targets: target token ids per prompt (``teacher`` only).
         """
         if new_tokens < 1:
-            raise PPMechError(f"--new-tokens must be >= 1 (got {new_tokens})", "use e.g. 100")
+            raise PPMechError(f"`new_tokens` must be >= 1 (got {new_tokens})", "use e.g. 100")
         self.check_length(max(len(p) for p in prompts), new_tokens)
         if self.decoding.strategy == "teacher":
             if targets is None or len(targets) != len(prompts):
@@ -231,7 +231,7 @@ class Recorder:
     def _teacher(self, prompts: list[list[int]], targets: list[list[int]]) -> BatchRecord:
         if any(len(t) == 0 for t in targets):
             raise PPMechError("a target has no tokens", "give every prompt a non-empty target")
-        from ppmech.architectures import readout
+        from ppmech.models.architectures import readout
 
         read = readout(self.lm.model)
         full = [p + t for p, t in zip(prompts, targets, strict=True)]

@@ -49,11 +49,11 @@ class Decoding:
         if self.strategy not in ("greedy", "sample", "teacher"):
             raise PPMechError(f"unknown decoding '{self.strategy}'", "use greedy, sample or teacher")
         if not self.temperature > 0:
-            raise PPMechError(f"--temperature must be > 0 (got {self.temperature})", "use e.g. 1.0")
+            raise PPMechError(f"`temperature` must be > 0 (got {self.temperature})", "use e.g. 1.0")
         if self.top_k is not None and self.top_k < 1:
-            raise PPMechError(f"--top-k must be >= 1 (got {self.top_k})", "omit it or use e.g. 50")
+            raise PPMechError(f"`top_k` must be >= 1 (got {self.top_k})", "omit it or use e.g. 50")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise PPMechError(f"--top-p must be in (0, 1] (got {self.top_p})", "use e.g. 0.9")
+            raise PPMechError(f"`top_p` must be in (0, 1] (got {self.top_p})", "use e.g. 0.9")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
