@@ -547,8 +547,10 @@ def cpu_section(r: dict[str, Any], command: str) -> list[str]:
     ratio = gen["seconds"] / rec["seconds"]
     roof = rec["roofline_fraction"]
     load = r["load_average_before_after"]
+    compiled = "recorder-compiled" in r["methods"]
+    title = "Compiled decode path" if compiled else "Recorder throughput"
     lines = [
-        "## Recorder throughput on the CPU (issue #11)",
+        f"## {title} on the CPU (issue #11)",
         "",
         f"Command: `{command}` ({r['date']}, {r['device_name']}, {r['threads']} threads, {r['versions']}). "
         f"The machine was shared: load average {load[0]} before and {load[1]} after the run "
@@ -675,6 +677,8 @@ def publish_result(result: dict[str, Any]) -> None:
     if result["kind"] == "gpu":
         slug = re.sub(r"[^a-z0-9]+", "-", result["device_name"].lower()).strip("-")
         publish(f"recorder-gpu-{slug}.md", gpu_section(result, command))
+    elif "recorder-compiled" in result["methods"]:
+        publish("recorder-cpu-compiled.md", cpu_section(result, command))
     else:
         publish("recorder.md", cpu_section(result, command))
 

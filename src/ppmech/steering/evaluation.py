@@ -306,6 +306,7 @@ def evaluate_steering(
     """
     from ppmech.corpus import load_documents, select_prompts
     from ppmech.engine.decoder import Engine
+    from ppmech.engine.device import device_record
     from ppmech.engine.hooks import FINAL_NORM
     from ppmech.models.architectures import readout
     from ppmech.models.loading import load_configured
@@ -421,6 +422,7 @@ def evaluate_steering(
         "model": lm.identity.to_dict(),
         "judge": judge.describe(),
         "versions": versions(),
+        "execution": device_record(lm.device),
         "statistics": statistics,
         "table3": table.to_dict(orient="records"),
         "baselines": baselines.to_dict(orient="records"),

@@ -173,6 +173,7 @@ def run_steer(
     import shutil
 
     from ppmech.corpus import special_prefix
+    from ppmech.engine.device import device_record
     from ppmech.provenance import versions
     from ppmech.runs import write_json
 
@@ -220,6 +221,7 @@ def run_steer(
         "comparison": json.loads(comparison.to_json(orient="records")),
         "model": lm.identity.to_dict(),
         "versions": versions(),
+        "execution": device_record(lm.device),
     }
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
