@@ -579,7 +579,8 @@ def cpu_section(r: dict[str, Any], command: str) -> list[str]:
         f"| **Recorder / generate** | | **{ratio:.2f}x** | | >= 1.5x | {_met(ratio >= 1.5)} |",
         f"| fp32 matmul peak (best 2048^3 mm of the run) | | {r['matmul_peak_flops'] / 1e9:.0f} GFLOP/s "
         "| | | |",
-        f"| whole default protocol (`ppmech measure`, model cached) | {r['protocol_seconds']:.1f} | | | | |",
+        f"| whole protocol at these sizes (`ppmech measure`, model cached) | {r['protocol_seconds']:.1f} "
+        "| | | | |",
         "",
         "All repeats (s): "
         + "; ".join(f"{k} {', '.join(f'{t:.1f}' for t in v['all_seconds'])}" for k, v in r["methods"].items())

@@ -30,10 +30,12 @@ worst case: a user never waits much longer than eager decoding would take.
   eager decoding on an H200 at SmolLM2-135M's shape (3.4x, issue #11), since
   ours was not measured on a GPU yet;
 * CPU: none. Measured here (SmolLM2-135M, fp32, batch 50 x 30 tokens, 2 shared
-  cores): the compiled step ran 1.05x the eager one after a first compiled step
-  of 106 s and a first full-batch pass of 765 s, so a job would need hours of
-  eager decoding before compiling repaid itself. ``auto`` never compiles on the
-  CPU; ``--compile on`` still can.
+  cores): with a cold compile cache and a heavily loaded machine the compiled
+  step ran 1.05x the eager one after a first compiled step of 106 s (first
+  full-batch pass 765 s); with a warm cache, in BENCHMARKS.md ("Compiled decode
+  path on the CPU"), the first compiled step took 16 s and the compiled recorder
+  then ran at 0.82x the eager one. It does not repay on the CPU, so ``auto``
+  never compiles there; ``--compile on`` still can.
 """
 
 from __future__ import annotations
