@@ -71,7 +71,7 @@ def test_default_reference_is_the_other_embedded_model() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"eta": 1.0}, "--eta"), ({"targets": "oracle"}, "--targets"), ({"top_k": 0}, "--top-k")],
+    [({"eta": 1.0}, "`eta`"), ({"targets": "oracle"}, "`targets`"), ({"top_k": 0}, "`top_k`")],
 )
 def test_eval_config_refuses_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(PPMechError, match=match):
