@@ -8,10 +8,12 @@ function; :data:`COMMAND_MODULES` lists them. Every user-fixable problem is a
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import importlib
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ppmech import __version__
 from ppmech.errors import PPMechError
@@ -24,11 +26,59 @@ COMMAND_MODULES = [
 ]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the layout of descriptions and examples, and shows every flag's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS)
+        if shown and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports usage errors on one line, with exit status 2."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+    def flags(self) -> list[str]:
+        """This command's own long flags, in the order of its help."""
+        return [
+            opt
+            for action in self._actions
+            for opt in action.option_strings
+            if opt.startswith("--") and opt not in ("--help", "--version")
+        ]
+
+    def unknown(self, extras: list[str]) -> NoReturn:
+        """Refuse flags this command does not have, naming the ones it does."""
+        unknown = [e for e in extras if e.startswith("-")] or extras
+        own = self.flags()
+        hints = []
+        for flag in unknown:
+            close = difflib.get_close_matches(flag.split("=")[0], own, n=1)
+            if close:
+                hints.append(f"{flag}: did you mean {close[0]}?")
+        takes = f"it takes {', '.join(own)}" if own else "it takes no flags"
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        self.error(f"{self.prog} has no {', '.join(unknown)}{hint}; {takes}")
+
+
+def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that ``args`` were parsed by."""
+    current = parser
+    while True:
+        action = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, action.dest, None) if action is not None else None
+        if action is None or name is None:
+            return current
+        current = action.choices[name]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        chosen = chosen_parser(parser, args)
+        if isinstance(chosen, OneLineParser):
+            chosen.unknown(extras)
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return int(args.func(args) or 0)
     except PPMechError as exc:
@@ -59,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         # A path the user gave cannot be read or written (a file where a directory
         # should be, no permission, a full disk): one line, not a traceback.
         where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(
+                f"ppmech: error: no space left on device{where}; free some disk space, or write "
+                "to another disk",
+                file=sys.stderr,
+            )
+            return 2
         print(
             f"ppmech: error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
             file=sys.stderr,
