@@ -85,6 +85,19 @@ _TEMPORARY = ("*.ppmech-tmp",)
 # --------------------------------------------------------------------------- files
 
 
+def _rename(source: Path, target: Path) -> None:
+    """``os.rename``; one name so that tests can inject a crash between two renames."""
+    os.rename(source, target)
+
+
+def _delete(path: Path) -> None:
+    """Delete one file or directory tree (a seam for crash-injection tests, like :func:`_rename`)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def _fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable (cheap; skipped where unsupported)."""
     try:
@@ -293,6 +306,9 @@ def _remove_owned(directory: Path, kind: str) -> None:
     Raises:
         PPMechError: no marker of ``kind``, or files ppmech did not write.
     """
+    if not any(directory.iterdir()):
+        directory.rmdir()  # e.g. a write killed between mkdir and the marker: nothing to lose
+        return
     marker = read_marker(directory)
     if marker is None or marker.get("kind") != kind:
         raise PPMechError(
@@ -305,15 +321,11 @@ def _remove_owned(directory: Path, kind: str) -> None:
             f"{directory} holds files ppmech did not write ({', '.join(foreign[:3])})",
             "move them out of the way yourself",
         )
-    # The marker goes last so that an interrupted delete still reads as ppmech's.
-    for child in directory.iterdir():
-        if child.name == MARKER:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-    (directory / MARKER).unlink()
+    # summary.json goes first, so that an interrupted delete never reads as complete, and
+    # the marker last, so that it still reads as ppmech's (and can be deleted later).
+    order = sorted(directory.iterdir(), key=lambda c: (c.name != COMMIT_FILE, c.name == MARKER, c.name))
+    for child in order:
+        _delete(child)
     directory.rmdir()
 
 
@@ -627,10 +639,10 @@ class Output:
             _remove_owned(p.trash, self.kind)
         if p.target.exists():
             if any(p.target.iterdir()):
-                os.rename(p.target, p.trash)
+                _rename(p.target, p.trash)
             else:
                 p.target.rmdir()
-        os.rename(p.staging, p.target)
+        _rename(p.staging, p.target)
         _fsync_dir(p.target.parent)
         if p.trash.exists():
             _remove_owned(p.trash, self.kind)
@@ -658,12 +670,30 @@ def files_of(directory: Path) -> list[str]:
     )
 
 
+def check_file_target(path: str | Path, is_ours: Callable[[Path], bool], overwrite: bool, what: str) -> None:
+    """Refuse a single-file output path that may not be written (see :func:`replace_file`).
+
+    Call it before expensive work; :func:`replace_file` checks again under the lock.
+    """
+    target = Path(path)
+    if not str(path).strip():
+        raise PPMechError("the output path (--out) is empty", f"give --out a {what} file name")
+    if target.is_dir():
+        raise PPMechError(f"{target} is a directory, not a {what} file", "give --out a file name")
+    if target.exists():
+        if not overwrite:
+            raise PPMechError(
+                f"{target} already exists", "pass --overwrite to replace it, or choose another --out"
+            )
+        if not is_ours(target):
+            raise PPMechError(
+                f"{target} is not a {what} written by ppmech",
+                "choose another --out (ppmech replaces only files it wrote)",
+            )
+
+
 def replace_file(
-    path: str | Path,
-    write: Callable[[Path], None],
-    is_ours: Callable[[Path], bool],
-    overwrite: bool,
-    what: str,
+    path: str | Path, data: bytes, is_ours: Callable[[Path], bool], overwrite: bool, what: str
 ) -> None:
     """Write a single-file output (e.g. a monitor calibration) under a lock.
 
@@ -672,23 +702,16 @@ def replace_file(
     stays whole until the new one is complete).
 
     Args:
-        write: writes the new content to the temporary path it is given.
+        data: the new content.
+        is_ours: recognises a file ppmech wrote for this output (by its content).
         what: what the file is, for messages (e.g. "monitor calibration").
+
+    Raises:
+        PPMechError: see :func:`check_file_target`; another writer holds the lock.
     """
     target = Path(path)
-    if target.is_dir():
-        raise PPMechError(f"{target} is a directory, not a {what} file", "give --out a file name")
+    check_file_target(target, is_ours, overwrite, what)
+    target.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(Path(os.path.abspath(target))):
-        if target.exists():
-            if not overwrite:
-                raise PPMechError(
-                    f"{target} already exists", "pass --overwrite to replace it, or choose another --out"
-                )
-            if not is_ours(target):
-                raise PPMechError(
-                    f"{target} is not a {what} written by ppmech",
-                    "choose another --out (ppmech replaces only files it wrote)",
-                )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            write(tmp)
+        check_file_target(target, is_ours, overwrite, what)
+        write_bytes(target, data)

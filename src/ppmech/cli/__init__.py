@@ -31,7 +31,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS)
+        # Identity, not equality: a default of 0 must still be shown (0 == False).
+        shown = not any(action.default is v for v in (None, False, True, argparse.SUPPRESS))
         if shown and action.option_strings and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
@@ -62,12 +63,12 @@ class OneLineParser(argparse.ArgumentParser):
         own = self.flags()
         hints = []
         for flag in unknown:
-            close = difflib.get_close_matches(flag.split("=")[0], own, n=1)
+            close = difflib.get_close_matches(flag.split("=")[0], own, n=1, cutoff=0.75)
             if close:
                 hints.append(f"{flag}: did you mean {close[0]}?")
-        takes = f"it takes {', '.join(own)}" if own else "it takes no flags"
+        takes = f"this command takes {', '.join(own)}" if own else "this command takes no flags"
         hint = f" ({'; '.join(hints)})" if hints else ""
-        self.error(f"{self.prog} has no {', '.join(unknown)}{hint}; {takes}")
+        self.error(f"unrecognized {', '.join(unknown)}{hint}; {takes}")
 
 
 def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

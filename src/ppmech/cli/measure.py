@@ -138,9 +138,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (sample only)")
     p.add_argument(
-        "--top-k", type=int, default=None, help="sample from the k most probable tokens (sample only)"
+        "--top-k",
+        type=int,
+        default=None,
+        help="sample from the k most probable tokens (sample only; default: all)",
     )
-    p.add_argument("--top-p", type=float, default=None, help="nucleus mass in (0, 1] (sample only)")
+    p.add_argument(
+        "--top-p", type=float, default=None, help="nucleus mass in (0, 1] (sample only; default: 1, no cut)"
+    )
     p.add_argument(
         "--stop-at-eos", action="store_true", help="end a trajectory at EOS (default: fixed length)"
     )
