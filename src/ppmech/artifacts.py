@@ -131,7 +131,7 @@ def no_space(exc: OSError, path: Path) -> bool:
 def disk_full_error(path: Path) -> PPMechError:
     return PPMechError(
         f"no space left on device while writing {path}",
-        "free some disk space, or write to another disk with --out",
+        "free some disk space, or write to another disk",
     )
 
 
@@ -467,7 +467,7 @@ class Output:
         if kind not in KINDS:
             raise ValueError(f"unknown output kind {kind!r}")
         if not str(target).strip():
-            raise PPMechError("the output path (--out) is empty", "give --out a directory")
+            raise PPMechError("--out is empty", "give --out a directory")
         if overwrite and resume:
             raise PPMechError(
                 "--overwrite and --resume conflict (one starts again, the other continues)",
@@ -677,7 +677,7 @@ def check_file_target(path: str | Path, is_ours: Callable[[Path], bool], overwri
     """
     target = Path(path)
     if not str(path).strip():
-        raise PPMechError("the output path (--out) is empty", f"give --out a {what} file name")
+        raise PPMechError("--out is empty", f"give --out a {what} file name")
     if target.is_dir():
         raise PPMechError(f"{target} is a directory, not a {what} file", "give --out a file name")
     if target.exists():

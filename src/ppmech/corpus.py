@@ -324,7 +324,7 @@ def select_prompts(
             parts += f" + {continuation_tokens} following token(s)"
     purpose = f"; {purpose}" if purpose else ""
     raise PPMechError(
-        f"only {len(chosen)} of the {seen} documents have the {need} tokens a prompt needs "
+        f"only {len(chosen)} of {seen} documents have the {need} tokens a prompt needs "
         f"({parts}{purpose}), and {n} prompts were asked for",
         f"ask for fewer {flags}, or use a corpus with longer texts",
     )

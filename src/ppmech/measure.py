@@ -175,7 +175,7 @@ def measure(
         PPMechError: on any bad input (see :mod:`ppmech.errors`).
     """
     if not str(out).strip():
-        raise PPMechError("the run directory (--out) is empty", "give --out a directory")
+        raise PPMechError("--out is empty", "give --out a run directory")
     out = Path(out)
     # Refuse a taken --out (or a running writer) before the minutes of loading and recording.
     Output(out, "measure", overwrite=overwrite, resume=resume, resumable=True).preflight()
