@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ppmech import analyses as A
 from ppmech.claims import evaluate, ledger_json, render_markdown, verdict_counts
-from ppmech.errors import PPMechError
+from ppmech.errors import PPMechError, check_seed
 from ppmech.measure import MeasureConfig, measure, versions
 from ppmech.models import EMBEDDED_MODELS, LoadedModel, load_model
 from ppmech.report import markdown_table
@@ -125,6 +125,7 @@ class VerifyConfig:
     custom_sizes: Sizes | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.n_boot < MIN_BOOT_FOR_VERDICTS:
             raise PPMechError(
                 f"--n-boot must be at least {MIN_BOOT_FOR_VERDICTS} for the ledger (got {self.n_boot}): "

@@ -48,6 +48,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("analyze-negative-boot", ["analyze", "{tmp}/mine", "--n-boot", "-1"], "--n-boot must be at least 0"),
     ("verify-few-boot", ["verify", "--n-boot", "10", "--out", "{tmp}/v"], "--n-boot must be at least 40"),
     ("verify-empty-out", ["verify", "--out", ""], "--out is empty"),
+    ("verify-seed", ["verify", "--seed", "-1", "--out", "{tmp}/v"], "--seed must be an integer"),
     ("verify-unknown-model", ["verify", "--models", "gpt-5", "--out", "{tmp}/v"], "gpt-5"),
     # steer, evaluate-steering
     ("steer-no-prompt", ["steer", "--target-text", "x"], "the following arguments are required: --prompt"),
@@ -63,7 +64,15 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("steer-layer", ["steer", "--prompt", "a", "--target-text", "b", "--layer", "x"], "--layer must be"),
     ("steer-empty-out", ["steer", "--prompt", "a", "--target-text", "b", "--out", ""], "--out is empty"),
+    ("steer-seed", ["steer", "--prompt", "a", "--target-text", "b", "--seed", "-3"], "--seed must be"),
+    (
+        "steer-greedy-temperature",
+        ["steer", "--prompt", "a", "--target-text", "b", "--temperature", "2"],
+        "--temperature only applies to --decoding sample",
+    ),
     ("eval-top-k", ["evaluate-steering", "--top-k", "0"], "--top-k must be >= 1"),
+    ("eval-seed", ["evaluate-steering", "--seed", "-1"], "--seed must be an integer"),
+    ("eval-prompts", ["evaluate-steering", "--prompts", "0"], "--prompts must be at least 1"),
     ("eval-targets", ["evaluate-steering", "--targets", "mine"], "invalid choice: 'mine'"),
     ("eval-empty-out", ["evaluate-steering", "--out", ""], "--out is empty"),
     ("eval-unknown-flag", ["evaluate-steering", "--judge-modle", "x"], "did you mean --judge-model?"),
@@ -78,6 +87,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("calibrate-existing", ["monitor", "calibrate", "--out", "{tmp}/notes.txt"], "already exists"),
     ("calibrate-empty-out", ["monitor", "calibrate", "--out", ""], "--out is empty"),
+    ("calibrate-seed", ["monitor", "calibrate", "--seed", "-1", "--out", "{tmp}/c.json"], "--seed must be"),
     (
         "score-no-calibration",
         ["monitor", "score", "{tmp}/notes.txt", "--calibration", "{tmp}/x"],
@@ -90,6 +100,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("benchmark-splice", ["monitor", "benchmark", "--splice-at", "100"], "--splice-at must be between"),
     ("benchmark-sequences", ["monitor", "benchmark", "--sequences", "2"], "--sequences must be at least 10"),
+    ("benchmark-seed", ["monitor", "benchmark", "--seed", "-1"], "--seed must be an integer"),
 ]
 
 
@@ -111,9 +122,15 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def results(
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
     base = tmp_path_factory.mktemp("bad-input")
+    # Only the cases this session selected (e.g. with -k), all at once.
+    selected = {
+        item.callspec.params["name"]
+        for item in request.session.items
+        if isinstance(item, pytest.Function) and item.module is request.module and hasattr(item, "callspec")
+    }
     env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"}
 
     def run(case: tuple[str, list[str], str]) -> tuple[str, tuple[subprocess.CompletedProcess[str], Path]]:
@@ -133,7 +150,7 @@ def results(
         return name, (proc, root)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(pool.map(run, CASES))
+        return dict(pool.map(run, [c for c in CASES if c[0] in selected]))
 
 
 @pytest.mark.parametrize(("name", "argv", "needle"), CASES, ids=[c[0] for c in CASES])

@@ -54,7 +54,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     print(f"steered:  {_one_line(result.steered_text)}")
     print(f"steering at: {where}; η = {config.eta}, K = {config.max_steps}")
     print(text_table(result.comparison, title="\nEnergy comparison (K, V, H in nats; steps with a velocity)"))
-    print(f"\nwrote {out}/steps.parquet, summary.json")
+    print(f"\nwrote {out}: {', '.join(result.files)}")
     return 0
 
 
@@ -87,6 +87,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"steered {m['steered_mean']:.2f} ± {m['steered_sd']:.2f}, p = {m['p_value']:.3g}, "
         f"d_z = {m['cohens_dz']:.2f}"
     )
+    failures = s.get("judge_failures", {})
+    if failures.get("missing"):
+        reasons = ", ".join(f"{why} ×{n}" for why, n in failures["reasons"].items())
+        reply = " ".join(str(failures["first_reply"]).split())[:120]
+        print(
+            f"judge: {failures['missing']} of {failures['ratings']} ratings missing ({reasons}); "
+            f"first reply without a rating: {reply!r}"
+        )
     if len(result.baselines):
         print(text_table(result.baselines, title="\nBaselines at the same target probability (same states)"))
     if args.markdown:
@@ -95,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             text += "\n\n" + markdown_table(result.baselines)
         write_text(args.markdown, text + "\n")
         print(f"\nwrote {args.markdown}")
-    print(f"\nwrote {out}/items.csv, baselines.csv, summary.json")
+    print(f"\nwrote {out}: {', '.join(result.files)}")
     return 0
 
 
