@@ -358,7 +358,7 @@ class OutputLock:
                 os.close(fd)
                 raise PPMechError(
                     f"{self.target} is being written by another ppmech process ({holder})",
-                    "wait for it to finish, or choose another --out",
+                    "wait for it to finish, or choose another `out`",
                 ) from None
             except OSError:
                 os.close(fd)
@@ -467,14 +467,14 @@ class Output:
         if kind not in KINDS:
             raise ValueError(f"unknown output kind {kind!r}")
         if not str(target).strip():
-            raise PPMechError("--out is empty", "give --out a directory")
+            raise PPMechError("`out` is empty", "give `out` a directory")
         if overwrite and resume:
             raise PPMechError(
-                "--overwrite and --resume conflict (one starts again, the other continues)",
+                "`overwrite` and `resume` conflict (one starts again, the other continues)",
                 "pass only one of them",
             )
         if resume and not resumable:
-            raise PPMechError(f"a {kind} output cannot be resumed", "run it again with --overwrite")
+            raise PPMechError(f"a {kind} output cannot be resumed", "run it again with `overwrite`")
         self.paths = _Paths.of(Path(os.path.abspath(target)))
         self.target = Path(target)
         self.kind = kind
@@ -535,7 +535,7 @@ class Output:
         if target.exists() and not target.is_dir():
             raise PPMechError(
                 f"{self.target} is a file, not a ppmech output directory",
-                "choose another --out (ppmech never replaces a file it did not write)",
+                "choose another `out` (ppmech never replaces a file it did not write)",
             )
 
     def _recover(self) -> None:
@@ -561,19 +561,19 @@ class Output:
                 f"{shown} is not empty and was not made by this ppmech (no {MARKER} marker"
                 + ("; outputs of ppmech before 0.2 have none" if legacy else "")
                 + ")",
-                "choose another --out; ppmech replaces only directories it made"
+                "choose another `out`; ppmech replaces only directories it made"
                 + (" (delete an old one yourself)" if legacy else ""),
             )
         if marker["kind"] != self.kind:
             raise PPMechError(
                 f"{shown} holds a ppmech {marker['kind']} output, not a {self.kind} output",
-                "choose another --out",
+                "choose another `out`",
             )
         foreign = foreign_entries(directory, self.kind)
         if foreign:
             raise PPMechError(
                 f"{shown} holds files ppmech did not write ({', '.join(foreign[:3])})",
-                "move them out of it, or choose another --out",
+                "move them out of it, or choose another `out`",
             )
         return "complete" if is_complete(directory) else "interrupted"
 
@@ -593,7 +593,7 @@ class Output:
             if state == "complete":
                 raise PPMechError(
                     f"{self.target} already holds a complete run; there is nothing to resume",
-                    "pass --overwrite (without --resume) to replace it, or choose another --out",
+                    "pass `overwrite` (without `resume`) to replace it, or choose another `out`",
                 )
             return "fresh", False
         if self.overwrite:
@@ -601,17 +601,17 @@ class Output:
         if state == "complete":
             raise PPMechError(
                 f"{self.target} already holds a complete run",
-                "pass --overwrite to replace it, or choose another --out",
+                "pass `overwrite` to replace it, or choose another `out`",
             )
         if self.resumable and "interrupted" in (state, staged):
             raise PPMechError(
                 f"{self.target} holds an interrupted run",
-                "pass --resume to continue it, or --overwrite to start again",
+                "pass `resume` to continue it, or `overwrite` to start again",
             )
         if state == "interrupted":
             raise PPMechError(
                 f"{self.target} holds an interrupted {self.kind} output",
-                "pass --overwrite to replace it, or choose another --out",
+                "pass `overwrite` to replace it, or choose another `out`",
             )
         # A leftover staging copy here is a crashed earlier write of ours (we hold the lock).
         return "fresh", p.staging.exists()
@@ -677,18 +677,18 @@ def check_file_target(path: str | Path, is_ours: Callable[[Path], bool], overwri
     """
     target = Path(path)
     if not str(path).strip():
-        raise PPMechError("--out is empty", f"give --out a {what} file name")
+        raise PPMechError("`out` is empty", f"give `out` a {what} file name")
     if target.is_dir():
-        raise PPMechError(f"{target} is a directory, not a {what} file", "give --out a file name")
+        raise PPMechError(f"{target} is a directory, not a {what} file", "give `out` a file name")
     if target.exists():
         if not overwrite:
             raise PPMechError(
-                f"{target} already exists", "pass --overwrite to replace it, or choose another --out"
+                f"{target} already exists", "pass `overwrite` to replace it, or choose another `out`"
             )
         if not is_ours(target):
             raise PPMechError(
                 f"{target} is not a {what} written by ppmech",
-                "choose another --out (ppmech replaces only files it wrote)",
+                "choose another `out` (ppmech replaces only files it wrote)",
             )
 
 

@@ -122,7 +122,7 @@ def jsonl_records(raw: str, name: str, text_field: str) -> list[tuple[int, dict[
         if not isinstance(record, dict) or text_field not in record:
             raise PPMechError(
                 f"{name}:{lineno} has no field '{text_field}'",
-                "name the text field with --text-field",
+                "name the text field with `text_field`",
             )
         text = record[text_field]
         if not isinstance(text, str):
@@ -178,7 +178,7 @@ def _load_hf_dataset(location: str, text_field: str, split: str) -> list[Documen
     if text_field not in loaded.column_names:
         raise PPMechError(
             f"dataset '{location}' has no column '{text_field}'",
-            f"name the text column with --text-field (columns: {', '.join(loaded.column_names)})",
+            f"name the text column with `text_field` (columns: {', '.join(loaded.column_names)})",
         )
     docs = []
     for i, t in enumerate(loaded[text_field]):
@@ -186,7 +186,7 @@ def _load_hf_dataset(location: str, text_field: str, split: str) -> list[Documen
             shown = "null" if t is None else f"a {type(t).__name__}"
             raise PPMechError(
                 f"dataset '{location}' row {i}: column '{text_field}' is {shown}, not a string",
-                "name a text column with --text-field, or drop the rows without text",
+                "name a text column with `text_field`, or drop the rows without text",
             )
         if t.strip():
             docs.append(Document(source=f"{Path(location).name}#{i}", text=t.strip()))
@@ -259,7 +259,7 @@ def select_prompts(
     continuation_tokens: int = 0,
     seed: int = 0,
     split: str | None = None,
-    continuation_flag: str | None = None,
+    continuation_field: str | None = None,
     purpose: str | None = None,
 ) -> list[Prompt]:
     """Choose ``n`` prompts: a seeded shuffle of the documents, keeping those long enough.
@@ -271,17 +271,17 @@ def select_prompts(
     Args:
         split: ``"prompts"`` or ``"heldout"`` to keep one side of
             :func:`document_split`; ``None`` keeps everything.
-        continuation_flag: the flag that set ``continuation_tokens`` (e.g.
-            ``--new-tokens``), named in the message when documents are too short.
+        continuation_field: the config field that set ``continuation_tokens`` (e.g.
+            ``new_tokens``), named in the message when documents are too short.
         purpose: why the continuation is needed, for that message.
 
     Raises:
         PPMechError: ``n < 1``, ``context_tokens < 1``, or too few long documents.
     """
     if n < 1:
-        raise PPMechError(f"--prompts must be at least 1 (got {n})", "ask for 1 or more prompts")
+        raise PPMechError(f"`prompts` must be at least 1 (got {n})", "ask for 1 or more prompts")
     if context_tokens < 1:
-        raise PPMechError(f"--context-tokens must be at least 1 (got {context_tokens})", "use e.g. 50")
+        raise PPMechError(f"`context_tokens` must be at least 1 (got {context_tokens})", "use e.g. 50")
     prefix = special_prefix(tokenizer)
     order = list(range(len(documents)))
     random.Random(seed).shuffle(order)
@@ -314,17 +314,17 @@ def select_prompts(
             "(about 20% of documents are held out, by content hash)",
             "use a corpus with more documents",
         )
-    parts = f"--context-tokens {context_tokens}"
-    flags = "--prompts or --context-tokens"
+    parts = f"`context_tokens` {context_tokens}"
+    names = "`prompts` or `context_tokens`"
     if continuation_tokens:
-        if continuation_flag:
-            parts += f" + {continuation_flag} {continuation_tokens}"
-            flags = f"--prompts, --context-tokens or {continuation_flag}"
+        if continuation_field:
+            parts += f" + `{continuation_field}` {continuation_tokens}"
+            names = f"`prompts`, `context_tokens` or `{continuation_field}`"
         else:
             parts += f" + {continuation_tokens} following token(s)"
     purpose = f"; {purpose}" if purpose else ""
     raise PPMechError(
         f"only {len(chosen)} of {seen} documents have the {need} tokens a prompt needs "
         f"({parts}{purpose}), and {n} prompts were asked for",
-        f"ask for fewer {flags}, or use a corpus with longer texts",
+        f"ask for fewer {names}, or use a corpus with longer texts",
     )

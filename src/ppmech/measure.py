@@ -7,9 +7,9 @@ embedded SmolLM2-135M: 100 Wikipedia prompts of 50 tokens, 100 greedy tokens.
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from ppmech.artifacts import Output
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.errors import PPMechError, check_seed
-from ppmech.models import load_configured
+from ppmech.models.loading import load_configured
+from ppmech.provenance import versions
 from ppmech.recording import Decoding, Recorder
 from ppmech.runs import RunWriter, batch_tables, load_run
 from ppmech.statistics import EnergyStatistics, statistics_from_steps
@@ -75,48 +76,42 @@ class MeasureConfig:
     def __post_init__(self) -> None:
         if self.prompts < 1:
             raise PPMechError(
-                f"--prompts must be at least 1 (got {self.prompts})", "ask for 1 or more prompts"
+                f"`prompts` must be at least 1 (got {self.prompts})", "ask for 1 or more prompts"
             )
         if self.new_tokens < 2:
             raise PPMechError(
-                f"--new-tokens must be at least 2 (got {self.new_tokens})",
+                f"`new_tokens` must be at least 2 (got {self.new_tokens})",
                 "H needs two steps; use e.g. 100",
             )
         if self.context_tokens < 1:
             raise PPMechError(
-                f"--context-tokens must be at least 1 (got {self.context_tokens})", "use e.g. 50"
+                f"`context_tokens` must be at least 1 (got {self.context_tokens})", "use e.g. 50"
             )
         if self.batch_size < 1:
-            raise PPMechError(f"--batch-size must be at least 1 (got {self.batch_size})", "use e.g. 50")
+            raise PPMechError(f"`batch_size` must be at least 1 (got {self.batch_size})", "use e.g. 50")
         if self.n_boot < 0:
             raise PPMechError(
-                f"--n-boot must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
+                f"`n_boot` must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
             )
         check_seed(self.seed)
-        for flag, value in (
-            ("--corpus", self.corpus),
-            ("--model", self.model),
-            ("--text-field", self.text_field),
-        ):
-            if not str(value).strip():
-                raise PPMechError(f"{flag} is empty", f"give {flag} a value, or leave it out for its default")
+        for name in ("corpus", "model", "text_field"):
+            if not str(getattr(self, name)).strip():
+                raise PPMechError(
+                    f"`{name}` is empty", f"give `{name}` a value, or leave it out for its default"
+                )
         self.decoding_config()  # validates the sampling parameters
         if self.decoding != "sample":
             # Refused rather than ignored: the run's summary would record a temperature
             # (or top-k/top-p) that never acted, and the user would believe it had.
             given = [
-                flag
-                for flag, value, default in (
-                    ("--temperature", self.temperature, 1.0),
-                    ("--top-k", self.top_k, None),
-                    ("--top-p", self.top_p, None),
-                )
-                if value != default
+                f"`{name}`"
+                for name, default in (("temperature", 1.0), ("top_k", None), ("top_p", None))
+                if getattr(self, name) != default
             ]
             if given:
                 raise PPMechError(
-                    f"{', '.join(given)} only applies to --decoding sample, not {self.decoding}",
-                    f"drop {', '.join(given)}, or pass --decoding sample",
+                    f"{', '.join(given)} only applies to `decoding` sample, not {self.decoding}",
+                    f"drop {', '.join(given)}, or use `decoding` sample",
                 )
 
     def decoding_config(self) -> Decoding:
@@ -144,24 +139,6 @@ class MeasureResult:
     files: list[str] = field(default_factory=list)
 
 
-def versions() -> dict[str, str]:
-    """Versions of everything that can change a number."""
-    import numpy
-    import transformers
-
-    from ppmech import __version__
-
-    return {
-        "ppmech": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pd.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
-
-
 def measure(
     config: MeasureConfig,
     out: str | Path,
@@ -175,9 +152,9 @@ def measure(
         PPMechError: on any bad input (see :mod:`ppmech.errors`).
     """
     if not str(out).strip():
-        raise PPMechError("--out is empty", "give --out a run directory")
+        raise PPMechError("`out` is empty", "give `out` a run directory")
     out = Path(out)
-    # Refuse a taken --out (or a running writer) before the minutes of loading and recording.
+    # Refuse a taken `out` (or a running writer) before the minutes of loading and recording.
     Output(out, "measure", overwrite=overwrite, resume=resume, resumable=True).preflight()
     started = time.perf_counter()
     lm = load_configured(config)
@@ -196,8 +173,8 @@ def measure(
         context_tokens=config.context_tokens,
         continuation_tokens=config.new_tokens if teacher else 0,
         seed=config.seed,
-        continuation_flag="--new-tokens",
-        purpose="teacher decoding scores the article's own next --new-tokens tokens",
+        continuation_field="new_tokens",
+        purpose="teacher decoding scores the article's own next `new_tokens` tokens",
     )
     computed: list[EnergyStatistics] = []
     with RunWriter(out, config.to_dict(), overwrite=overwrite, resume=resume) as writer:
@@ -269,3 +246,18 @@ def measure(
         trajectories=run.trajectories,
         files=writer.written,
     )
+
+
+class _MeasureModule(types.ModuleType):
+    """This module, callable as :func:`measure`.
+
+    ``ppmech.measure`` names both this submodule and the public function :func:`measure`;
+    whichever Python binds to the package attribute (the submodule once it has been
+    imported), ``ppmech.measure(config, out)`` runs a measurement.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> MeasureResult:
+        return measure(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _MeasureModule

@@ -160,7 +160,7 @@ class RunWriter:
                     raise PPMechError(
                         f"cannot resume {self.out}: it was recorded with different settings "
                         f"({', '.join(diff)})",
-                        "rerun with the original settings, or pass --overwrite to start again",
+                        "rerun with the original settings, or pass `overwrite` to start again",
                     )
             self.parts.mkdir(exist_ok=True)
             write_json(previous_path, config)
@@ -273,7 +273,7 @@ class Run:
             )
         recorded = {k: v for k, v in self.summary.get("files", {}).items() if k.startswith("hidden/")}
         present = {f"hidden/{f.name}" for f in files}
-        fix = f"re-record the run (ppmech measure --save-hidden --overwrite --out {self.path})"
+        fix = f"re-record the run (`ppmech measure --save-hidden --overwrite --out {self.path}`)"
         if present != set(recorded):
             raise PPMechError(
                 f"the hidden states of {self.path} are not the ones its summary.json lists "
@@ -348,7 +348,7 @@ def load_run(path: str | Path) -> Run:
             f"{root} was written with run schema {version}; this ppmech reads schema {SCHEMA_VERSION}",
             "re-record it with this version of `ppmech measure` (delete the old directory first)",
         )
-    fix = f"re-record the run (ppmech measure --overwrite --out {root})"
+    fix = f"re-record the run (`ppmech measure --overwrite --out {root}`)"
     files = summary.get("files")
     tables = {"trajectories.parquet": TRAJECTORY_SCHEMA, "steps.parquet": STEP_SCHEMA}
     if not isinstance(files, dict) or not all(isinstance(files.get(n), dict) for n in tables):

@@ -207,7 +207,7 @@ def test_overwrite_replaces_only_the_same_kind(tmp_path: Path) -> None:
 
 
 def test_overwrite_and_resume_conflict(tmp_path: Path) -> None:
-    with pytest.raises(PPMechError, match="--overwrite and --resume conflict"):
+    with pytest.raises(PPMechError, match="`overwrite` and `resume` conflict"):
         write_run(tmp_path / "run", 0, overwrite=True, resume=True)
     assert not list(tmp_path.iterdir())
 

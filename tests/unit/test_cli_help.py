@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ppmech.cli import build_parser, main
+from ppmech.cli import OneLineParser, build_parser, config_defaults, main
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -26,6 +26,16 @@ def _commands() -> dict[str, argparse.ArgumentParser]:
 
 
 COMMANDS = _commands()
+
+
+def test_help_shows_the_config_dataclass_defaults_without_the_cli_writing_them() -> None:
+    from ppmech.measure import MeasureConfig
+
+    parser = COMMANDS["measure"]
+    args = parser.parse_args([])
+    assert "prompts" not in vars(args)  # the CLI writes no default of its own
+    text = " ".join(parser.format_help().split())
+    assert f"number of trajectories (prompts) (default: {MeasureConfig().prompts})" in text
 
 
 def test_every_subcommand_is_covered() -> None:
@@ -48,12 +58,15 @@ def test_every_subcommand_is_covered() -> None:
 def test_every_flag_has_a_description_and_shows_its_default(name: str) -> None:
     parser = COMMANDS[name]
     text = " ".join(parser.format_help().split())
+    # A flag that sets a config field leaves its default to the config dataclass.
+    config = config_defaults(parser.config) if isinstance(parser, OneLineParser) and parser.config else {}
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
             continue
         flag = action.option_strings[0] if action.option_strings else action.dest
         assert action.help and len(action.help.split()) >= 2, f"{name} {flag} has no description"
-        default = action.default
+        default = config.get(action.dest) if action.default is argparse.SUPPRESS else action.default
+        assert default is not argparse.SUPPRESS, f"{name} {flag}: no default anywhere"
         if action.option_strings and not isinstance(default, bool) and default is not None:
             assert f"(default: {default})" in text, f"{name} {flag} does not show its default {default!r}"
         takes_value = action.nargs != 0

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.reference_judge import ReferenceLMJudge, default_reference
-from ppmech.steering_eval import SteeringEvalConfig, paired_statistics, table3_frame
+from ppmech.steering.evaluation import SteeringEvalConfig, paired_statistics, table3_frame
+from ppmech.steering.judges.reference import ReferenceLMJudge, default_reference
 
 
 def test_paired_statistics_by_hand() -> None:
@@ -71,7 +71,7 @@ def test_default_reference_is_the_other_embedded_model() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"eta": 1.0}, "--eta"), ({"targets": "oracle"}, "--targets"), ({"top_k": 0}, "--top-k")],
+    [({"eta": 1.0}, "`eta`"), ({"targets": "oracle"}, "`targets`"), ({"top_k": 0}, "`top_k`")],
 )
 def test_eval_config_refuses_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(PPMechError, match=match):
@@ -80,9 +80,10 @@ def test_eval_config_refuses_bad_values(kwargs: dict, match: str) -> None:
 
 def test_a_judge_that_rates_nothing_is_an_error_quoting_its_first_reply() -> None:
     """Issue 9: a judge answering non-JSON left evaluate-steering at exit 0 with N = 0."""
+    from ppmech.steering.judges.base import JudgeScore
+    from ppmech.steering.evaluation import judge_failures
+
     from ppmech.errors import PPMechError
-    from ppmech.judges import JudgeScore
-    from ppmech.steering_eval import judge_failures
 
     bad = JudgeScore(score=None, raw="<html>502 Bad Gateway</html>", error="malformed reply body")
     with pytest.raises(PPMechError) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import errno
 import importlib
 import os
@@ -26,24 +27,70 @@ COMMAND_MODULES = [
 ]
 
 
+@functools.cache
+def config_defaults(spec: str) -> dict[str, Any]:
+    """Field defaults of a config dataclass named ``"module:Class"`` (imported only for --help)."""
+    from dataclasses import MISSING, fields
+
+    module, name = spec.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the layout of descriptions and examples, and shows every flag's default."""
+    """Keeps the layout of descriptions and examples, and shows every flag's default.
+
+    A flag that sets a config field has no argparse default (``SUPPRESS``: the config
+    dataclass owns it); its default is read from the dataclass when help is printed
+    (only then: importing a config can import torch).
+    """
+
+    config: str | None = None
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        default = action.default
+        if default is argparse.SUPPRESS and self.config:
+            default = config_defaults(self.config).get(action.dest, argparse.SUPPRESS)
         # Identity, not equality: a default of 0 must still be shown (0 == False).
-        shown = not any(action.default is v for v in (None, False, True, argparse.SUPPRESS))
-        if shown and action.option_strings and "%(default)" not in text:
-            text += " (default: %(default)s)"
+        shown = not any(default is v for v in (None, False, True, argparse.SUPPRESS))
+        if shown and action.option_strings and "default:" not in text:
+            text += f" (default: {str(default).replace('%', '%%')})"
         return text
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports usage errors on one line, with exit status 2."""
+    """argparse that reports usage errors on one line, with exit status 2.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Args:
+        config: ``"module:Class"`` of the config dataclass behind the command, whose
+            defaults ``--help`` shows.
+    """
+
+    def __init__(self, *args: Any, config: str | None = None, **kwargs: Any) -> None:
+        self.config = config
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        formatter = super()._get_formatter()
+        if isinstance(formatter, HelpFormatter):
+            formatter.config = self.config
+        return formatter
+
+    def defaults(self) -> dict[str, Any]:
+        """Each flag's default as ``--help`` shows it (dest -> value; SUPPRESS resolved)."""
+        config = config_defaults(self.config) if self.config else {}
+        return {
+            a.dest: config.get(a.dest, a.default) if a.default is argparse.SUPPRESS else a.default
+            for a in self._actions
+        }
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
@@ -94,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """Field name -> long flag of the command that ``args`` invoked (for :meth:`PPMechError.for_cli`)."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                flags |= command_flags(chosen, args)
+        elif action.option_strings and action.dest != "help":
+            flags[action.dest] = max(action.option_strings, key=len)
+    return flags
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ppmech`` script; returns the exit status."""
     # Quieten libraries' own chatter; ppmech prints what matters.
@@ -109,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PPMechError as exc:
-        print(f"ppmech: error: {exc.one_line()}", file=sys.stderr)
+        print(f"ppmech: error: {exc.for_cli(command_flags(parser, args))}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         # A path the user gave cannot be read or written (a file where a directory

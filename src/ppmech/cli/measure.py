@@ -3,49 +3,59 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ppmech.cli.config import config_from_args
 from ppmech.errors import PPMechError
-from ppmech.report import compare_frame, fmt, markdown_table, text_table
+from ppmech.tables import compare_frame, fmt, markdown_table, text_table
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--weights``, ``--dtype``, ``--seed``: shared by every command that loads a model."""
+    """``--model``, ``--weights``, ``--dtype``, ``--seed``: shared by every command that loads a model.
+
+    Like every flag that sets a config field, they default to ``SUPPRESS``: an omitted flag is
+    absent from the namespace and the config dataclass supplies its default (written once, there;
+    importing the dataclasses here would make ``ppmech --help`` import torch).
+    """
     parser.add_argument(
         "--model",
-        default="smollm2-135m",
+        default=argparse.SUPPRESS,
         help="embedded name (see `ppmech models`), .gguf path, local directory or hub id",
     )
     parser.add_argument(
         "--weights",
         choices=["pretrained", "random"],
-        default="pretrained",
+        default=argparse.SUPPRESS,
         help="the trained weights, or the same architecture freshly initialised (seeded by --seed)",
     )
     parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weight dtype"
+        "--dtype", choices=["float32", "bfloat16", "float16"], default=argparse.SUPPRESS, help="weight dtype"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed (0 to 2**32-1) of the prompt choice, random init, sampling"
+        "--seed",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="seed (0 to 2**32-1) of the prompt choice, random init, sampling",
     )
     parser.add_argument(
-        "--trust-remote-code", action="store_true", help="let transformers run code shipped with the model"
+        "--trust-remote-code",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="let transformers run code shipped with the model",
     )
 
 
 def _measure_config(args: argparse.Namespace) -> Any:
     from ppmech.measure import MeasureConfig
 
-    names = {f.name for f in fields(MeasureConfig)}
-    return MeasureConfig(**{k: v for k, v in vars(args).items() if k in names})
+    return config_from_args(MeasureConfig, args)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
     from ppmech.artifacts import output_path
     from ppmech.measure import measure
-    from ppmech.report import run_row
+    from ppmech.tables import run_row
 
     config = _measure_config(args)
     out = output_path(args.out, f"runs/{Path(config.model).name}-{config.weights}-{config.decoding}")
@@ -62,7 +72,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ppmech.models import EMBEDDED_MODELS
+    from ppmech.models.loading import EMBEDDED_MODELS
 
     rows = []
     for model in EMBEDDED_MODELS.values():
@@ -119,39 +129,44 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "measure",
         help="record trajectories and measure the energy statistics",
+        config="ppmech.measure:MeasureConfig",
         description=MEASURE_DESCRIPTION,
         epilog="example:\n  ppmech measure --model smollm2-135m --prompts 20 --new-tokens 50 --out runs/smol",
     )
     add_model_args(p)
-    p.add_argument(
-        "--corpus", default="wiki-en", help="wiki-en, wiki-es, wiki-fr, a .txt/.jsonl file or dataset"
-    )
-    p.add_argument("--text-field", default="text", help="text field of JSONL records and dataset rows")
-    p.add_argument("--prompts", type=int, default=100, help="number of trajectories (prompts)")
-    p.add_argument("--context-tokens", type=int, default=50, help="prompt length in tokens")
-    p.add_argument("--new-tokens", type=int, default=100, help="steps recorded per trajectory (at least 2)")
+    d = argparse.SUPPRESS  # defaults: MeasureConfig's (shown by --help, see ppmech.cli.HelpFormatter)
+    p.add_argument("--corpus", default=d, help="wiki-en, wiki-es, wiki-fr, a .txt/.jsonl file or dataset")
+    p.add_argument("--text-field", default=d, help="text field of JSONL records and dataset rows")
+    p.add_argument("--prompts", type=int, default=d, help="number of trajectories (prompts)")
+    p.add_argument("--context-tokens", type=int, default=d, help="prompt length in tokens")
+    p.add_argument("--new-tokens", type=int, default=d, help="steps recorded per trajectory (at least 2)")
     p.add_argument(
         "--decoding",
         choices=["greedy", "sample", "teacher"],
-        default="greedy",
+        default=d,
         help="how each next token is chosen (see above)",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (sample only)")
+    p.add_argument("--temperature", type=float, default=d, help="sampling temperature (sample only)")
     p.add_argument(
         "--top-k",
         type=int,
-        default=None,
+        default=d,
         help="sample from the k most probable tokens (sample only; default: all)",
     )
     p.add_argument(
-        "--top-p", type=float, default=None, help="nucleus mass in (0, 1] (sample only; default: 1, no cut)"
+        "--top-p", type=float, default=d, help="nucleus mass in (0, 1] (sample only; default: 1, no cut)"
     )
     p.add_argument(
-        "--stop-at-eos", action="store_true", help="end a trajectory at EOS (default: fixed length)"
+        "--stop-at-eos",
+        action="store_true",
+        default=d,
+        help="end a trajectory at EOS (default: fixed length)",
     )
-    p.add_argument("--batch-size", type=int, default=50, help="trajectories per forward batch")
-    p.add_argument("--save-hidden", action="store_true", help="also store h_t (hidden/*.npy, float32)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the CIs (0: none)")
+    p.add_argument("--batch-size", type=int, default=d, help="trajectories per forward batch")
+    p.add_argument(
+        "--save-hidden", action="store_true", default=d, help="also store h_t (hidden/*.npy, float32)"
+    )
+    p.add_argument("--n-boot", type=int, default=d, help="bootstrap replicates for the CIs (0: none)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<weights>-<decoding>)")
     p.add_argument(
         "--overwrite",

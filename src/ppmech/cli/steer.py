@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ppmech.artifacts import output_path, write_text
+from ppmech.cli.config import config_from_args
 from ppmech.cli.measure import add_model_args
-from ppmech.report import markdown_table, text_table
+from ppmech.tables import markdown_table, text_table
 
 
 def _layer(value: str) -> int | None:
@@ -42,10 +42,9 @@ def _one_line(text: str) -> str:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from ppmech.steering import SteerConfig, run_steer
+    from ppmech.steering.run import SteerConfig, run_steer
 
-    names = {f.name for f in fields(SteerConfig)}
-    config = SteerConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(SteerConfig, args)
     out = output_path(args.out, f"runs/steer-{Path(config.model).name}")
     result = run_steer(config, out, overwrite=args.overwrite)
     where = "final norm (paper)" if config.layer is None else f"residual after block {config.layer}"
@@ -59,16 +58,13 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def _eval_config(args: argparse.Namespace) -> Any:
-    from ppmech.steering_eval import SteeringEvalConfig
+    from ppmech.steering.evaluation import SteeringEvalConfig
 
-    names = {f.name for f in fields(SteeringEvalConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values["baselines"] = not args.no_baselines
-    return SteeringEvalConfig(**values)
+    return config_from_args(SteeringEvalConfig, args, baselines=not args.no_baselines)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ppmech.steering_eval import evaluate_steering
+    from ppmech.steering.evaluation import evaluate_steering
 
     config = _eval_config(args)
     out = output_path(args.out, f"runs/steering-eval-{Path(config.model).name}-{config.judge}")
@@ -111,6 +107,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "steer",
         help="generate with Jacobian steering next to a natural generation",
+        config="ppmech.steering.run:SteerConfig",
         description="Generate from a prompt twice, naturally and with minimal-action Jacobian steering "
         "toward target tokens (Algorithm 1: move h_t until the target has probability eta), and "
         "compare K, V and H of the two traces; writes steps.parquet and summary.json.",
@@ -123,29 +120,37 @@ def register(sub: Any) -> None:
         "--target-text",
         help="steer toward this text, token by token "
         "(a space is prepended when both sides are word characters)",
+        default=argparse.SUPPRESS,
     )
     target.add_argument(
         "--target-ids",
         type=_schedule,
         help="token schedule: comma-separated target id per step, '-' or -1 leaves a step alone",
+        default=argparse.SUPPRESS,
     )
-    p.add_argument("--new-tokens", type=int, default=None, help="steps to generate (default: targets + 5)")
-    p.add_argument("--eta", type=float, default=0.5, help="target probability threshold η in (0, 1)")
-    p.add_argument("--max-steps", type=int, default=20, help="K, gradient steps per token")
+    p.add_argument(
+        "--new-tokens", type=int, default=argparse.SUPPRESS, help="steps to generate (default: targets + 5)"
+    )
+    p.add_argument(
+        "--eta", type=float, default=argparse.SUPPRESS, help="target probability threshold η in (0, 1)"
+    )
+    p.add_argument("--max-steps", type=int, default=argparse.SUPPRESS, help="K, gradient steps per token")
     p.add_argument(
         "--layer",
         type=_layer,
-        default=None,
+        default=argparse.SUPPRESS,
         help="'final' (default, the paper: h_t after the final norm) or a block index L: steer the "
         "residual after block L, which enters the KV cache (beyond the paper)",
     )
     p.add_argument(
         "--decoding",
         choices=["greedy", "sample"],
-        default="greedy",
+        default=argparse.SUPPRESS,
         help="greedy: the most probable token; sample: drawn with --temperature",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (sample only)")
+    p.add_argument(
+        "--temperature", type=float, default=argparse.SUPPRESS, help="sampling temperature (sample only)"
+    )
     p.add_argument("--out", default=None, help="output directory (default runs/steer-<model>)")
     p.add_argument(
         "--overwrite",
@@ -157,47 +162,53 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate-steering",
         help="the paper's Table 3: judge natural vs steered top-10 lists",
+        config="ppmech.steering.evaluation:SteeringEvalConfig",
         description="The paper's steering-quality evaluation (Table 3): steer each prompt's last state "
         "toward a target token, and have a judge rate the natural and the steered top-k next-token "
         "lists from 1 to 10; writes items.csv, baselines.csv and summary.json.",
         epilog="example:\n  ppmech evaluate-steering --prompts 20 --judge reference-lm --out runs/table3",
     )
     add_model_args(p)
-    p.add_argument("--corpus", default="wiki-en", help="prompt source: wiki-en, wiki-es, wiki-fr or a path")
-    p.add_argument("--text-field", default="text", help="text field of JSONL records and dataset rows")
-    p.add_argument("--prompts", type=int, default=50, help="number of prompts (the paper: 50)")
-    p.add_argument("--context-tokens", type=int, default=50, help="prompt length in tokens")
-    p.add_argument("--top-k", type=int, default=10, help="length of the rated next-token lists")
-    p.add_argument("--eta", type=float, default=0.5, help="target probability threshold η in (0, 1)")
-    p.add_argument("--max-steps", type=int, default=20, help="K, gradient steps per state")
+    d = argparse.SUPPRESS  # defaults: SteeringEvalConfig's (shown by --help)
+    p.add_argument("--corpus", default=d, help="prompt source: wiki-en, wiki-es, wiki-fr or a path")
+    p.add_argument("--text-field", default=d, help="text field of JSONL records and dataset rows")
+    p.add_argument("--prompts", type=int, default=d, help="number of prompts (the paper: 50)")
+    p.add_argument("--context-tokens", type=int, default=d, help="prompt length in tokens")
+    p.add_argument("--top-k", type=int, default=d, help="length of the rated next-token lists")
+    p.add_argument("--eta", type=float, default=d, help="target probability threshold η in (0, 1)")
+    p.add_argument("--max-steps", type=int, default=d, help="K, gradient steps per state")
     p.add_argument(
         "--targets",
         choices=["ground-truth", "sampled"],
-        default="ground-truth",
+        default=argparse.SUPPRESS,
         help="steer toward the article's next token (paper) or a token sampled from the model",
     )
     p.add_argument(
         "--judge",
         choices=["reference-lm", "embedding", "openai"],
-        default="reference-lm",
+        default=argparse.SUPPRESS,
         help="who rates the lists: a reference LM (offline), a sentence-embedding proxy (offline), "
         "or an OpenAI-compatible chat model",
     )
     p.add_argument(
         "--judge-model",
-        default=None,
+        default=argparse.SUPPRESS,
         help="reference-lm: the reference model (default: the other embedded model); openai: the model name",
     )
     p.add_argument(
         "--judge-url",
-        default=None,
+        default=argparse.SUPPRESS,
         help="openai: base URL, e.g. http://127.0.0.1:8000/v1 (default: none; required for openai)",
     )
-    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="openai: env variable holding the key")
+    p.add_argument("--judge-key-env", default=argparse.SUPPRESS, help="openai: env variable holding the key")
     p.add_argument(
-        "--judge-cache", default=None, help="openai: directory caching the replies (default: no cache)"
+        "--judge-cache",
+        default=argparse.SUPPRESS,
+        help="openai: directory caching the replies (default: no cache)",
     )
-    p.add_argument("--judge-retries", type=int, default=5, help="openai: retries on 429/5xx/unreachable")
+    p.add_argument(
+        "--judge-retries", type=int, default=argparse.SUPPRESS, help="openai: retries on 429/5xx/unreachable"
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines table")
     p.add_argument("--markdown", default=None, help="also write the tables as markdown to this file")
     p.add_argument(

@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from ppmech.errors import PPMechError
-from ppmech.report import fmt, markdown_table, text_table
+from ppmech.provenance import json_safe
+from ppmech.tables import fmt, markdown_table, text_table
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from ppmech.artifacts import output_path
-    from ppmech.verify import EMBEDDED, VerifyConfig, summary_frame, verify
+    from ppmech.claims.verify import EMBEDDED, VerifyConfig, summary_frame, verify
 
     config = VerifyConfig(
         out=str(output_path(args.out, "runs/verify")),
@@ -60,10 +61,8 @@ def _est_rows(run_name: str, est: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from ppmech import analyses as A
-    from ppmech.errors import check_seed
-    from ppmech.runs import load_run
-    from ppmech.verify import (
+    from ppmech.claims import analyses as A
+    from ppmech.claims.verify import (
         Sizes,
         hidden_analyses,
         layer_analysis,
@@ -71,6 +70,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         scaling_from_runs,
         steps_analyses,
     )
+    from ppmech.errors import check_seed
+    from ppmech.runs import load_run
 
     check_seed(args.seed)
     for flag, value, least in (
@@ -92,7 +93,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
             write_json(
                 Path(args.json),
-                _clean(
+                json_safe(
                     {
                         "metric": args.correlate,
                         "r": corr.r,
@@ -138,7 +139,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.json:
         from ppmech.runs import write_json
 
-        write_json(Path(args.json), _clean(out_json))
+        write_json(Path(args.json), json_safe(out_json))
         print(f"\nwrote {args.json}")
     if args.markdown:
         from ppmech.artifacts import write_text
@@ -146,16 +147,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         write_text(args.markdown, markdown_table(frame, digits=4) + "\n")
         print(f"wrote {args.markdown}")
     return 0
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def register(sub: Any) -> None:
