@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ppmech import artifacts
+from ppmech.artifacts import write_json  # re-exported: the one JSON writer
 from ppmech.errors import PPMechError
 from ppmech.mechanics import energy_terms
 from ppmech.recording import BatchRecord
@@ -63,11 +64,6 @@ STEP_SCHEMA = pa.schema(
         ("H", pa.float64()),
     ]
 )
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (see :func:`ppmech.artifacts.write_json`)."""
-    artifacts.write_json(path, obj)
 
 
 def _nullable(values: np.ndarray) -> pa.Array:

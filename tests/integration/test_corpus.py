@@ -137,8 +137,8 @@ def test_an_empty_split_says_so_instead_of_0_of_0(smollm2: LoadedModel) -> None:
     )
 
 
-def test_the_length_rule_names_the_flags_that_set_it(smollm2: LoadedModel, tmp_path: Path) -> None:
-    """Issue 9: teacher decoding's need for --new-tokens more tokens was never mentioned."""
+def test_the_length_rule_names_the_fields_that_set_it(smollm2: LoadedModel, tmp_path: Path) -> None:
+    """Issue 9: teacher decoding's need for `new_tokens` more tokens was never mentioned."""
     path = tmp_path / "docs.txt"
     path.write_text(" ".join(["word"] * 60), encoding="utf-8")
     with pytest.raises(PPMechError) as exc:
@@ -148,10 +148,13 @@ def test_the_length_rule_names_the_flags_that_set_it(smollm2: LoadedModel, tmp_p
             n=1,
             context_tokens=50,
             continuation_tokens=100,
-            continuation_flag="--new-tokens",
-            purpose="teacher decoding scores the article's own next --new-tokens tokens",
+            continuation_field="new_tokens",
+            purpose="teacher decoding scores the article's own next `new_tokens` tokens",
         )
-    assert "150 tokens a prompt needs (--context-tokens 50 + --new-tokens 100; teacher decoding" in str(
+    assert "150 tokens a prompt needs (`context_tokens` 50 + `new_tokens` 100; teacher decoding" in str(
         exc.value
     )
-    assert "fewer --prompts, --context-tokens or --new-tokens" in exc.value.fix
+    assert "fewer `prompts`, `context_tokens` or `new_tokens`" in exc.value.fix
+    # On the command line each field reads as its flag.
+    flags = {"prompts": "--prompts", "context_tokens": "--context-tokens", "new_tokens": "--new-tokens"}
+    assert "(--context-tokens 50 + --new-tokens 100;" in exc.value.for_cli(flags)

@@ -80,10 +80,9 @@ def test_eval_config_refuses_bad_values(kwargs: dict, match: str) -> None:
 
 def test_a_judge_that_rates_nothing_is_an_error_quoting_its_first_reply() -> None:
     """Issue 9: a judge answering non-JSON left evaluate-steering at exit 0 with N = 0."""
-    from ppmech.steering.judges.base import JudgeScore
-    from ppmech.steering.evaluation import judge_failures
-
     from ppmech.errors import PPMechError
+    from ppmech.steering.evaluation import judge_failures
+    from ppmech.steering.judges.base import JudgeScore
 
     bad = JudgeScore(score=None, raw="<html>502 Bad Gateway</html>", error="malformed reply body")
     with pytest.raises(PPMechError) as exc:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import functools
 import errno
+import functools
 import importlib
 import os
 import sys
