@@ -258,6 +258,9 @@ def test_a_full_disk_says_so(tiny: str, tmp_path: Path, capsys: pytest.CaptureFi
     """A real ENOSPC from the kernel: the temporary file of the write is /dev/full."""
     import os
 
+    # /dev/full must be the device (writes fail with ENOSPC); were it missing, writing through
+    # the link below would create a regular file there.
+    assert Path("/dev/full").is_char_device()
     run = tmp_path / "run"
     assert _run(_small(tiny, run), capsys)[0] == 0
     table = tmp_path / "table.md"
