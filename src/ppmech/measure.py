@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ppmech.artifacts import Output
 from ppmech.corpus import load_documents, select_prompts
-from ppmech.errors import PPMechError
+from ppmech.errors import PPMechError, check_seed
 from ppmech.models.loading import load_configured
 from ppmech.provenance import versions
 from ppmech.recording import Decoding, Recorder
@@ -40,10 +41,13 @@ class MeasureConfig:
         prompts: number of trajectories.
         context_tokens: prompt length in tokens (before the model's BOS, if any).
         new_tokens: steps recorded per trajectory.
-        decoding: ``greedy``, ``sample`` or ``teacher`` (scores the article's own continuation).
-        temperature, top_k, top_p: sampling parameters.
+        decoding: ``greedy`` (the most probable token each step), ``sample`` (drawn from
+            the model's distribution, with ``temperature``/``top_k``/``top_p``) or ``teacher``
+            (the article's own next ``new_tokens`` tokens are fed and scored: the prompt
+            document needs ``context_tokens + new_tokens`` tokens).
+        temperature, top_k, top_p: sampling parameters (``sample`` only; refused otherwise).
         stop_at_eos: end trajectories at EOS (off: fixed length, as in the paper).
-        seed: seeds the prompt choice, random init and sampling.
+        seed: seeds the prompt choice, random init, sampling and the bootstrap; ``[0, 2**32)``.
         batch_size: trajectories per forward batch.
         save_hidden: also store ``h_t`` under ``hidden/``.
         n_boot: bootstrap replicates for the CIs.
@@ -89,7 +93,26 @@ class MeasureConfig:
             raise PPMechError(
                 f"`n_boot` must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
             )
+        check_seed(self.seed)
+        for name in ("corpus", "model", "text_field"):
+            if not str(getattr(self, name)).strip():
+                raise PPMechError(
+                    f"`{name}` is empty", f"give `{name}` a value, or leave it out for its default"
+                )
         self.decoding_config()  # validates the sampling parameters
+        if self.decoding != "sample":
+            # Refused rather than ignored: the run's summary would record a temperature
+            # (or top-k/top-p) that never acted, and the user would believe it had.
+            given = [
+                f"`{name}`"
+                for name, default in (("temperature", 1.0), ("top_k", None), ("top_p", None))
+                if getattr(self, name) != default
+            ]
+            if given:
+                raise PPMechError(
+                    f"{', '.join(given)} only applies to `decoding` sample, not {self.decoding}",
+                    f"drop {', '.join(given)}, or use `decoding` sample",
+                )
 
     def decoding_config(self) -> Decoding:
         return Decoding(
@@ -113,6 +136,7 @@ class MeasureResult:
     summary: dict[str, Any]
     steps: pd.DataFrame
     trajectories: pd.DataFrame
+    files: list[str] = field(default_factory=list)
 
 
 def measure(
@@ -127,7 +151,11 @@ def measure(
     Raises:
         PPMechError: on any bad input (see :mod:`ppmech.errors`).
     """
+    if not str(out).strip():
+        raise PPMechError("`out` is empty", "give `out` a run directory")
     out = Path(out)
+    # Refuse a taken `out` (or a running writer) before the minutes of loading and recording.
+    Output(out, "measure", overwrite=overwrite, resume=resume, resumable=True).preflight()
     started = time.perf_counter()
     lm = load_configured(config)
     decoding = config.decoding_config()
@@ -145,69 +173,70 @@ def measure(
         context_tokens=config.context_tokens,
         continuation_tokens=config.new_tokens if teacher else 0,
         seed=config.seed,
+        continuation_field="new_tokens",
+        purpose="teacher decoding scores the article's own next `new_tokens` tokens",
     )
-    writer = RunWriter(out, config.to_dict(), overwrite=overwrite, resume=resume)
-    done = writer.done_batches()
-    batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
-    bar = tqdm(
-        total=len(prompts) * config.new_tokens,
-        desc=f"recording {config.model} ({config.weights})",
-        unit="tok",
-        disable=not progress,
-        file=sys.stderr,
-    )
-    record_seconds = 0.0
-    for index, batch in enumerate(batches):
-        if index in done:
-            bar.update(len(batch) * config.new_tokens)
-            continue
-        t0 = time.perf_counter()
-        record = recorder.record(
-            [p.ids for p in batch],
-            config.new_tokens,
-            seeds=[config.seed * 1_000_003 + p.index for p in batch],
-            targets=[p.continuation_ids for p in batch] if teacher else None,
-        )
-        record_seconds += time.perf_counter() - t0
-        traj, steps = batch_tables(
-            record,
-            [p.index for p in batch],
-            [p.source for p in batch],
-            [p.ids for p in batch],
-            lm.tokenizer,
-        )
-        hidden = record.hidden.float().numpy() if record.hidden is not None else None
-        writer.write_batch(index, traj, steps, hidden)
-        bar.update(len(batch) * config.new_tokens)
-    bar.close()
-
     computed: list[EnergyStatistics] = []
+    with RunWriter(out, config.to_dict(), overwrite=overwrite, resume=resume) as writer:
+        done = writer.done_batches()
+        batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
+        bar = tqdm(
+            total=len(prompts) * config.new_tokens,
+            desc=f"recording {config.model} ({config.weights})",
+            unit="tok",
+            disable=not progress,
+            file=sys.stderr,
+        )
+        record_seconds = 0.0
+        for index, batch in enumerate(batches):
+            if index in done:
+                bar.update(len(batch) * config.new_tokens)
+                continue
+            t0 = time.perf_counter()
+            record = recorder.record(
+                [p.ids for p in batch],
+                config.new_tokens,
+                seeds=[config.seed * 1_000_003 + p.index for p in batch],
+                targets=[p.continuation_ids for p in batch] if teacher else None,
+            )
+            record_seconds += time.perf_counter() - t0
+            traj, steps = batch_tables(
+                record,
+                [p.index for p in batch],
+                [p.source for p in batch],
+                [p.ids for p in batch],
+                lm.tokenizer,
+            )
+            hidden = record.hidden.float().numpy() if record.hidden is not None else None
+            writer.write_batch(index, traj, steps, hidden)
+            bar.update(len(batch) * config.new_tokens)
+        bar.close()
 
-    def summarise(steps: pd.DataFrame) -> dict[str, Any]:
-        stats = statistics_from_steps(steps, n_boot=config.n_boot, seed=config.seed)
-        computed.append(stats)
-        return {
-            "statistics": stats.to_dict(),
-            "config": config.to_dict(),
-            "decoding": decoding.to_dict(),
-            "model": lm.identity.to_dict(),
-            "versions": versions(),
-            "counts": {
-                "trajectories": len(prompts),
-                "prompt_tokens": int(sum(len(p.ids) for p in prompts)),
-                "generated_tokens": len(steps),
-                "zero_velocity_steps": stats.n_zero_velocity,
-                "valid_steps": stats.n_valid,
-            },
-            "timing": {
-                "recording_seconds_this_session": round(record_seconds, 3),
-                "total_seconds_this_session": round(time.perf_counter() - started, 3),
-                "threads": torch.get_num_threads(),
-            },
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        def summarise(steps: pd.DataFrame) -> dict[str, Any]:
+            stats = statistics_from_steps(steps, n_boot=config.n_boot, seed=config.seed)
+            computed.append(stats)
+            return {
+                "statistics": stats.to_dict(),
+                "config": config.to_dict(),
+                "decoding": decoding.to_dict(),
+                "model": lm.identity.to_dict(),
+                "versions": versions(),
+                "counts": {
+                    "trajectories": len(prompts),
+                    "prompt_tokens": int(sum(len(p.ids) for p in prompts)),
+                    "generated_tokens": len(steps),
+                    "zero_velocity_steps": stats.n_zero_velocity,
+                    "valid_steps": stats.n_valid,
+                },
+                "timing": {
+                    "recording_seconds_this_session": round(record_seconds, 3),
+                    "total_seconds_this_session": round(time.perf_counter() - started, 3),
+                    "threads": torch.get_num_threads(),
+                },
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
 
-    writer.finalize(summarise)
+        writer.finalize(summarise)
     run = load_run(out)
     return MeasureResult(
         path=out,
@@ -215,6 +244,7 @@ def measure(
         summary=run.summary,
         steps=run.steps,
         trajectories=run.trajectories,
+        files=writer.written,
     )
 
 

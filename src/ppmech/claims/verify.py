@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ppmech.claims import analyses as A
 from ppmech.claims.ledger import evaluate
 from ppmech.claims.render import ledger_json, render_markdown, verdict_counts
-from ppmech.errors import PPMechError
+from ppmech.errors import PPMechError, check_seed
 from ppmech.measure import MeasureConfig, measure
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import EMBEDDED_MODELS, load_model
@@ -129,6 +129,7 @@ class VerifyConfig:
     custom_sizes: Sizes | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.n_boot < MIN_BOOT_FOR_VERDICTS:
             raise PPMechError(
                 f"`n_boot` must be at least {MIN_BOOT_FOR_VERDICTS} for the ledger (got {self.n_boot}): "

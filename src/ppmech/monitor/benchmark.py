@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ppmech.errors import PPMechError
+from ppmech.errors import PPMechError, check_seed
 from ppmech.models.identity import LoadedModel
 from ppmech.monitor.calibration import Calibration, MonitorConfig, fit_calibration
 from ppmech.monitor.scoring import TokenTrace, cusum_path, first_alarm
@@ -195,6 +195,7 @@ class BenchmarkConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.sequences < 10:
             raise PPMechError(f"`sequences` must be at least 10 (got {self.sequences})", "use e.g. 100")
         if self.tokens < 16:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ppmech.errors import PPMechError
+from ppmech.errors import PPMechError, check_seed
 from ppmech.models.identity import ModelIdentity
 from ppmech.monitor.scoring import (
     F64,
@@ -68,6 +68,7 @@ class MonitorConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.sequences < 3:
             raise PPMechError(f"`sequences` must be at least 3 (got {self.sequences})", "use e.g. 200")
         if self.tokens < MIN_TOKENS:
@@ -80,6 +81,44 @@ class MonitorConfig:
             raise PPMechError(f"`batch_size` must be >= 1 (got {self.batch_size})", "use e.g. 16")
         if self.split not in ("heldout", "prompts", "all"):
             raise PPMechError(f"unknown split '{self.split}'", "use heldout, prompts or all")
+
+
+def _calibration_problem(
+    signals: dict[str, SignalCalibration], cov: list[list[float]], config: dict[str, Any]
+) -> str | None:
+    """What makes a calibration unusable, naming the field; ``None`` when it is usable.
+
+    Spreads scale every z-score: one that is zero, negative or NaN raises alarms on
+    normal text or silences the monitor. The feature covariance is inverted for the
+    anomaly score: it must be symmetric and positive semi-definite, and every feature
+    must vary (an all-zero covariance makes every text an outlier).
+    """
+    for name, sig in signals.items():
+        for field_name in ("token_std", "seq_mean_std"):
+            value = getattr(sig, field_name)
+            if not (math.isfinite(value) and value > 0):
+                return f"signals.{name}.{field_name} is {value}: spreads must be finite and positive"
+        values = [sig.token_mean, sig.seq_mean_mean, sig.cusum_threshold, *sig.quantiles.values()]
+        if not all(math.isfinite(v) for v in values):
+            return f"signals.{name} has a non-finite mean, quantile or threshold"
+        if sig.cusum_threshold < 0:
+            return f"signals.{name}.cusum_threshold is {sig.cusum_threshold}: it must be >= 0"
+    alpha, k, clip = (float(config[key]) for key in ("alpha", "cusum_k", "z_clip"))
+    if not (0 < alpha < 1 and k >= 0 and clip > 0):
+        return (
+            f"config alpha={alpha}, cusum_k={k}, z_clip={clip}: need 0 < alpha < 1, cusum_k >= 0, z_clip > 0"
+        )
+    matrix = np.asarray(cov, dtype=np.float64)
+    scale = float(np.abs(matrix).max())
+    if not np.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-12 * max(scale, 1e-300)):
+        return "feature_cov is not symmetric"
+    diagonal = np.diag(matrix)
+    if not (diagonal > 0).all():
+        bad = [FEATURES[i] for i in np.flatnonzero(~(diagonal > 0))]
+        return f"feature_cov has no positive variance for {', '.join(bad)}"
+    if float(np.linalg.eigvalsh(matrix).min()) < -1e-9 * float(diagonal.max()):
+        return "feature_cov is not positive semi-definite"
+    return None
 
 
 @dataclass
@@ -213,6 +252,9 @@ class Calibration:
             raise corrupt("feature statistics have the wrong shape")
         if not ref or not all(math.isfinite(x) for x in [*mean, *ref, *(v for r in cov for v in r)]):
             raise corrupt("non-finite or empty feature statistics")
+        problem = _calibration_problem(signals, cov, config)
+        if problem:
+            raise corrupt(problem)
         return cls(
             model=model,
             config=config,
