@@ -182,8 +182,8 @@ def test_a_worker_killed_while_recording_is_retried(
 ) -> None:
     """SIGKILL the worker of one run mid-recording: Ray retries it, it resumes, nothing is lost or doubled."""
     text = (
-        f'models = ["{tiny_sizes[2]}", "{tiny_sizes[1]}"]\nprompts = 8\ncontext_tokens = 16\n'
-        "new_tokens = 48\nbatch_size = 1\nn_boot = 100\n[resources]\nmax_retries = 2\n"
+        f'models = ["{tiny_sizes[2]}", "{tiny_sizes[1]}"]\nprompts = 16\ncontext_tokens = 16\n'
+        "new_tokens = 64\nbatch_size = 1\nn_boot = 100\n[resources]\nmax_retries = 2\n"
     )
     study = parse_study(text, "fault.toml")
     work = tmp_path / "work"
@@ -215,14 +215,14 @@ def test_a_worker_killed_while_recording_is_retried(
     result: SweepResult = box["result"]
     first, second = result.outcomes
     assert first.status == "complete" and second.status == "complete"
-    assert first.pids[0] == killed and len(first.pids) == 2 and first.pids[1] != killed
+    assert first.pids[0] == killed and len(first.pids) == 2 and first.pids[1] != killed, first.pids
     assert len(second.pids) == 1
     runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
     assert runs == sorted(o.name for o in result.outcomes)
     run = load_run(tmp_path / "out" / "runs" / first.name)
-    assert len(run.steps) == 8 * 48
+    assert len(run.steps) == 16 * 64
     assert not run.steps.duplicated(["trajectory", "step"]).any()
-    assert sorted(run.trajectories["trajectory"]) == list(range(8))
+    assert sorted(run.trajectories["trajectory"]) == list(range(16))
     frame = pd.read_parquet(tmp_path / "out" / "study.parquet")
     assert len(frame) == 2 and list(frame["attempts"]) == [2, 1]
     assert _work_dirs(work) == []  # scratch is cleaned up
@@ -249,3 +249,30 @@ def test_a_run_that_fails_on_its_own_is_recorded_and_the_others_go_on(
     assert list(frame["status"]) == ["complete", "failed"]
     assert frame["error"].iloc[1] == bad.error and pd.isna(frame["global_cv"].iloc[1])
     assert "gpt-17" in (tmp_path / "tables.md").read_text()
+
+
+def test_table5_gives_the_ledger_row_a_measured_verdict(swept: SweepResult, tmp_path: Path) -> None:
+    """`verify --sweep`: the T5 row is evaluated on each family of 3+ sizes, with a bootstrap CI of r."""
+    from ppmech.claims import apply_rule, evaluate
+    from ppmech.sweep.ledger import T5_SWEEP, ledger_models, table5_measurements
+    from ppmech.verify import VerifyConfig, verify
+
+    measured = table5_measurements(swept.out, n_boot=200, seed=0)
+    labels = ledger_models(measured)
+    assert labels == ["sweep:llama-pretrained-n4-ctx16-new8", "sweep:llama-random-n4-ctx16-new8"]
+    table = swept.tables["table5"]
+    for label in labels:
+        est = measured[f"{label}/table5/drift_r"]
+        weights = label.split("-")[1]
+        row = table[(table["weights"] == weights) & (table["metric"] == "drift")]
+        assert est.value == pytest.approx(row["r"].iloc[0], rel=1e-12) and est.n == row["n"].iloc[0]
+        assert est.has_ci and -1 <= est.low <= est.high <= 1
+    rows = evaluate(measured, labels, [T5_SWEEP])
+    assert [r.model for r in rows] == labels
+    for r in rows:
+        expected, _ = apply_rule(T5_SWEEP.rule, measured[r.metric])
+        assert r.id == "T5" and r.verdict == expected and r.low is not None
+    # A directory that is not a study fails before verify records anything.
+    with pytest.raises(PPMechError, match="not a ppmech sweep study directory"):
+        verify(VerifyConfig(out=str(tmp_path / "v"), sweep=str(tmp_path)), progress=False)
+    assert not (tmp_path / "v").exists()

@@ -29,7 +29,7 @@ from ppmech.errors import PPMechError
 from ppmech.measure import MeasureConfig, versions
 from ppmech.report import fmt, markdown_table
 from ppmech.runs import load_run, write_json
-from ppmech.sweep.study import Study, run_name
+from ppmech.sweep.study import Study, setting_tokens
 
 if TYPE_CHECKING:
     from ppmech.sweep.runner import RunOutcome
@@ -312,62 +312,75 @@ def table4(frame: pd.DataFrame) -> pd.DataFrame:
 
 def protocol_label(config: MeasureConfig) -> str:
     """The settings of a run besides its model and weights, as in its name (``paper`` if all default)."""
-    tokens = run_name("", config).split("-")[2:]
-    return "-".join(tokens) or "paper"
+    return "-".join(setting_tokens(config)) or "paper"
+
+
+def family_groups(frame: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """Complete runs grouped by family (``model_type``) and every setting but the model.
+
+    Returns:
+        ``(description, runs)`` pairs; the description has ``family``, ``weights``,
+        ``protocol`` (as in run names) and ``sizes`` (parameter counts).
+    """
+    done = frame[(frame["status"] == "complete") & frame["family"].notna()]
+    keys = [k for k in _config_columns() if k not in NON_PROTOCOL_KEYS]
+    if not len(done):
+        return []
+    grouping = pd.Series(
+        ["\x00".join(str(r[k]) for k in ["family", *keys]) for r in done.to_dict("records")],
+        index=done.index,
+    )
+    groups = []
+    for _, part in done.groupby(grouping, sort=False):
+        first = part.iloc[0]
+        config = MeasureConfig(**{k: _py(first[k]) for k in _config_columns()})
+        description = {
+            "family": first["family"],
+            "weights": first["weights"],
+            "protocol": protocol_label(config),
+            "sizes": ", ".join(_params(p) for p in sorted(part["parameters"].dropna().unique())),
+        }
+        groups.append((description, part))
+    return groups
 
 
 def table5(out: Path, frame: pd.DataFrame) -> pd.DataFrame:
     """Table 5 style: Pearson r of each metric with parameter count, per family and protocol.
 
     A group is the complete runs of one family (``model_type``) whose settings
-    differ only in the model. Groups with 3 or more sizes get a correlation
-    (through :func:`ppmech.verify.scaling_from_runs`); groups with 2 sizes are
-    listed with a note (r = ±1 trivially, no p-value).
+    differ only in the model (:func:`family_groups`). Groups with 3 or more sizes
+    get a correlation (through :func:`ppmech.verify.scaling_from_runs`); groups
+    with 2 sizes are listed with a note (r = ±1 trivially, no p-value).
     """
     from ppmech.verify import scaling_from_runs
 
-    done = frame[(frame["status"] == "complete") & frame["family"].notna()]
-    keys = [k for k in _config_columns() if k not in NON_PROTOCOL_KEYS]
     rows: list[dict[str, Any]] = []
-    if len(done):
-        grouping = pd.Series(
-            ["\x00".join(str(r[k]) for k in ["family", *keys]) for r in done.to_dict("records")],
-            index=done.index,
-        )
-        for _, part in done.groupby(grouping, sort=False):
-            first = part.iloc[0]
-            config = MeasureConfig(**{k: _py(first[k]) for k in _config_columns()})
-            base = {
-                "family": first["family"],
-                "weights": first["weights"],
-                "protocol": protocol_label(config),
-                "sizes": ", ".join(_params(p) for p in sorted(part["parameters"].dropna().unique())),
-            }
-            n_sizes = part["parameters"].nunique()
-            if n_sizes < 2:
-                continue
-            if n_sizes < 3:
+    for base, part in family_groups(frame):
+        n_sizes = part["parameters"].nunique()
+        if n_sizes < 2:
+            continue
+        if n_sizes < 3:
+            rows.append(
+                {
+                    **base,
+                    "metric": "—",
+                    "n": len(part),
+                    "r": None,
+                    "p": None,
+                    "note": "needs ≥ 3 sizes (2 sizes give r = ±1, no p-value)",
+                }
+            )
+            continue
+        runs = [load_run(out / str(path)) for path in part["path"]]
+        for metric in TABLE5_METRICS:
+            try:
+                _, corr = scaling_from_runs(runs, metric)
+            except PPMechError as exc:
                 rows.append(
-                    {
-                        **base,
-                        "metric": "—",
-                        "n": len(part),
-                        "r": None,
-                        "p": None,
-                        "note": "needs ≥ 3 sizes (2 sizes give r = ±1, no p-value)",
-                    }
+                    {**base, "metric": metric, "n": len(part), "r": None, "p": None, "note": exc.problem}
                 )
                 continue
-            runs = [load_run(out / str(path)) for path in part["path"]]
-            for metric in TABLE5_METRICS:
-                try:
-                    _, corr = scaling_from_runs(runs, metric)
-                except PPMechError as exc:
-                    rows.append(
-                        {**base, "metric": metric, "n": len(part), "r": None, "p": None, "note": exc.problem}
-                    )
-                    continue
-                rows.append({**base, "metric": metric, "n": corr.n, "r": corr.r, "p": corr.p, "note": ""})
+            rows.append({**base, "metric": metric, "n": corr.n, "r": corr.r, "p": corr.p, "note": ""})
     columns = ["family", "weights", "protocol", "sizes", "metric", "n", "r", "p", "note"]
     table = pd.DataFrame(rows, columns=columns)
     for col in ("r", "p"):

@@ -376,22 +376,30 @@ def _name_value(key: str, value: Any, tp: Any) -> str:
     return f"{ABBREVIATIONS.get(key, key.replace('_', ''))}{text}"
 
 
-def run_name(slug: str, config: MeasureConfig) -> str:
-    """``<model>-<weights>`` plus one token per option that differs from ``measure``'s default.
+def setting_tokens(config: MeasureConfig) -> list[str]:
+    """One readable token per option of ``config`` that differs from ``measure``'s default.
 
-    The name depends only on the run's own settings, so adding an axis to a study
-    keeps the names (and the finished runs) of the runs it already had.
+    Options that do not change what a run measures (:data:`UNNAMED_KEYS`) are left out.
     """
     fields = _measure_fields()
     default = MeasureConfig()
-    parts = [slug, config.weights]
+    tokens = []
     for key, tp in fields.items():
         if key in UNNAMED_KEYS:
             continue
         value = getattr(config, key)
         if value != getattr(default, key):
-            parts.append(_name_value(key, value, tp))
-    return "-".join(p for p in parts if p)
+            tokens.append(_name_value(key, value, tp))
+    return [t for t in tokens if t]
+
+
+def run_name(slug: str, config: MeasureConfig) -> str:
+    """``<model>-<weights>`` plus :func:`setting_tokens`.
+
+    The name depends only on the run's own settings, so adding an axis to a study
+    keeps the names (and the finished runs) of the runs it already had.
+    """
+    return "-".join([slug, config.weights, *setting_tokens(config)])
 
 
 def parse_study(
