@@ -198,3 +198,28 @@ def test_paper_preset_offline_on_a_two_node_cluster(
     nodes = {cluster.head_node.node_id, *(n.node_id for n in cluster.worker_nodes)}
     assert len(nodes) == 2 and set(frame["node_id"]) == nodes  # runs landed on both nodes
     assert "18 failed" in done.stdout and "Runs not complete" in done.stdout
+
+
+def test_nothing_that_is_not_ours_is_written_over(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = tmp_path / "study.toml"
+    study.write_text('models = ["smollm2-135m"]\n')
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("kept")
+    code, _, err = _run(["sweep", str(study), "--out", str(notes), "--replace"], capsys)
+    assert code == 2 and "is not empty and holds no ppmech study (it has thesis.txt)" in err
+    assert sorted(p.name for p in notes.iterdir()) == ["thesis.txt"]
+    foreign = tmp_path / "out" / "runs" / "smollm2-135m-pretrained"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("kept")
+    code, _, err = _run(["sweep", str(study), "--out", str(tmp_path / "out"), "--replace"], capsys)
+    assert code == 2 and "exists and is not a ppmech run" in err and len(err.strip().splitlines()) == 1
+    assert (foreign / "notes.txt").read_text() == "kept" and not (tmp_path / "out" / "study.json").exists()
+
+
+def test_verify_refuses_a_sweep_that_is_not_a_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(["verify", "--sweep", str(tmp_path), "--out", str(tmp_path / "v")], capsys)
+    assert code == 2 and "is not a ppmech sweep study directory" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "v").exists()

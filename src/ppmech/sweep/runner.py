@@ -150,7 +150,11 @@ def expected_source_hash(spec: str) -> str | None:
 
 @dataclass(frozen=True)
 class Existing:
-    """The state of a run's directory before the sweep: ``missing``, ``complete`` or ``stale``."""
+    """The state of a run's directory before the sweep.
+
+    ``missing``; ``complete`` (reusable); ``stale`` (a ppmech run with other settings or
+    an older model: ``--replace`` re-records it); ``foreign`` (not a ppmech run: never touched).
+    """
 
     state: str
     reason: str = ""
@@ -165,6 +169,8 @@ def existing_run(path: Path, config: MeasureConfig) -> Existing:
     """Whether ``path`` holds a finished run of ``config`` (same settings, same model files)."""
     if not path.exists():
         return Existing("missing")
+    if not (path / "summary.json").is_file():
+        return Existing("foreign", "it is not a ppmech run (no summary.json)")
     try:
         run = load_run(path)
     except PPMechError as exc:
@@ -420,10 +426,7 @@ def sweep(study: Study, out: str | Path, options: SweepOptions | None = None) ->
 
     options = options or SweepOptions()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PPMechError(
-            f"--out {out} is a file, not a directory", "pass a directory (it is created if missing)"
-        )
+    _check_out(out)
     started = time.perf_counter()
     if options.address and options.address != "auto":
         import ray
@@ -435,6 +438,13 @@ def sweep(study: Study, out: str | Path, options: SweepOptions | None = None) ->
         runs_root.mkdir(exist_ok=True)
         _clean_staging(runs_root)
         states = plan(study, out)
+        foreign = [n for n, s in states.items() if s.state == "foreign"]
+        if foreign:
+            raise PPMechError(
+                f"{runs_root / foreign[0]} exists and is not a ppmech run"
+                + (f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""),
+                "move it out of the study directory, or use another --out",
+            )
         stale = {n: s for n, s in states.items() if s.state == "stale"}
         if stale and not options.replace:
             first = next(iter(stale))
@@ -473,6 +483,30 @@ def sweep(study: Study, out: str | Path, options: SweepOptions | None = None) ->
         if interrupted:
             raise KeyboardInterrupt
         return SweepResult(out, study, ordered, frame, tables, time.perf_counter() - started)
+
+
+#: What a study directory may hold before its first study.json (an interrupted first sweep).
+OWN_ENTRIES = {LOCK_NAME, "runs", "study.json", "study.parquet", "tables.md"}
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to write a study into a directory that holds something else."""
+    if out.exists() and not out.is_dir():
+        raise PPMechError(
+            f"--out {out} is a file, not a directory", "pass a directory (it is created if missing)"
+        )
+    if not out.is_dir() or (out / "study.json").is_file():
+        return
+    other = sorted(
+        p.name for p in out.iterdir() if p.name not in OWN_ENTRIES and not p.name.startswith(".tables")
+    )
+    if other:
+        raise PPMechError(
+            f"--out {out} is not empty and holds no ppmech study (it has {other[0]}"
+            + (f" and {len(other) - 1} more" if len(other) > 1 else "")
+            + ")",
+            "pass a new or empty directory, or the --out of an earlier sweep",
+        )
 
 
 def _run_on_ray(
@@ -537,6 +571,10 @@ def _run_on_ray(
 
 
 def ray_version() -> str:
-    import ray
+    """Ray's installed version, without importing it (a second of start-up)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return str(ray.__version__)
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        return "not installed"
