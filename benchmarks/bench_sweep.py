@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from ppmech.measure import measure, versions
+from ppmech.measure import measure
+from ppmech.provenance import versions
 from ppmech.sweep import SweepOptions, parse_study, sweep
 from ppmech.sweep.runner import connect
 

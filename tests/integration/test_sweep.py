@@ -19,7 +19,7 @@ import torch
 
 from ppmech.errors import PPMechError
 from ppmech.measure import measure
-from ppmech.models import LoadedModel
+from ppmech.models.identity import LoadedModel
 from ppmech.runs import load_run
 from ppmech.sweep import SweepOptions, SweepResult, parse_study, sweep
 from ppmech.sweep.outputs import TABLE5_METRICS, study_columns
@@ -253,9 +253,10 @@ def test_a_run_that_fails_on_its_own_is_recorded_and_the_others_go_on(
 
 def test_table5_gives_the_ledger_row_a_measured_verdict(swept: SweepResult, tmp_path: Path) -> None:
     """`verify --sweep`: the T5 row is evaluated on each family of 3+ sizes, with a bootstrap CI of r."""
-    from ppmech.claims import apply_rule, evaluate
+    from ppmech.claims.ledger import evaluate
+    from ppmech.claims.rules import apply_rule
+    from ppmech.claims.verify import VerifyConfig, verify
     from ppmech.sweep.ledger import T5_SWEEP, ledger_models, table5_measurements
-    from ppmech.verify import VerifyConfig, verify
 
     measured = table5_measurements(swept.out, n_boot=200, seed=0)
     labels = ledger_models(measured)

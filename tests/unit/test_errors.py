@@ -21,9 +21,7 @@ def test_cli_rewrites_fields_of_the_invoked_command_to_its_flags() -> None:
     args = parser.parse_args(["measure", "--model", "smollm2-135m"])
     flags = command_flags(parser, args)
     assert flags["context_tokens"] == "--context-tokens" and flags["n_boot"] == "--n-boot"
-    err = PPMechError(
-        "`context_tokens` must be at least 1 (got 0)", "or `unknown`; see `ppmech measure`"
-    )
+    err = PPMechError("`context_tokens` must be at least 1 (got 0)", "or `unknown`; see `ppmech measure`")
     assert err.for_cli(flags) == (
         "--context-tokens must be at least 1 (got 0); or `unknown`; see `ppmech measure`"
     )

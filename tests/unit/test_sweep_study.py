@@ -179,7 +179,7 @@ def test_run_name_leaves_out_settings_that_do_not_change_the_measurement() -> No
         ('models = ["a"]\nseed = []\n', r"the grid is empty: 'seed' = \[\]"),
         ('models = ["a"]\nconditions = []\n', r"the grid is empty: conditions = \[\]"),
         ("prompts = 4\n", r"names no models"),
-        ('models = ["a"]\nprompts = 0\n', r"a: prompts must be at least 1"),
+        ('models = ["a"]\nprompts = 0\n', r"a: `?prompts`? must be at least 1"),
         ('models = ["a"]\nweights = "trained"\n', r"unknown weights 'trained'"),
         ('models = ["a"]\ndtype = "int8"\n', r"unknown dtype 'int8'"),
         ('models = ["a", "a"]\n', r"two runs with identical settings \(a-pretrained\)"),

@@ -554,7 +554,7 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
     claims = None
     models = list(config.models)
     if table5:
-        from ppmech.claims import CLAIMS
+        from ppmech.claims.ledger import CLAIMS
         from ppmech.sweep.ledger import T5_SWEEP, ledger_models
 
         measurements.update(table5)

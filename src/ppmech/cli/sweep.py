@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ppmech.errors import PPMechError
-from ppmech.report import text_table
+from ppmech.tables import text_table
 
 
 def _study(args: argparse.Namespace) -> Any:

@@ -8,7 +8,7 @@ For every group of a study with three or more sizes of one family measured with
 the same settings (:func:`ppmech.sweep.outputs.family_groups`), the measurement
 ``sweep:<family>-<weights>-<protocol>/table5/drift_r`` is Pearson r of each
 run's drift of H against its parameter count (the point estimate is
-:func:`ppmech.verify.scaling_from_runs` on the runs' summaries). Its 95% CI is a
+:func:`ppmech.claims.verify.scaling_from_runs` on the runs' summaries). Its 95% CI is a
 trajectory bootstrap: every run's trajectories are resampled independently and
 r is recomputed. That CI covers measurement noise only: the models themselves
 are not a sample, so with three sizes it says nothing about other members of
@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppmech import analyses as A
-from ppmech.claims import Claim, Rule
+from ppmech.claims import analyses as A
+from ppmech.claims.ledger import Claim
+from ppmech.claims.rules import Rule
 from ppmech.errors import PPMechError
 from ppmech.runs import load_run
+from ppmech.statistics import Estimate
 
 #: The measured form of the ledger's T5 claim; ``{model}`` is a sweep group label.
 T5_SWEEP = Claim(
@@ -39,15 +41,15 @@ T5_SWEEP = Claim(
 )
 
 
-def table5_measurements(study_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> dict[str, A.Estimate]:
+def table5_measurements(study_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> dict[str, Estimate]:
     """Pearson r of drift with parameter count, with a trajectory-bootstrap 95% CI, per eligible group.
 
     Raises:
         PPMechError: ``study_dir`` is not a sweep's study directory, or no group
             has three sizes of one family.
     """
+    from ppmech.claims.verify import scaling_from_runs
     from ppmech.sweep.outputs import family_groups
-    from ppmech.verify import scaling_from_runs
 
     root = Path(study_dir)
     table = root / "study.parquet"
@@ -57,7 +59,7 @@ def table5_measurements(study_dir: str | Path, n_boot: int = 1000, seed: int = 0
             "pass the --out directory of a `ppmech sweep`",
         )
     frame = pd.read_parquet(table)
-    out: dict[str, A.Estimate] = {}
+    out: dict[str, Estimate] = {}
     for group, part in family_groups(frame):
         if part["parameters"].nunique() < 3:
             continue
@@ -78,7 +80,7 @@ def table5_measurements(study_dir: str | Path, n_boot: int = 1000, seed: int = 0
         )
         label = f"sweep:{group['family']}-{group['weights']}-{group['protocol']}"
         models = ", ".join(f"{m} ({p:.3g})" for m, p in zip(summary["model"], params, strict=True))
-        out[f"{label}/table5/drift_r"] = A.Estimate(
+        out[f"{label}/table5/drift_r"] = Estimate(
             corr.r,
             float(low),
             float(high),
@@ -94,6 +96,6 @@ def table5_measurements(study_dir: str | Path, n_boot: int = 1000, seed: int = 0
     return out
 
 
-def ledger_models(measurements: dict[str, A.Estimate]) -> list[str]:
+def ledger_models(measurements: dict[str, Estimate]) -> list[str]:
     """The sweep group labels in ``measurements`` (the ledger's 'model' column for T5)."""
     return sorted({k.split("/")[0] for k in measurements if k.startswith("sweep:")})

@@ -9,7 +9,7 @@ Layout (read by other tools, e.g. the HTML report; keep it stable)::
 
 Every statistic comes from the runs' own ``summary.json`` (their definitions are
 in :mod:`ppmech.statistics`; H = K + V in nats). Table 5 goes through
-:func:`ppmech.verify.scaling_from_runs`.
+:func:`ppmech.claims.verify.scaling_from_runs`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 
 from ppmech.errors import PPMechError
-from ppmech.measure import MeasureConfig, versions
-from ppmech.report import fmt, markdown_table
+from ppmech.measure import MeasureConfig
+from ppmech.provenance import json_safe, versions
 from ppmech.runs import load_run, write_json
 from ppmech.sweep.study import Study, setting_tokens
+from ppmech.tables import fmt, markdown_table
 
 if TYPE_CHECKING:
     from ppmech.sweep.runner import RunOutcome
@@ -88,7 +89,7 @@ def study_columns() -> list[str]:
 
 
 def _model_key(model: dict[str, Any]) -> str | None:
-    from ppmech.models import ModelIdentity
+    from ppmech.models.identity import ModelIdentity
 
     names = {f.name for f in dataclasses.fields(ModelIdentity)}
     try:
@@ -167,7 +168,7 @@ def write_study_json(out: Path, study: Study) -> None:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json(
         path,
-        _clean(
+        json_safe(
             {
                 **study.to_dict(),
                 "versions": {**versions(), "ray": ray_version()},
@@ -349,10 +350,10 @@ def table5(out: Path, frame: pd.DataFrame) -> pd.DataFrame:
 
     A group is the complete runs of one family (``model_type``) whose settings
     differ only in the model (:func:`family_groups`). Groups with 3 or more sizes
-    get a correlation (through :func:`ppmech.verify.scaling_from_runs`); groups
+    get a correlation (through :func:`ppmech.claims.verify.scaling_from_runs`); groups
     with 2 sizes are listed with a note (r = ±1 trivially, no p-value).
     """
-    from ppmech.verify import scaling_from_runs
+    from ppmech.claims.verify import scaling_from_runs
 
     rows: list[dict[str, Any]] = []
     for base, part in family_groups(frame):
@@ -479,18 +480,6 @@ def write_outputs(
     tmp.write_text(render_markdown(study, frame, tables))
     tmp.replace(out / "tables.md")
     return frame, tables
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, str | int | float | bool):
-        return obj
-    return str(obj)  # TOML dates and times
 
 
 __all__ = ["fmt", "study_columns", "study_frame", "table1", "table2", "table4", "table5", "write_outputs"]

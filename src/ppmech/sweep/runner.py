@@ -123,12 +123,12 @@ class SweepResult:
 def expected_source_hash(spec: str) -> str | None:
     """The ``source_hash`` a fresh load of ``spec`` would record, where the driver can tell cheaply.
 
-    Reads the same (memoised) digests as :func:`ppmech.models.load_model`, without
+    Reads the same (memoised) digests as :func:`ppmech.models.loading.load_model`, without
     loading the model. ``None`` when the driver cannot know: a hub id not in the
     local hub cache, or a path that exists only on the workers.
     """
-    # The identity rules live in ppmech.models; reuse them rather than restate them.
-    from ppmech import models as M
+    # The identity rules live in ppmech.models.loading; reuse them rather than restate them.
+    from ppmech.models import loading as M
 
     try:
         if spec in M.EMBEDDED_MODELS:

@@ -276,7 +276,7 @@ def _axis(
                     "use pretrained and/or random",
                 )
     if key == "dtype":
-        from ppmech.models import DTYPES
+        from ppmech.models.loading import DTYPES
 
         for v in values:
             if v not in DTYPES:
@@ -545,9 +545,8 @@ def _config(kwargs: dict[str, Any], source: str) -> MeasureConfig:
     try:
         return MeasureConfig(**kwargs)
     except PPMechError as exc:
-        # measure's messages name CLI flags; say which study key and which model.
-        problem = re.sub(r"--([a-z-]+)", lambda m: m.group(1).replace("-", "_"), exc.problem)
-        raise PPMechError(f"{source}: {kwargs['model']}: {problem}", exc.fix) from exc
+        # MeasureConfig names the field; say which study file and which model.
+        raise PPMechError(f"{source}: {kwargs['model']}: {exc.problem}", exc.fix) from exc
 
 
 def _apply_override(data: dict[str, Any], assignment: str) -> None:
