@@ -245,8 +245,8 @@ def record_run(name: str, config: dict[str, Any], work_dir: str, threads: int) -
     work.mkdir(parents=True, exist_ok=True)
     log = work / "worker.json"
     pids: list[int] = []
-    with contextlib.suppress(OSError, ValueError):
-        pids = list(json.loads(log.read_text())["pids"])
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # no usable note: first attempt
+        pids = [int(p) for p in json.loads(log.read_text())["pids"]]
     pids.append(os.getpid())
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     write_json(log, {"run": name, "node_id": node_id, "pids": pids})
