@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_recorder.py
 	$(PY) benchmarks/bench_steering.py
 	$(PY) benchmarks/bench_monitor.py
+	$(PY) benchmarks/bench_sweep.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -118,6 +118,8 @@ class VerifyConfig:
         n_boot: bootstrap replicates of every CI.
         seed: prompt choice, random init, sampling, bootstrap.
         custom_sizes: override the run and analysis sizes (for tests).
+        sweep: a ``ppmech sweep`` study directory whose families of 3 or more
+            sizes give the Table 5 row a measured verdict (see :mod:`ppmech.sweep.ledger`).
     """
 
     out: str = "runs/verify"
@@ -127,6 +129,7 @@ class VerifyConfig:
     n_boot: int = 1000
     seed: int = 0
     custom_sizes: Sizes | None = None
+    sweep: str | None = None
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
@@ -462,6 +465,11 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
         raise PPMechError(
             f"`out` {out} is a file, not a directory", "pass a directory (it is created if missing)"
         )
+    table5: dict[str, A.Estimate] = {}
+    if config.sweep:  # read first: a bad --sweep fails before any run is recorded
+        from ppmech.sweep.ledger import table5_measurements
+
+        table5 = table5_measurements(config.sweep, config.n_boot, config.seed)
     runs_root = out / "runs"
     cache_root = out / "analyses"
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -544,7 +552,16 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
                 h, A.pooled_cv, config.n_boot, config.seed, "float32 core run, same prompts"
             )
 
-    rows = evaluate(measurements, list(config.models))
+    claims = None
+    models = list(config.models)
+    if table5:
+        from ppmech.claims.ledger import CLAIMS
+        from ppmech.sweep.ledger import T5_SWEEP, ledger_models
+
+        measurements.update(table5)
+        models += ledger_models(table5)
+        claims = [T5_SWEEP if c.id == "T5" else c for c in CLAIMS]
+    rows = evaluate(measurements, models, claims)
     ledger = pd.DataFrame([r.to_dict() for r in rows])
     wall = time.perf_counter() - started
     meta = {

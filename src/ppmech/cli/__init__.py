@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "ppmech.cli.verify",
     "ppmech.cli.monitor",
     "ppmech.cli.steer",
+    "ppmech.cli.sweep",
 ]
 
 

@@ -28,6 +28,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         extras=not args.no_extras,
         n_boot=args.n_boot,
         seed=args.seed,
+        sweep=args.sweep,
     )
     argv = sys.argv[1:]
     command = (
@@ -163,6 +164,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--quick", action="store_true", help="tiny runs: a smoke test, verdicts not meaningful")
     p.add_argument("--no-extras", action="store_true", help="skip the open-question runs")
+    p.add_argument(
+        "--sweep",
+        default=None,
+        metavar="DIR",
+        help="a `ppmech sweep` study directory: families with 3+ sizes give Table 5 a measured verdict",
+    )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for every CI (at least 40)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and bootstrap (0 to 2**32-1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
