@@ -34,8 +34,8 @@ from ppmech.claims import evaluate, ledger_json, render_markdown, verdict_counts
 from ppmech.errors import PPMechError
 from ppmech.measure import MeasureConfig, measure, versions
 from ppmech.models import EMBEDDED_MODELS, LoadedModel, load_model
-from ppmech.report import markdown_table
 from ppmech.runs import Run, load_run, write_json
+from ppmech.tables import markdown_table
 
 ANALYSIS_VERSION = 1
 #: Fewest bootstrap replicates that give a 95% percentile CI one replicate in each tail.

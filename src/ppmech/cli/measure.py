@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ppmech.errors import PPMechError
-from ppmech.report import compare_frame, fmt, markdown_table, text_table
+from ppmech.tables import compare_frame, fmt, markdown_table, text_table
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def _measure_config(args: argparse.Namespace) -> Any:
 
 def cmd_measure(args: argparse.Namespace) -> int:
     from ppmech.measure import measure
-    from ppmech.report import run_row
+    from ppmech.tables import run_row
 
     config = _measure_config(args)
     out = Path(args.out or f"runs/{Path(config.model).name}-{config.weights}-{config.decoding}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ppmech.errors import PPMechError
-from ppmech.report import markdown_table, text_table
+from ppmech.tables import markdown_table, text_table
 
 
 def _read_texts(source: str, text_field: str, whole: bool) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ppmech.cli.measure import add_model_args
-from ppmech.report import markdown_table, text_table
+from ppmech.tables import markdown_table, text_table
 
 
 def _layer(value: str) -> int | None:

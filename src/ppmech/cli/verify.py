@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ppmech.errors import PPMechError
-from ppmech.report import fmt, markdown_table, text_table
+from ppmech.tables import fmt, markdown_table, text_table
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
