@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "ppmech.cli.verify",
     "ppmech.cli.monitor",
     "ppmech.cli.steer",
+    "ppmech.cli.report",
 ]
 
 
