@@ -210,9 +210,9 @@ def to_matplotlib(fig: go.Figure) -> Figure:
     # Room on the left for the longest category label (run names, detector names).
     longest = max(
         (
-            len(str(v))
+            len(v)
             for tr in fig.data
-            if tr.type != "histogram"
+            if tr.type in ("scatter", "heatmap")
             for v in (tr.y if tr.y is not None else [])
             if isinstance(v, str)
         ),
@@ -239,17 +239,17 @@ def to_matplotlib(fig: go.Figure) -> Figure:
         return axes[(xk, yk)], xa, ya
 
     for tr in fig.data:
+        if tr.type not in ("scatter", "histogram", "heatmap"):
+            raise TypeError(f"to_matplotlib cannot draw a {tr.type} trace")
         ax, xa, ya = axes_for(tr)
         reversed_y = ya is not None and ya.autorange == "reversed"
         if tr.type == "scatter":
             handle = _scatter(ax, tr)
         elif tr.type == "histogram":
             handle = _histogram(ax, tr)
-        elif tr.type == "heatmap":
+        else:
             _heatmap(ax, tr, reversed_y, out)
             handle = None
-        else:
-            raise TypeError(f"to_matplotlib cannot draw a {tr.type} trace")
         if handle is not None and tr.name and tr.showlegend is not False and tr.name not in handles:
             handles[plain(tr.name)] = handle
 
