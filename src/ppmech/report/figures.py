@@ -246,14 +246,17 @@ def phase_portrait(runs: Mapping[str, Run], max_points: int = 20_000, seed: int 
                 continue
             xs += [a, b, None]
             ys += [level - a, level - b, None]
+            # Labelled at the middle of the segment: the ends pile up on the axes' edges.
+            mid = (a + b) / 2
             fig.add_annotation(
-                x=a,
-                y=level - a,
+                x=mid,
+                y=level - mid,
                 text=f"H = {level:g}",
                 showarrow=False,
                 xanchor="left",
                 yanchor="bottom",
-                font=dict(size=10, color="#555"),
+                font=dict(size=10, color="#444"),
+                bgcolor="rgba(255,255,255,0.6)",
             )
         fig.add_trace(
             go.Scatter(
