@@ -22,7 +22,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "report",
-        help="figures and a self-contained HTML report over runs, sweeps, verify, monitor and steering outputs",
+        help="figures and a self-contained HTML report over runs, sweeps, verify, monitor, steering",
     )
     p.add_argument(
         "paths",
