@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from ppmech.corpus import load_documents, select_prompts
-from ppmech.measure import versions
-from ppmech.models import forward_step, load_model
-from ppmech.monitor import EnergyMonitor, MonitorConfig
+from ppmech.models.loading import forward_step, load_model
+from ppmech.monitor.calibration import MonitorConfig
+from ppmech.monitor.stream import EnergyMonitor
+from ppmech.provenance import versions
 
 RESULTS_NAME = "monitor.md"
 

@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from ppmech.corpus import load_documents, select_prompts
-from ppmech.measure import MeasureConfig, measure, versions
-from ppmech.models import load_model
+from ppmech.measure import MeasureConfig, measure
+from ppmech.models.loading import load_model
+from ppmech.provenance import versions
 from ppmech.recording import Decoding, Recorder, left_pad
 
 ROOT = Path(__file__).resolve().parent

@@ -5,7 +5,7 @@ On the same prompts (Wikipedia, 50 tokens, smollm2-135m, fp32, greedy, batch of
 
 1. plain: :class:`ppmech.recording.Recorder` (KV-cached greedy decoding that
    records ``h_t``, ``ln p`` and entropy);
-2. steered at the final norm (the paper's case): ``ppmech.steering`` with every
+2. steered at the final norm (the paper's case): ``ppmech.steering.algorithm`` with every
    step targeting the article's own next token (teacher-style, η = 0.5, K = 20),
    so steps whose target is already at η cost only the check;
 3. steered at the residual after block ``L`` (beyond the paper), the same targets;
@@ -25,10 +25,11 @@ import time
 import torch
 
 from ppmech.corpus import load_documents, select_prompts
-from ppmech.measure import versions
-from ppmech.models import load_model
+from ppmech.models.loading import load_model
+from ppmech.provenance import versions
 from ppmech.recording import Decoding, Recorder
-from ppmech.steering import SteeringConfig, _steered_trace
+from ppmech.steering.algorithm import SteeringConfig
+from ppmech.steering.generation import _steered_trace
 
 RESULTS_NAME = "steering.md"
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from ppmech.models import LoadedModel, load_model
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import load_model
 
 torch.set_num_threads(2)
 

@@ -4,10 +4,58 @@ Record how a model's final hidden state moves from token to token, measure the
 log-energy ``H_t = ln(½‖h_t - h_{t-1}‖²) + ln(1/p(x_t))``, test the paper's
 claims, steer generation with minimal-action Jacobian steering, and monitor
 models with the conserved quantity.
+
+The public surface is :data:`__all__`; it is imported lazily so that ``import ppmech``
+(and ``ppmech --help``) does not import torch. Everything else lives in the packages
+named in the README's "Architecture" section.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ppmech.errors import PPMechError
 
-__all__ = ["PPMechError", "__version__"]
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from ppmech.measure import MeasureConfig, MeasureResult, measure
+    from ppmech.models.identity import LoadedModel
+    from ppmech.models.loading import load_model
+    from ppmech.runs import Run, load_run
+
+_LAZY = {
+    "measure": "ppmech.measure",
+    "MeasureConfig": "ppmech.measure",
+    "MeasureResult": "ppmech.measure",
+    "load_model": "ppmech.models.loading",
+    "LoadedModel": "ppmech.models.identity",
+    "load_run": "ppmech.runs",
+    "Run": "ppmech.runs",
+}
+
+__all__ = [
+    "LoadedModel",
+    "MeasureConfig",
+    "MeasureResult",
+    "PPMechError",
+    "Run",
+    "__version__",
+    "load_model",
+    "load_run",
+    "measure",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ppmech' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -116,7 +116,7 @@ def _load_jsonl(path: Path, text_field: str) -> list[Document]:
         if not isinstance(record, dict) or text_field not in record:
             raise PPMechError(
                 f"{path}:{lineno} has no field '{text_field}'",
-                "name the text field with --text-field",
+                "name the text field with `text_field`",
             )
         text = str(record[text_field]).strip()
         if text:
@@ -158,7 +158,7 @@ def _load_hf_dataset(location: str, text_field: str, split: str) -> list[Documen
     if text_field not in loaded.column_names:
         raise PPMechError(
             f"dataset '{location}' has no column '{text_field}'",
-            f"name the text column with --text-field (columns: {', '.join(loaded.column_names)})",
+            f"name the text column with `text_field` (columns: {', '.join(loaded.column_names)})",
         )
     return [
         Document(source=f"{Path(location).name}#{i}", text=str(t).strip())
@@ -248,9 +248,9 @@ def select_prompts(
         PPMechError: ``n < 1``, ``context_tokens < 1``, or too few long documents.
     """
     if n < 1:
-        raise PPMechError(f"--prompts must be at least 1 (got {n})", "ask for 1 or more prompts")
+        raise PPMechError(f"`prompts` must be at least 1 (got {n})", "ask for 1 or more prompts")
     if context_tokens < 1:
-        raise PPMechError(f"--context-tokens must be at least 1 (got {context_tokens})", "use e.g. 50")
+        raise PPMechError(f"`context_tokens` must be at least 1 (got {context_tokens})", "use e.g. 50")
     prefix = special_prefix(tokenizer)
     order = list(range(len(documents)))
     random.Random(seed).shuffle(order)
@@ -279,5 +279,5 @@ def select_prompts(
             return chosen
     raise PPMechError(
         f"only {len(chosen)} of {seen} documents have the {need} tokens needed for {n} prompts",
-        "ask for fewer --prompts, fewer --context-tokens, or use a corpus with longer texts",
+        "ask for fewer `prompts`, fewer `context_tokens`, or use a corpus with longer texts",
     )

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ppmech.architectures import decoder_layers, final_norm
 from ppmech.errors import PPMechError
+from ppmech.models.architectures import decoder_layers, final_norm
 
 FINAL_NORM = "final_norm"
 

@@ -7,9 +7,9 @@ embedded SmolLM2-135M: 100 Wikipedia prompts of 50 tokens, 100 greedy tokens.
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.errors import PPMechError
-from ppmech.models import load_configured
+from ppmech.models.loading import load_configured
+from ppmech.provenance import versions
 from ppmech.recording import Decoding, Recorder
 from ppmech.runs import RunWriter, batch_tables, load_run
 from ppmech.statistics import EnergyStatistics, statistics_from_steps
@@ -71,22 +72,22 @@ class MeasureConfig:
     def __post_init__(self) -> None:
         if self.prompts < 1:
             raise PPMechError(
-                f"--prompts must be at least 1 (got {self.prompts})", "ask for 1 or more prompts"
+                f"`prompts` must be at least 1 (got {self.prompts})", "ask for 1 or more prompts"
             )
         if self.new_tokens < 2:
             raise PPMechError(
-                f"--new-tokens must be at least 2 (got {self.new_tokens})",
+                f"`new_tokens` must be at least 2 (got {self.new_tokens})",
                 "H needs two steps; use e.g. 100",
             )
         if self.context_tokens < 1:
             raise PPMechError(
-                f"--context-tokens must be at least 1 (got {self.context_tokens})", "use e.g. 50"
+                f"`context_tokens` must be at least 1 (got {self.context_tokens})", "use e.g. 50"
             )
         if self.batch_size < 1:
-            raise PPMechError(f"--batch-size must be at least 1 (got {self.batch_size})", "use e.g. 50")
+            raise PPMechError(f"`batch_size` must be at least 1 (got {self.batch_size})", "use e.g. 50")
         if self.n_boot < 0:
             raise PPMechError(
-                f"--n-boot must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
+                f"`n_boot` must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
             )
         self.decoding_config()  # validates the sampling parameters
 
@@ -112,24 +113,6 @@ class MeasureResult:
     summary: dict[str, Any]
     steps: pd.DataFrame
     trajectories: pd.DataFrame
-
-
-def versions() -> dict[str, str]:
-    """Versions of everything that can change a number."""
-    import numpy
-    import transformers
-
-    from ppmech import __version__
-
-    return {
-        "ppmech": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pd.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
 
 
 def measure(
@@ -233,3 +216,18 @@ def measure(
         steps=run.steps,
         trajectories=run.trajectories,
     )
+
+
+class _MeasureModule(types.ModuleType):
+    """This module, callable as :func:`measure`.
+
+    ``ppmech.measure`` names both this submodule and the public function :func:`measure`;
+    whichever Python binds to the package attribute (the submodule once it has been
+    imported), ``ppmech.measure(config, out)`` runs a measurement.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> MeasureResult:
+        return measure(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _MeasureModule

@@ -20,11 +20,25 @@ velocity; its K, H and L are NaN ("undefined"), never 0.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 F64 = NDArray[np.float64]
+
+
+def step_speed_squared(h_prev: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``‖h - h_prev‖²`` over the last axis, in float64.
+
+    Args:
+        h_prev, h: ``[..., d]`` states one step apart.
+
+    Returns:
+        ``[...]`` float64.
+    """
+    return (h.double() - h_prev.double()).pow(2).sum(-1)
 
 
 def speed_squared(hidden: torch.Tensor) -> torch.Tensor:
@@ -38,25 +52,42 @@ def speed_squared(hidden: torch.Tensor) -> torch.Tensor:
     """
     h = hidden.double()
     out = torch.full(h.shape[:-1], float("nan"), dtype=torch.float64, device=h.device)
-    out[..., 1:] = (h[..., 1:, :] - h[..., :-1, :]).pow(2).sum(-1)
+    out[..., 1:] = step_speed_squared(h[..., :-1, :], h[..., 1:, :])
     return out
 
 
-def log_kinetic(speed_sq: F64) -> F64:
+Arr = TypeVar("Arr", F64, torch.Tensor)
+
+
+def _f64(x: Arr) -> Arr:
+    """``x`` as float64, a tensor staying a tensor (on its device) and anything else a NumPy array."""
+    if isinstance(x, torch.Tensor):
+        return x.double()
+    return np.asarray(x, dtype=np.float64)
+
+
+def kinetic(speed_sq: Arr) -> Arr:
+    """The kinetic energy ``½‖v‖²`` from squared speeds."""
+    return 0.5 * _f64(speed_sq)
+
+
+def log_kinetic(speed_sq: Arr) -> Arr:
     """``K = ln(½‖v‖²)`` from squared speeds; ``-inf`` where the speed is 0, NaN stays NaN."""
-    s = np.asarray(speed_sq, dtype=np.float64)
+    k = kinetic(speed_sq)
+    if isinstance(k, torch.Tensor):
+        return torch.log(k)
     with np.errstate(divide="ignore"):
-        return np.log(0.5 * s)
+        return np.log(k)
 
 
-def potential(logp: F64) -> F64:
+def potential(logp: Arr) -> Arr:
     """``V = -ln p`` from the log-probability of the realised token (nats)."""
-    return -np.asarray(logp, dtype=np.float64)
+    return -_f64(logp)
 
 
-def log_energy(k: F64, v: F64) -> F64:
+def log_energy(k: Arr, v: Arr) -> Arr:
     """``H = K + V``."""
-    return np.asarray(k, dtype=np.float64) + np.asarray(v, dtype=np.float64)
+    return _f64(k) + _f64(v)
 
 
 def lagrangian(k: F64, v: F64) -> F64:

@@ -29,7 +29,8 @@ import torch
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture
 from ppmech.mechanics import entropy_from_logprobs, speed_squared
-from ppmech.models import LoadedModel, forward_step
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import forward_step
 
 Strategy = Literal["greedy", "sample", "teacher"]
 
@@ -57,11 +58,11 @@ class Decoding:
         if self.strategy not in ("greedy", "sample", "teacher"):
             raise PPMechError(f"unknown decoding '{self.strategy}'", "use greedy, sample or teacher")
         if not self.temperature > 0:
-            raise PPMechError(f"--temperature must be > 0 (got {self.temperature})", "use e.g. 1.0")
+            raise PPMechError(f"`temperature` must be > 0 (got {self.temperature})", "use e.g. 1.0")
         if self.top_k is not None and self.top_k < 1:
-            raise PPMechError(f"--top-k must be >= 1 (got {self.top_k})", "omit it or use e.g. 50")
+            raise PPMechError(f"`top_k` must be >= 1 (got {self.top_k})", "omit it or use e.g. 50")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise PPMechError(f"--top-p must be in (0, 1] (got {self.top_p})", "use e.g. 0.9")
+            raise PPMechError(f"`top_p` must be in (0, 1] (got {self.top_p})", "use e.g. 0.9")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,7 +153,7 @@ class Recorder:
             raise PPMechError(
                 f"context of {prompt_len} + {new_tokens} new tokens = {total} exceeds the "
                 f"model's {self.lm.max_context} positions",
-                "use fewer --context-tokens or --new-tokens",
+                "use fewer `context_tokens` or `new_tokens`",
             )
 
     @torch.no_grad()
@@ -173,7 +174,7 @@ class Recorder:
             targets: target token ids per prompt (``teacher`` only).
         """
         if new_tokens < 1:
-            raise PPMechError(f"--new-tokens must be >= 1 (got {new_tokens})", "use e.g. 100")
+            raise PPMechError(f"`new_tokens` must be >= 1 (got {new_tokens})", "use e.g. 100")
         self.check_length(max(len(p) for p in prompts), new_tokens)
         if self.decoding.strategy == "teacher":
             if targets is None or len(targets) != len(prompts):
@@ -261,7 +262,7 @@ class Recorder:
     def _teacher(self, prompts: list[list[int]], targets: list[list[int]]) -> BatchRecord:
         if any(len(t) == 0 for t in targets):
             raise PPMechError("a target has no tokens", "give every prompt a non-empty target")
-        from ppmech.architectures import readout
+        from ppmech.models.architectures import readout
 
         model = self.lm.model
         read = readout(model)

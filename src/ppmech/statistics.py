@@ -21,12 +21,16 @@ trajectory ``i``; ``std`` has ddof 0):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+
+from ppmech.errors import PPMechError
+from ppmech.provenance import json_safe
 
 F64 = NDArray[np.float64]
 
@@ -61,13 +65,91 @@ def cv(values: ArrayLike) -> float:
     return float(x.std() / mean)
 
 
-@dataclass(frozen=True)
-class Interval:
-    """A two-sided confidence interval."""
+# --------------------------------------------------------------------------- estimates with a CI
 
-    low: float
-    high: float
-    level: float = 0.95
+MIN_TRAJECTORIES_FOR_CI = 5
+"""Fewer independent trajectories than this give no meaningful bootstrap CI."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A measured figure with its 95% bootstrap CI.
+
+    Attributes:
+        value: the point estimate on all data.
+        low, high: percentile bootstrap CI (``NaN`` when not computed).
+        n: number of independent units (trajectories) behind it.
+        note: how it was computed, in words.
+    """
+
+    value: float
+    low: float = float("nan")
+    high: float = float("nan")
+    n: int = 0
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(json_safe(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Estimate:
+        def f(x: Any) -> float:
+            return float("nan") if x is None else float(x)
+
+        return cls(
+            value=f(d.get("value")),
+            low=f(d.get("low")),
+            high=f(d.get("high")),
+            n=int(d.get("n", 0)),
+            note=str(d.get("note", "")),
+        )
+
+    @property
+    def has_ci(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+
+def require_trajectories(n: int, what: str) -> None:
+    """Refuse a CI over fewer than :data:`MIN_TRAJECTORIES_FOR_CI` trajectories."""
+    if n < MIN_TRAJECTORIES_FOR_CI:
+        raise PPMechError(
+            f"{what} needs at least {MIN_TRAJECTORIES_FOR_CI} trajectories for a confidence "
+            f"interval (got {n})",
+            f"record at least {MIN_TRAJECTORIES_FOR_CI} prompts (e.g. `ppmech measure --prompts 100`)",
+        )
+
+
+def trajectory_bootstrap(
+    parts: Sequence[np.ndarray],
+    statistic: Callable[[np.ndarray], float],
+    n_boot: int = 1000,
+    seed: int = 0,
+    note: str = "",
+    what: str = "this statistic",
+) -> Estimate:
+    """Point estimate and percentile 95% CI of ``statistic`` over concatenated parts.
+
+    Args:
+        parts: one array per trajectory (rows are steps; any trailing shape).
+        statistic: maps the concatenation of (resampled) parts to a float.
+        n_boot: bootstrap replicates; trajectories are resampled with replacement.
+        seed: RNG seed.
+
+    Raises:
+        PPMechError: fewer than :data:`MIN_TRAJECTORIES_FOR_CI` parts.
+    """
+    require_trajectories(len(parts), what)
+    value = float(statistic(np.concatenate(list(parts), axis=0)))
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot, dtype=np.float64)
+    for b in range(n_boot):
+        pick = rng.integers(0, len(parts), size=len(parts))
+        reps[b] = statistic(np.concatenate([parts[i] for i in pick], axis=0))
+    reps = reps[np.isfinite(reps)]
+    if reps.size < max(10, n_boot // 2):
+        return Estimate(value, n=len(parts), note=note)
+    low, high = np.percentile(reps, [2.5, 97.5])
+    return Estimate(value, float(low), float(high), len(parts), note)
 
 
 @dataclass(frozen=True)
@@ -88,22 +170,14 @@ class EnergyStatistics:
     mean_dH: float
     mean_abs_dH: float
     drift: float
-    global_cv_ci: Interval | None
-    mean_energy_ci: Interval | None
+    global_cv_ci: Estimate | None
+    mean_energy_ci: Estimate | None
     n_boot: int
     bootstrap_seed: int
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; non-finite floats become ``None``."""
-        return _finite_or_none(asdict(self))
-
-
-def _finite_or_none(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+        return json_safe(asdict(self))
 
 
 def _ratio(num: float, den: float) -> float:
@@ -161,9 +235,13 @@ def energy_statistics(
     hv_all = h[valid]
     means = np.asarray(per_mean)
 
-    ci_cv: Interval | None = None
-    ci_mean: Interval | None = None
+    global_cv = _ratio(float(hv_all.std()), float(hv_all.mean()))
+    mean_energy = float(hv_all.mean())
+    ci_cv: Estimate | None = None
+    ci_mean: Estimate | None = None
     if n_boot > 0 and len(order) >= 2:
+        # The trajectory bootstrap of pooled mean and CV, vectorised through per-trajectory
+        # sufficient statistics (count, sum, sum of squares) and multinomial resampling weights.
         rng = np.random.default_rng(seed)
         n = len(order)
         weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
@@ -174,8 +252,11 @@ def energy_statistics(
         m = s[ok] / c[ok]
         var = np.maximum(ss[ok] / c[ok] - m * m, 0.0)
         boot_cv = np.sqrt(var) / m
-        ci_cv = Interval(*(float(q) for q in np.percentile(boot_cv, [2.5, 97.5])))
-        ci_mean = Interval(*(float(q) for q in np.percentile(m, [2.5, 97.5])))
+        note = f"percentile bootstrap over trajectories, {n_boot} replicates"
+        cv_lo, cv_hi = (float(q) for q in np.percentile(boot_cv, [2.5, 97.5]))
+        ci_cv = Estimate(global_cv, cv_lo, cv_hi, n, note)
+        m_lo, m_hi = (float(q) for q in np.percentile(m, [2.5, 97.5]))
+        ci_mean = Estimate(mean_energy, m_lo, m_hi, n, note)
 
     mean_k = float(kk[valid].mean())
     mean_v = float(vv[valid].mean())
@@ -185,10 +266,10 @@ def energy_statistics(
         n_steps=int(h.size),
         n_valid=int(valid.sum()),
         n_zero_velocity=n_zero,
-        global_cv=_ratio(float(hv_all.std()), float(hv_all.mean())),
+        global_cv=global_cv,
         mean_trajectory_cv=float(np.mean(per_cv)) if per_cv else float("nan"),
         trajectory_mean_cv=_ratio(float(means.std()), float(means.mean())),
-        mean_energy=float(hv_all.mean()),
+        mean_energy=mean_energy,
         mean_K=mean_k,
         mean_V=mean_v,
         kv_ratio=_ratio(mean_k, mean_v),

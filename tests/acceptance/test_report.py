@@ -31,7 +31,7 @@ from plotly.offline import get_plotlyjs
 
 from ppmech.cli import main
 from ppmech.measure import MeasureConfig, measure
-from ppmech.models import LoadedModel
+from ppmech.models.identity import LoadedModel
 from ppmech.report import build_report, figures
 from ppmech.runs import load_run
 
@@ -136,9 +136,9 @@ def _cli_stdout(args: list[str]) -> str:
 @pytest.fixture(scope="session")
 def inputs(tmp_path_factory: pytest.TempPathFactory, smollm2: LoadedModel) -> Inputs:
     """One real output of every kind the report reads (built once per session)."""
-    from ppmech.steering import SteerConfig, run_steer
-    from ppmech.steering_eval import SteeringEvalConfig, evaluate_steering
-    from ppmech.verify import VerifyConfig, verify
+    from ppmech.claims.verify import VerifyConfig, verify
+    from ppmech.steering.evaluation import SteeringEvalConfig, evaluate_steering
+    from ppmech.steering.run import SteerConfig, run_steer
 
     keep = os.environ.get("PPMECH_REPORT_INPUTS")
     root = Path(keep) if keep else tmp_path_factory.mktemp("report-inputs")

@@ -13,7 +13,7 @@ import torch
 from tests.conftest import TINY_CONFIGS
 
 from ppmech.cli import main
-from ppmech.models import LoadedModel
+from ppmech.models.identity import LoadedModel
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from ppmech.architectures import ARCHITECTURES, arch_spec, readout
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture, resid_post
-from ppmech.models import LoadedModel, load_model
+from ppmech.models.architectures import ARCHITECTURES, arch_spec, readout
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import load_model
 
 IDS = torch.tensor([[504, 3458, 282, 4649, 314, 7042, 30, 378, 1345]])
 

@@ -9,7 +9,7 @@ import pytest
 
 from ppmech.corpus import document_split, load_documents, select_prompts, special_prefix
 from ppmech.errors import PPMechError
-from ppmech.models import LoadedModel
+from ppmech.models.identity import LoadedModel
 
 
 def test_embedded_wikipedia_in_three_languages() -> None:

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from ppmech.errors import PPMechError
-from ppmech.models import EMBEDDED_MODELS, LoadedModel, cache_root, load_model
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import EMBEDDED_MODELS, cache_root, load_model
 
 
 def test_embedded_model_is_cached_as_safetensors(smollm2: LoadedModel) -> None:
@@ -90,7 +91,7 @@ def _hub_cache_entry(cache: Path, repo: str, source: str, commit: str) -> None:
 def _load_offline_from(cache: Path, spec: str) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     code = (
-        "import json; from ppmech.models import load_model; "
+        "import json; from ppmech.models.loading import load_model; "
         f"i = load_model({spec!r}).identity; print(json.dumps({{'source': i.source, 'hash': i.source_hash}}))"
     )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

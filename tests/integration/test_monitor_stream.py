@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.models import LoadedModel
-from ppmech.monitor import EnergyMonitor, MonitorConfig, text_ids, trace_batch
+from ppmech.models.identity import LoadedModel
+from ppmech.monitor.calibration import MonitorConfig
+from ppmech.monitor.stream import EnergyMonitor, text_ids, trace_batch
 from ppmech.recording import Decoding, Recorder
 
 pytestmark = pytest.mark.slow

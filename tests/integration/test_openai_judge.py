@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.judges import RUBRIC, JudgeItem, OpenAIJudge
+from ppmech.steering.judges.base import RUBRIC, JudgeItem
+from ppmech.steering.judges.openai import OpenAIJudge
 
 # A behaviour maps the 1-based request number to (status, body text).
 Behaviour = Callable[[int], tuple[int, str]]
@@ -250,5 +251,5 @@ def test_unreachable_endpoint() -> None:
     assert "unreachable" in line
     assert "3 attempts" in line
     assert f"127.0.0.1:{port}" in line
-    assert "--judge-url" in info.value.fix
+    assert "`judge_url`" in info.value.fix  # the field; the CLI prints it as --judge-url
     assert judge.requests_sent == 3

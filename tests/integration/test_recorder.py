@@ -11,7 +11,9 @@ import torch
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.errors import PPMechError
 from ppmech.mechanics import energy_terms
-from ppmech.models import LoadedModel, load_model
+from ppmech.models.architectures import readout
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import load_model
 from ppmech.recording import Decoding, Recorder, left_pad
 
 
@@ -69,8 +71,13 @@ def test_greedy_is_the_argmax_and_matches_teacher_forcing(
     torch.testing.assert_close(teacher.logp, greedy.logp, atol=1e-4, rtol=0)
     assert teacher.hidden is not None and greedy.hidden is not None
     torch.testing.assert_close(teacher.hidden, greedy.hidden, atol=1e-4, rtol=1e-4)
-    # Greedy picks the most probable token, so p(x_t) >= every other p: V <= entropy-free bound.
-    assert (greedy.logp <= 0).all() and (greedy.entropy >= 0).all()
+    # Greedy emits the argmax of the readout of h_t, and logp is that token's log-probability.
+    lp = readout(smollm2.model).log_probs(greedy.hidden.to(smollm2.device)).cpu()
+    assert torch.equal(lp.argmax(-1), greedy.token_ids.cpu())
+    chosen = lp.gather(-1, greedy.token_ids.cpu()[..., None])[..., 0]
+    torch.testing.assert_close(chosen, greedy.logp.float().cpu(), atol=1e-4, rtol=0)
+    # So its surprisal -ln p_max is the min-entropy, which never exceeds the Shannon entropy.
+    assert (-greedy.logp.float() <= greedy.entropy.float() + 1e-4).all()
 
 
 def test_sampling_is_seeded_per_trajectory(smollm2: LoadedModel, prompts: list[list[int]]) -> None:

@@ -8,21 +8,17 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from ppmech.architectures import readout
 from ppmech.corpus import special_prefix
 from ppmech.errors import PPMechError
 from ppmech.hooks import FINAL_NORM, capture
-from ppmech.judges import JudgeItem
-from ppmech.models import LoadedModel, load_model
+from ppmech.models.architectures import readout
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import load_model
 from ppmech.recording import Decoding, Recorder
-from ppmech.reference_judge import ReferenceLMJudge
-from ppmech.steering import (
-    SteeringConfig,
-    analytic_direction,
-    autograd_direction,
-    steer,
-    steered_generation,
-)
+from ppmech.steering.algorithm import SteeringConfig, analytic_direction, autograd_direction, steer
+from ppmech.steering.generation import steered_generation
+from ppmech.steering.judges.base import JudgeItem
+from ppmech.steering.judges.reference import ReferenceLMJudge
 
 PROMPT = "The capital of France is"
 

@@ -1,4 +1,4 @@
-"""`ppmech.verify`'s model-facing parts on the real SmolLM2, at a tiny size."""
+"""`ppmech.claims.verify`'s model-facing parts on the real SmolLM2, at a tiny size."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppmech.errors import PPMechError
-from ppmech.measure import MeasureConfig, measure
-from ppmech.models import LoadedModel
-from ppmech.runs import Run, load_run
-from ppmech.verify import (
+from ppmech.claims.verify import (
     QUICK,
     VerifyConfig,
     check_model,
@@ -20,6 +16,10 @@ from ppmech.verify import (
     plan_runs,
     steps_analyses,
 )
+from ppmech.errors import PPMechError
+from ppmech.measure import MeasureConfig, measure
+from ppmech.models.identity import LoadedModel
+from ppmech.runs import Run, load_run
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ppmech import analyses as A
-from ppmech.architectures import Readout
+from ppmech.claims import analyses as A
 from ppmech.errors import PPMechError
+from ppmech.models.architectures import Readout
+from ppmech.statistics import trajectory_bootstrap
 
 
 def _readout(weight: np.ndarray, softcap: float | None = None, scale: float = 1.0) -> Readout:
@@ -49,14 +50,14 @@ def test_non_finite_steps_are_skipped() -> None:
 
 def test_too_few_trajectories_for_a_ci_is_a_user_error() -> None:
     with pytest.raises(PPMechError, match="at least 5 trajectories"):
-        A.trajectory_bootstrap([np.ones(3)] * 4, A.finite_mean)
+        trajectory_bootstrap([np.ones(3)] * 4, A.finite_mean)
 
 
 def test_bootstrap_is_seeded() -> None:
     rng = np.random.default_rng(1)
     parts = [rng.normal(size=20) + 5 for _ in range(10)]
-    a = A.trajectory_bootstrap(parts, A.pooled_cv, n_boot=200, seed=3)
-    b = A.trajectory_bootstrap(parts, A.pooled_cv, n_boot=200, seed=3)
+    a = trajectory_bootstrap(parts, A.pooled_cv, n_boot=200, seed=3)
+    b = trajectory_bootstrap(parts, A.pooled_cv, n_boot=200, seed=3)
     assert (a.low, a.high) == (b.low, b.high)
     assert a.low < a.value < a.high
 

@@ -6,20 +6,18 @@ import json
 
 import pytest
 
-from ppmech.analyses import Estimate
-from ppmech.claims import (
+from ppmech.claims.ledger import (
     CLAIMS,
     DEFINITIONS,
     TABLE1,
-    Rule,
-    apply_rule,
     evaluate,
     inconsistencies,
-    ledger_json,
-    render_markdown,
     table1_consistency,
     table5_sample_size,
 )
+from ppmech.claims.render import ledger_json, render_markdown
+from ppmech.claims.rules import Rule, apply_rule
+from ppmech.statistics import Estimate
 
 
 def est(value: float, low: float, high: float) -> Estimate:
@@ -66,12 +64,34 @@ def test_comparative_rules() -> None:
     assert apply_rule(Rule("point_less_than"), Estimate(0.3), Estimate(0.2))[0] == "not supported"
 
 
-def test_every_rule_describes_itself() -> None:
+def test_every_rule_describes_itself_with_its_own_numbers() -> None:
+    """The ledger's "rule" column must state the thresholds the verdict used."""
     for claim in CLAIMS:
         rule = claim.rule
         if rule.kind == "near" and rule.value is None:
             rule = Rule("near", 1.0, tol=rule.tol)
-        assert rule.describe()
+        text = rule.describe()
+        if rule.kind in ("below", "above", "between"):
+            assert f"{rule.value:g}" in text, (claim.id, text)
+            claimed = {
+                "below": f"CI < {rule.value:g}",
+                "above": f"CI > {rule.value:g}",
+                "between": "inside [",
+            }
+            assert claimed[rule.kind] in text, (claim.id, text)
+        if rule.kind == "between":
+            assert f"{rule.high:g}" in text, (claim.id, text)
+        if rule.kind == "near":
+            assert rule.value is not None and rule.tol is not None
+            lo, hi = sorted((rule.value * (1 - rule.tol), rule.value * (1 + rule.tol)))
+            assert f"[{lo:.4g}, {hi:.4g}]" in text and f"{rule.tol:.0%}" in text, (claim.id, text)
+        if rule.kind in ("less_than", "greater_than"):
+            assert ("below" if rule.kind == "less_than" else "above") in text, (claim.id, text)
+            assert (f"{rule.factor:g} ×" in text) == (rule.factor != 1), (claim.id, text)
+        if rule.kind == "untestable":
+            assert rule.reason and rule.reason in text, (claim.id, text)
+    # The numbers change with the rule: a different threshold gives a different description.
+    assert Rule("below", 0.1).describe() != Rule("below", 0.2).describe()
 
 
 def test_claim_ids_are_unique_and_cover_the_issue() -> None:

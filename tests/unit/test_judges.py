@@ -1,4 +1,4 @@
-"""Unit tests for ppmech.judges: score parsing, the registry and the embedding judge."""
+"""Unit tests for ppmech.steering.judges.base: score parsing, the registry and the embedding judge."""
 
 from __future__ import annotations
 
@@ -7,16 +7,10 @@ import json
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.judges import (
-    RUBRIC,
-    EmbeddingJudge,
-    Judge,
-    JudgeItem,
-    OpenAIJudge,
-    format_item,
-    make_judge,
-    parse_score,
-)
+from ppmech.steering.judges.base import RUBRIC, Judge, JudgeItem, format_item, parse_score
+from ppmech.steering.judges.embedding import EmbeddingJudge
+from ppmech.steering.judges.openai import OpenAIJudge
+from ppmech.steering.judges.registry import make_judge
 
 
 @pytest.mark.parametrize(

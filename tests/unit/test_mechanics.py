@@ -12,9 +12,11 @@ from ppmech.mechanics import (
     energy_terms,
     entropy_from_logprobs,
     lagrangian,
+    log_energy,
     log_kinetic,
     potential,
     speed_squared,
+    step_speed_squared,
 )
 
 
@@ -65,3 +67,15 @@ def test_entropy_uniform_and_point_mass() -> None:
     torch.testing.assert_close(entropy_from_logprobs(uniform), torch.full((2,), math.log(8)))
     point = torch.log_softmax(torch.tensor([[0.0, -1e9, -1e9]]), dim=-1)
     assert entropy_from_logprobs(point).item() == 0.0
+
+
+def test_one_step_kinetic_term_on_tensors() -> None:
+    """The streaming/steering path: ``K = ln(½‖h - h_prev‖²)`` of one step, on float64 tensors."""
+    sq = step_speed_squared(torch.zeros(2), torch.tensor([3.0, 4.0]))
+    assert sq.dtype == torch.float64 and float(sq) == 25.0
+    assert float(log_kinetic(sq)) == math.log(12.5)
+    assert float(log_kinetic(step_speed_squared(torch.ones(2), torch.ones(2)))) == float("-inf")
+    # Tensor and array paths agree, and H = K + V with V = -ln p.
+    k = log_kinetic(torch.tensor([2.0, 8.0], dtype=torch.float64))
+    assert k.tolist() == log_kinetic(np.array([2.0, 8.0])).tolist() == [0.0, math.log(4.0)]
+    assert log_energy(k, potential(torch.tensor([-1.0, -2.0]))).tolist() == [1.0, math.log(4.0) + 2.0]

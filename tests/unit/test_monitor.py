@@ -12,24 +12,20 @@ import pytest
 import torch
 
 from ppmech.errors import PPMechError
-from ppmech.models import ModelIdentity
-from ppmech.monitor import (
+from ppmech.models.identity import ModelIdentity
+from ppmech.monitor.calibration import Calibration, MonitorConfig, fit_calibration, score_trace
+from ppmech.monitor.scoring import (
     SIGNALS,
-    Calibration,
-    MonitorConfig,
     TokenTrace,
     calibrate_signal,
     cusum_path,
     cusum_step,
-    distribution_terms,
     first_alarm,
-    fit_calibration,
-    log_kinetic_from_states,
     mahalanobis,
-    score_trace,
     sequence_features,
     tail_p_value,
 )
+from ppmech.monitor.stream import distribution_terms
 
 IDENTITY = ModelIdentity(
     spec="toy",
@@ -112,11 +108,6 @@ def test_distribution_terms_by_hand() -> None:
     assert terms["neg_lse"].tolist() == pytest.approx([-math.log(4), -math.log(4)], abs=1e-6)
     h2 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     assert terms["entropy"].tolist() == pytest.approx([math.log(4), h2], abs=1e-6)
-
-
-def test_log_kinetic_from_states() -> None:
-    assert log_kinetic_from_states(torch.tensor([3.0, 4.0]), torch.zeros(2)) == pytest.approx(math.log(12.5))
-    assert log_kinetic_from_states(torch.ones(2), torch.ones(2)) == float("-inf")
 
 
 def test_calibrate_signal_by_hand() -> None:

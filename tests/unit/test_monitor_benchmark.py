@@ -1,17 +1,13 @@
-"""Benchmark metrics by hand, and the CLI defaults kept equal to the config dataclasses."""
+"""Benchmark metrics by hand."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 import numpy as np
 import pytest
 
-from ppmech.cli.monitor import BENCHMARK_DEFAULTS, CALIBRATE_DEFAULTS
-from ppmech.errors import PPMechError
-from ppmech.monitor import MonitorConfig
-from ppmech.monitor_benchmark import BenchmarkConfig, auroc, delay_stats, tpr_at_fpr
+from ppmech.monitor.benchmark import auroc, delay_stats, tpr_at_fpr
 
 
 def test_auroc_by_hand() -> None:
@@ -46,16 +42,3 @@ def test_delay_stats_by_hand() -> None:
     assert mean == pytest.approx(1.5)
     det, false, med, _ = delay_stats([np.zeros(3)], 1.0, [1])
     assert det == 0.0 and false == 0.0 and math.isnan(med)
-
-
-def test_cli_defaults_match_the_config_dataclasses() -> None:
-    cal = asdict(MonitorConfig())
-    assert {k: cal[k] for k in CALIBRATE_DEFAULTS} == CALIBRATE_DEFAULTS
-    bench = asdict(BenchmarkConfig())
-    assert {k: bench[k] for k in BENCHMARK_DEFAULTS} == BENCHMARK_DEFAULTS
-
-
-@pytest.mark.parametrize("kwargs", [{"sequences": 5}, {"tokens": 8}, {"splice_at": 62}, {"splice_at": 2}])
-def test_benchmark_config_validation(kwargs: dict[str, int]) -> None:
-    with pytest.raises(PPMechError):
-        BenchmarkConfig(**kwargs)  # type: ignore[arg-type]

@@ -10,18 +10,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ppmech.architectures import Readout
 from ppmech.errors import PPMechError
-from ppmech.steering import (
+from ppmech.models.architectures import Readout
+from ppmech.steering.algorithm import (
     SteeringConfig,
     analytic_direction,
     autograd_direction,
-    baseline_comparison,
-    baseline_table,
     energy_change,
     kl_divergence,
     steer,
 )
+from ppmech.steering.baselines import baseline_comparison, baseline_table
 
 
 def make_readout(seed: int, vocab: int = 40, dim: int = 12, softcap: float | None = None) -> Readout:
@@ -72,12 +71,12 @@ def test_soft_capped_readout_steers_by_autograd() -> None:
 
 @pytest.mark.parametrize("eta", [0.0, 1.0, 1.5, -0.2])
 def test_eta_outside_open_interval_is_refused(eta: float) -> None:
-    with pytest.raises(PPMechError, match="--eta"):
+    with pytest.raises(PPMechError, match="`eta`"):
         SteeringConfig(eta=eta)
 
 
 def test_max_steps_must_be_positive() -> None:
-    with pytest.raises(PPMechError, match="--max-steps"):
+    with pytest.raises(PPMechError, match="`max_steps`"):
         SteeringConfig(max_steps=0)
 
 

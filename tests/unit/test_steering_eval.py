@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.reference_judge import ReferenceLMJudge, default_reference
-from ppmech.steering_eval import SteeringEvalConfig, paired_statistics, table3_frame
+from ppmech.steering.evaluation import SteeringEvalConfig, paired_statistics, table3_frame
+from ppmech.steering.judges.reference import ReferenceLMJudge, default_reference
 
 
 def test_paired_statistics_by_hand() -> None:

@@ -44,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """Field name -> long flag of the command that ``args`` invoked (for :meth:`PPMechError.for_cli`)."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                flags |= command_flags(chosen, args)
+        elif action.option_strings and action.dest != "help":
+            flags[action.dest] = max(action.option_strings, key=len)
+    return flags
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ppmech`` script; returns the exit status."""
     # Quieten libraries' own chatter; ppmech prints what matters.
@@ -54,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PPMechError as exc:
-        print(f"ppmech: error: {exc.one_line()}", file=sys.stderr)
+        print(f"ppmech: error: {exc.for_cli(command_flags(parser, args))}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         # A path the user gave cannot be read or written (a file where a directory

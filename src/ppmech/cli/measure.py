@@ -3,32 +3,38 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ppmech.cli.config import config_from_args
 from ppmech.errors import PPMechError
 from ppmech.tables import compare_frame, fmt, markdown_table, text_table
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--weights``, ``--dtype``, ``--seed``: shared by every command that loads a model."""
+    """``--model``, ``--weights``, ``--dtype``, ``--seed``: shared by every command that loads a model.
+
+    Like every flag that sets a config field, they default to ``SUPPRESS``: an omitted flag is
+    absent from the namespace and the config dataclass supplies its default (written once, there;
+    importing the dataclasses here would make ``ppmech --help`` import torch).
+    """
     parser.add_argument(
         "--model",
-        default="smollm2-135m",
+        default=argparse.SUPPRESS,
         help="embedded name (see `ppmech models`), .gguf path, local directory or hub id",
     )
-    parser.add_argument("--weights", choices=["pretrained", "random"], default="pretrained")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--seed", type=int, default=0, help="prompt choice, random init, sampling")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--weights", choices=["pretrained", "random"], default=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=argparse.SUPPRESS)
+    parser.add_argument(
+        "--seed", type=int, default=argparse.SUPPRESS, help="prompt choice, random init, sampling"
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", default=argparse.SUPPRESS)
 
 
 def _measure_config(args: argparse.Namespace) -> Any:
     from ppmech.measure import MeasureConfig
 
-    names = {f.name for f in fields(MeasureConfig)}
-    return MeasureConfig(**{k: v for k, v in vars(args).items() if k in names})
+    return config_from_args(MeasureConfig, args)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -50,7 +56,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ppmech.models import EMBEDDED_MODELS
+    from ppmech.models.loading import EMBEDDED_MODELS
 
     rows = []
     for model in EMBEDDED_MODELS.values():
@@ -87,19 +93,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("measure", help="record trajectories and measure the energy statistics")
     add_model_args(p)
-    p.add_argument("--corpus", default="wiki-en", help="wiki-en, wiki-es, wiki-fr, or a path")
-    p.add_argument("--text-field", default="text", help="text field of JSONL/datasets")
-    p.add_argument("--prompts", type=int, default=100)
-    p.add_argument("--context-tokens", type=int, default=50)
-    p.add_argument("--new-tokens", type=int, default=100)
-    p.add_argument("--decoding", choices=["greedy", "sample", "teacher"], default="greedy")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--stop-at-eos", action="store_true")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--save-hidden", action="store_true", help="also store h_t (hidden/*.npy)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for CIs")
+    p.add_argument("--corpus", default=argparse.SUPPRESS, help="wiki-en, wiki-es, wiki-fr, or a path")
+    p.add_argument("--text-field", default=argparse.SUPPRESS, help="text field of JSONL/datasets")
+    p.add_argument("--prompts", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--context-tokens", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--new-tokens", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--decoding", choices=["greedy", "sample", "teacher"], default=argparse.SUPPRESS)
+    p.add_argument("--temperature", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--top-k", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--top-p", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--stop-at-eos", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS)
+    p.add_argument(
+        "--save-hidden", action="store_true", default=argparse.SUPPRESS, help="also store h_t (hidden/*.npy)"
+    )
+    p.add_argument("--n-boot", type=int, default=argparse.SUPPRESS, help="bootstrap replicates for CIs")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<weights>-<decoding>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ppmech.cli.config import config_from_args
 from ppmech.errors import PPMechError
+from ppmech.provenance import json_safe
 from ppmech.tables import markdown_table, text_table
 
 
@@ -54,7 +54,7 @@ def _read_texts(source: str, text_field: str, whole: bool) -> list[tuple[str, st
 
 
 def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
-    from ppmech.models import load_model
+    from ppmech.models.loading import load_model
 
     ident = cal.model
     spec = args.model or ident["spec"]
@@ -67,14 +67,14 @@ def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ppmech.models import load_configured
-    from ppmech.monitor import EnergyMonitor, MonitorConfig
+    from ppmech.models.loading import load_configured
+    from ppmech.monitor.calibration import MonitorConfig
+    from ppmech.monitor.stream import EnergyMonitor
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise PPMechError(f"{out} already exists", "pass --overwrite to replace it, or choose another --out")
-    names = {f.name for f in fields(MonitorConfig)}
-    config = MonitorConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(MonitorConfig, args)
     lm = load_configured(config)
     monitor = EnergyMonitor.calibrate(lm, config, progress=not args.no_progress)
     monitor.save(out)
@@ -99,7 +99,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ppmech.monitor import Calibration, EnergyMonitor
+    from ppmech.monitor.calibration import Calibration
+    from ppmech.monitor.stream import EnergyMonitor
 
     cal = Calibration.load(args.calibration)
     texts = _read_texts(args.input, args.text_field, args.whole)
@@ -109,9 +110,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     scores = monitor.score_many([t for _, t in texts], batch_size=args.batch_size)
     if args.json:
         for (name, _), sc in zip(texts, scores, strict=True):
-            record: dict[str, Any] = {"source": name, **_clean(sc.sequence.to_dict())}
+            record: dict[str, Any] = {"source": name, **json_safe(sc.sequence.to_dict())}
             if args.tokens:
-                record["tokens"] = [_clean(r) for r in sc.tokens.to_dict(orient="records")]
+                record["tokens"] = [json_safe(r) for r in sc.tokens.to_dict(orient="records")]
             print(json.dumps(record, ensure_ascii=False))
         return 0
     if args.tokens:
@@ -141,18 +142,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         )
     print(text_table(pd.DataFrame(rows), title=f"\nEnergy monitor ({lm.identity.spec}, alpha={cal.alpha})"))
     return 0
-
-
-def _clean(record: dict[str, Any]) -> dict[str, Any]:
-    """JSON-safe values: NaN/inf as null, numpy scalars as Python ones."""
-    out: dict[str, Any] = {}
-    for k, v in record.items():
-        if hasattr(v, "item"):
-            v = v.item()
-        if isinstance(v, float) and not math.isfinite(v):
-            v = None
-        out[k] = v
-    return out
 
 
 def _escape_pipes(frame: Any) -> Any:
@@ -185,11 +174,10 @@ def benchmark_report(result: Any) -> str:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from ppmech.monitor_benchmark import BenchmarkConfig, run_benchmark
+    from ppmech.monitor.benchmark import BenchmarkConfig, run_benchmark
     from ppmech.runs import write_json
 
-    names = {f.name for f in fields(BenchmarkConfig)}
-    config = BenchmarkConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(BenchmarkConfig, args)
     result = run_benchmark(config, progress=not args.no_progress)
     print(text_table(result.table(), title=f"\nEnergy monitor benchmark: {config.model} (AUROC / TPR@5%FPR)"))
     print(text_table(result.delays, title="\nSpliced set: per-token CUSUM alarms"))
@@ -199,45 +187,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(benchmark_report(result))
         print(f"wrote {args.markdown}")
     if args.json:
-        write_json(Path(args.json), _json_safe(result.to_dict()))
+        write_json(Path(args.json), json_safe(result.to_dict()))
         print(f"wrote {args.json}")
     return 0
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "item"):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-# Defaults of MonitorConfig / BenchmarkConfig, repeated here so that `ppmech --help`
-# does not import torch; tests/unit/test_monitor_cli_defaults.py keeps them equal.
-CALIBRATE_DEFAULTS: dict[str, Any] = {
-    "corpus": "wiki-en",
-    "split": "heldout",
-    "sequences": 200,
-    "tokens": 64,
-    "alpha": 0.05,
-    "cusum_k": 0.5,
-    "z_clip": 5.0,
-    "batch_size": 16,
-}
-BENCHMARK_DEFAULTS: dict[str, Any] = {
-    "model": "smollm2-135m",
-    "dtype": "float32",
-    "seed": 0,
-    "sequences": 100,
-    "calibration_sequences": 150,
-    "tokens": 64,
-    "splice_at": 32,
-    "batch_size": 16,
-}
 
 
 def register(sub: Any) -> None:
@@ -246,17 +198,19 @@ def register(sub: Any) -> None:
     group = sub.add_parser("monitor", help="energy monitor: calibrate, score text, benchmark")
     msub = group.add_subparsers(dest="monitor_command", required=True, parser_class=type(group))
 
-    d = CALIBRATE_DEFAULTS
+    # Config fields default to SUPPRESS (see add_model_args): MonitorConfig and BenchmarkConfig
+    # supply the defaults.
+    d = argparse.SUPPRESS
     p = msub.add_parser("calibrate", help="learn a model's normal energy distribution")
     add_model_args(p)
-    p.add_argument("--corpus", default=d["corpus"], help="normal text: wiki-en (default), wiki-es, a path")
-    p.add_argument("--split", choices=["heldout", "prompts", "all"], default=d["split"])
-    p.add_argument("--sequences", type=int, default=d["sequences"], help="calibration texts")
-    p.add_argument("--tokens", type=int, default=d["tokens"], help="tokens per calibration text")
-    p.add_argument("--alpha", type=float, default=d["alpha"], help="false-alarm rate of the thresholds")
-    p.add_argument("--cusum-k", type=float, default=d["cusum_k"], help="CUSUM slack (std units)")
-    p.add_argument("--z-clip", type=float, default=d["z_clip"], help="clip |z| before the CUSUM")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--corpus", default=d, help="normal text: wiki-en (default), wiki-es, a path")
+    p.add_argument("--split", choices=["heldout", "prompts", "all"], default=d)
+    p.add_argument("--sequences", type=int, default=d, help="calibration texts")
+    p.add_argument("--tokens", type=int, default=d, help="tokens per calibration text")
+    p.add_argument("--alpha", type=float, default=d, help="false-alarm rate of the thresholds")
+    p.add_argument("--cusum-k", type=float, default=d, help="CUSUM slack (std units)")
+    p.add_argument("--z-clip", type=float, default=d, help="clip |z| before the CUSUM")
+    p.add_argument("--batch-size", type=int, default=d)
     p.add_argument("--out", required=True, help="calibration JSON file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true")
@@ -277,17 +231,16 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_score)
 
-    b = BENCHMARK_DEFAULTS
     p = msub.add_parser("benchmark", help="AUROC of the monitor and baselines on shifted text")
-    p.add_argument("--model", default=b["model"])
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=b["dtype"])
-    p.add_argument("--seed", type=int, default=b["seed"])
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--sequences", type=int, default=b["sequences"], help="texts per set")
-    p.add_argument("--calibration-sequences", type=int, default=b["calibration_sequences"])
-    p.add_argument("--tokens", type=int, default=b["tokens"], help="tokens per text")
-    p.add_argument("--splice-at", type=int, default=b["splice_at"])
-    p.add_argument("--batch-size", type=int, default=b["batch_size"])
+    p.add_argument("--model", default=d)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=d)
+    p.add_argument("--seed", type=int, default=d)
+    p.add_argument("--trust-remote-code", action="store_true", default=d)
+    p.add_argument("--sequences", type=int, default=d, help="texts per set")
+    p.add_argument("--calibration-sequences", type=int, default=d)
+    p.add_argument("--tokens", type=int, default=d, help="tokens per text")
+    p.add_argument("--splice-at", type=int, default=d)
+    p.add_argument("--batch-size", type=int, default=d)
     p.add_argument("--markdown", default=None, help="also write the tables as markdown")
     p.add_argument("--json", default=None, help="also write all numbers as JSON")
     p.add_argument("--no-progress", action="store_true")

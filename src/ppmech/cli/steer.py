@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ppmech.cli.config import config_from_args
 from ppmech.cli.measure import add_model_args
 from ppmech.tables import markdown_table, text_table
 
@@ -41,10 +41,9 @@ def _one_line(text: str) -> str:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from ppmech.steering import SteerConfig, run_steer
+    from ppmech.steering.run import SteerConfig, run_steer
 
-    names = {f.name for f in fields(SteerConfig)}
-    config = SteerConfig(**{k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(SteerConfig, args)
     out = Path(args.out or f"runs/steer-{Path(config.model).name}")
     result = run_steer(config, out, overwrite=args.overwrite)
     where = "final norm (paper)" if config.layer is None else f"residual after block {config.layer}"
@@ -58,16 +57,13 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def _eval_config(args: argparse.Namespace) -> Any:
-    from ppmech.steering_eval import SteeringEvalConfig
+    from ppmech.steering.evaluation import SteeringEvalConfig
 
-    names = {f.name for f in fields(SteeringEvalConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values["baselines"] = not args.no_baselines
-    return SteeringEvalConfig(**values)
+    return config_from_args(SteeringEvalConfig, args, baselines=not args.no_baselines)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ppmech.steering_eval import evaluate_steering
+    from ppmech.steering.evaluation import evaluate_steering
 
     config = _eval_config(args)
     out = Path(args.out or f"runs/steering-eval-{Path(config.model).name}-{config.judge}")
@@ -107,53 +103,63 @@ def register(sub: Any) -> None:
         "--target-text",
         help="steer toward this text, token by token "
         "(a space is prepended when both sides are word characters)",
+        default=argparse.SUPPRESS,
     )
     target.add_argument(
         "--target-ids",
         type=_schedule,
         help="token schedule: comma-separated target id per step, '-' or -1 leaves a step alone",
+        default=argparse.SUPPRESS,
     )
-    p.add_argument("--new-tokens", type=int, default=None, help="steps to generate (default: targets + 5)")
-    p.add_argument("--eta", type=float, default=0.5, help="target probability threshold η in (0, 1)")
-    p.add_argument("--max-steps", type=int, default=20, help="K, gradient steps per token")
+    p.add_argument(
+        "--new-tokens", type=int, default=argparse.SUPPRESS, help="steps to generate (default: targets + 5)"
+    )
+    p.add_argument(
+        "--eta", type=float, default=argparse.SUPPRESS, help="target probability threshold η in (0, 1)"
+    )
+    p.add_argument("--max-steps", type=int, default=argparse.SUPPRESS, help="K, gradient steps per token")
     p.add_argument(
         "--layer",
         type=_layer,
-        default=None,
+        default=argparse.SUPPRESS,
         help="'final' (default, the paper: h_t after the final norm) or a block index L: steer the "
         "residual after block L, which enters the KV cache (beyond the paper)",
     )
-    p.add_argument("--decoding", choices=["greedy", "sample"], default="greedy")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--decoding", choices=["greedy", "sample"], default=argparse.SUPPRESS)
+    p.add_argument("--temperature", type=float, default=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="output directory (default runs/steer-<model>)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("evaluate-steering", help="the paper's Table 3: judge natural vs steered top-10 lists")
     add_model_args(p)
-    p.add_argument("--corpus", default="wiki-en")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--prompts", type=int, default=50)
-    p.add_argument("--context-tokens", type=int, default=50)
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--eta", type=float, default=0.5)
-    p.add_argument("--max-steps", type=int, default=20)
+    p.add_argument("--corpus", default=argparse.SUPPRESS)
+    p.add_argument("--text-field", default=argparse.SUPPRESS)
+    p.add_argument("--prompts", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--context-tokens", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--top-k", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--eta", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--max-steps", type=int, default=argparse.SUPPRESS)
     p.add_argument(
         "--targets",
         choices=["ground-truth", "sampled"],
-        default="ground-truth",
+        default=argparse.SUPPRESS,
         help="steer toward the article's next token (paper) or a token sampled from the model",
     )
-    p.add_argument("--judge", choices=["reference-lm", "embedding", "openai"], default="reference-lm")
+    p.add_argument("--judge", choices=["reference-lm", "embedding", "openai"], default=argparse.SUPPRESS)
     p.add_argument(
         "--judge-model",
-        default=None,
+        default=argparse.SUPPRESS,
         help="reference-lm: the reference model (default: the other embedded model); openai: the model name",
     )
-    p.add_argument("--judge-url", default=None, help="openai: base URL, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="openai: env variable holding the key")
-    p.add_argument("--judge-cache", default=None, help="openai: directory caching the replies")
-    p.add_argument("--judge-retries", type=int, default=5, help="openai: retries on 429/5xx/unreachable")
+    p.add_argument(
+        "--judge-url", default=argparse.SUPPRESS, help="openai: base URL, e.g. http://127.0.0.1:8000/v1"
+    )
+    p.add_argument("--judge-key-env", default=argparse.SUPPRESS, help="openai: env variable holding the key")
+    p.add_argument("--judge-cache", default=argparse.SUPPRESS, help="openai: directory caching the replies")
+    p.add_argument(
+        "--judge-retries", type=int, default=argparse.SUPPRESS, help="openai: retries on 429/5xx/unreachable"
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines table")
     p.add_argument("--markdown", default=None, help="also write the tables as markdown")
     p.add_argument("--out", default=None, help="output directory")

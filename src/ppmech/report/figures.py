@@ -430,7 +430,7 @@ def scaling_frame(runs: Mapping[str, Run]) -> pd.DataFrame:
 
 def scaling_correlations(runs: Mapping[str, Run], metric: str = "global_cv") -> dict[str, str]:
     """Table 5's Pearson r of ``metric`` with parameter count per family and weights, or why there is none."""
-    from ppmech.verify import scaling_from_runs
+    from ppmech.claims.verify import scaling_from_runs
 
     frame = scaling_frame(runs)
     out: dict[str, str] = {}

@@ -27,13 +27,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from ppmech.errors import PPMechError
+from ppmech.models.identity import LoadedModel, ModelIdentity
 
 Weights = Literal["pretrained", "random"]
 DTYPES: dict[str, torch.dtype] = {
@@ -121,69 +122,6 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         locate=_gemma3_gguf,
     ),
 }
-
-
-# --------------------------------------------------------------------------- identity
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What a run, a calibration or a steering result was made with.
-
-    Attributes:
-        spec: the model as the user named it.
-        source: resolved file, directory or hub id.
-        source_hash: SHA-256 of the GGUF file; for a local directory, of its
-            config and weight files; for a hub id, of the id and the loaded revision.
-        weights: ``pretrained`` or ``random``.
-        seed: the init seed for random weights, else ``None``.
-        model_type: ``config.model_type``.
-        num_parameters: parameter count.
-        num_layers, hidden_size, vocab_size: shape of the network.
-        max_context: positions the model supports.
-        tokenizer_hash: SHA-256 of the tokenizer's vocabulary.
-        dtype: compute dtype of the weights.
-    """
-
-    spec: str
-    source: str
-    source_hash: str
-    weights: str
-    seed: int | None
-    model_type: str
-    num_parameters: int
-    num_layers: int
-    hidden_size: int
-    vocab_size: int
-    max_context: int
-    tokenizer_hash: str
-    dtype: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def key(self) -> str:
-        """A short string that differs whenever the network's weights differ."""
-        seed = "" if self.seed is None else f"-seed{self.seed}"
-        return f"{self.source_hash[:16]}-{self.weights}{seed}-{self.dtype}"
-
-
-@dataclass
-class LoadedModel:
-    """A causal LM ready for recording, with its tokenizer and identity."""
-
-    model: Any  # transformers.PreTrainedModel, in eval mode
-    tokenizer: Any  # transformers.PreTrainedTokenizerBase
-    identity: ModelIdentity
-
-    @property
-    def max_context(self) -> int:
-        return self.identity.max_context
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
 
 # --------------------------------------------------------------------------- loading
@@ -423,7 +361,7 @@ def load_model(
     model.to(device)
     model.eval()
     model.requires_grad_(False)
-    from ppmech.architectures import arch_spec
+    from ppmech.models.architectures import arch_spec
 
     arch_spec(model)  # fail now, loudly, on an architecture we cannot read out
     config = model.config

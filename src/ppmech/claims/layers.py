@@ -8,7 +8,7 @@ realised token. The last layer reproduces the recorded ``h_t`` (checked by
 ``tests/integration/test_verify.py``).
 
 This is the only part of the analyses that runs the model; the statistics over
-its output are :func:`ppmech.analyses.layer_energy_table`.
+its output are :func:`ppmech.claims.analyses.layer_energy_table`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ppmech.architectures import decoder_layers, final_norm, readout
 from ppmech.hooks import capture, resid_post
 from ppmech.mechanics import speed_squared
-from ppmech.models import LoadedModel
+from ppmech.models.architectures import decoder_layers, final_norm, readout
+from ppmech.models.identity import LoadedModel
 from ppmech.recording import left_pad
 
 

@@ -2,7 +2,7 @@
 
 Nothing here loads a model or reads a file: inputs are per-step arrays (from a
 run's ``steps.parquet``), hidden states ``h_t`` (from ``Run.hidden()``) and a
-:class:`~ppmech.architectures.Readout`. Statistics are float64; log-softmax goes
+:class:`~ppmech.models.architectures.Readout`. Statistics are float64; log-softmax goes
 through the readout in float32.
 
 Conventions follow :mod:`ppmech.mechanics`: for one trajectory, ``h_t`` is the
@@ -11,7 +11,8 @@ post-final-norm state that produced token ``x_t``; ``v_t = h_t - h_{t-1}``;
 
 Confidence intervals are percentile bootstraps that resample *trajectories*
 (the independent unit), seeded; at least :data:`MIN_TRAJECTORIES_FOR_CI`
-trajectories are required, otherwise :class:`~ppmech.errors.PPMechError`.
+trajectories are required, otherwise :class:`~ppmech.errors.PPMechError`
+(:func:`ppmech.statistics.trajectory_bootstrap`).
 
 What each analysis tests:
 
@@ -32,111 +33,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from numpy.typing import NDArray
 
-from ppmech.architectures import Readout
 from ppmech.errors import PPMechError
-from ppmech.statistics import energy_statistics
+from ppmech.mechanics import kinetic, log_energy, log_kinetic, potential
+from ppmech.models.architectures import Readout
+from ppmech.statistics import (
+    MIN_TRAJECTORIES_FOR_CI,
+    Estimate,
+    energy_statistics,
+    trajectory_bootstrap,
+)
 
 F64 = NDArray[np.float64]
 
-MIN_TRAJECTORIES_FOR_CI = 5
-"""Fewer independent trajectories than this give no meaningful bootstrap CI."""
-
 ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 """§C.5's interpolation grid α ∈ {0, 0.1, …, 1}."""
-
-
-# --------------------------------------------------------------------------- estimates
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A measured figure with its 95% bootstrap CI.
-
-    Attributes:
-        value: the point estimate on all data.
-        low, high: percentile bootstrap CI (``NaN`` when not computed).
-        n: number of independent units (trajectories) behind it.
-        note: how it was computed, in words.
-    """
-
-    value: float
-    low: float = float("nan")
-    high: float = float("nan")
-    n: int = 0
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Estimate:
-        def f(x: Any) -> float:
-            return float("nan") if x is None else float(x)
-
-        return cls(
-            value=f(d.get("value")),
-            low=f(d.get("low")),
-            high=f(d.get("high")),
-            n=int(d.get("n", 0)),
-            note=str(d.get("note", "")),
-        )
-
-    @property
-    def has_ci(self) -> bool:
-        return math.isfinite(self.low) and math.isfinite(self.high)
-
-
-def require_trajectories(n: int, what: str) -> None:
-    """Refuse a CI over fewer than :data:`MIN_TRAJECTORIES_FOR_CI` trajectories."""
-    if n < MIN_TRAJECTORIES_FOR_CI:
-        raise PPMechError(
-            f"{what} needs at least {MIN_TRAJECTORIES_FOR_CI} trajectories for a confidence "
-            f"interval (got {n})",
-            f"record at least {MIN_TRAJECTORIES_FOR_CI} prompts (e.g. `ppmech measure --prompts 100`)",
-        )
-
-
-def trajectory_bootstrap(
-    parts: Sequence[np.ndarray],
-    statistic: Callable[[np.ndarray], float],
-    n_boot: int = 1000,
-    seed: int = 0,
-    note: str = "",
-    what: str = "this statistic",
-) -> Estimate:
-    """Point estimate and percentile 95% CI of ``statistic`` over concatenated parts.
-
-    Args:
-        parts: one array per trajectory (rows are steps; any trailing shape).
-        statistic: maps the concatenation of (resampled) parts to a float.
-        n_boot: bootstrap replicates; trajectories are resampled with replacement.
-        seed: RNG seed.
-
-    Raises:
-        PPMechError: fewer than :data:`MIN_TRAJECTORIES_FOR_CI` parts.
-    """
-    require_trajectories(len(parts), what)
-    value = float(statistic(np.concatenate(list(parts), axis=0)))
-    rng = np.random.default_rng(seed)
-    reps = np.empty(n_boot, dtype=np.float64)
-    for b in range(n_boot):
-        pick = rng.integers(0, len(parts), size=len(parts))
-        reps[b] = statistic(np.concatenate([parts[i] for i in pick], axis=0))
-    reps = reps[np.isfinite(reps)]
-    if reps.size < max(10, n_boot // 2):
-        return Estimate(value, n=len(parts), note=note)
-    low, high = np.percentile(reps, [2.5, 97.5])
-    return Estimate(value, float(low), float(high), len(parts), note)
 
 
 def split_by_trajectory(steps: pd.DataFrame, columns: Sequence[str]) -> list[np.ndarray]:
@@ -188,12 +105,11 @@ def energy_forms(speed_sq: F64, logp: F64) -> dict[str, F64]:
         and ``E = 0``; callers drop non-finite ``H`` steps from all three.
     """
     s = np.asarray(speed_sq, dtype=np.float64)
-    lp = np.asarray(logp, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        h = np.log(0.5 * s) - lp
+    v = potential(np.asarray(logp, dtype=np.float64))
+    h = log_energy(log_kinetic(s), v)
     with np.errstate(over="ignore"):
-        e = 0.5 * s * np.exp(-lp)
-    return {"log": h, "product": e, "classical": 0.5 * s - lp}
+        e = kinetic(s) * np.exp(v)
+    return {"log": h, "product": e, "classical": kinetic(s) + v}
 
 
 def energy_form_cvs(parts: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0) -> dict[str, Estimate]:
@@ -720,8 +636,7 @@ def layer_energy_table(
     traj = np.repeat(np.arange(n), t)
     rows = []
     for layer in range(n_layers):
-        with np.errstate(divide="ignore"):
-            k = np.log(0.5 * ss[layer]).ravel()
+        k = log_kinetic(ss[layer]).ravel()
         stats = energy_statistics(traj, k, -lp[layer].ravel(), n_boot=n_boot, seed=seed)
         rows.append(
             {

@@ -29,7 +29,7 @@ after the context. For an item with context ``x`` and listed strings
 Scores are comparable only between runs with the same reference model and the
 same ``lo``/``hi`` (recorded by :meth:`ReferenceLMJudge.describe`). The measure
 rewards lists of likely next strings (grammar and topic both count), unlike the
-topical :class:`~ppmech.judges.EmbeddingJudge`. An item with no rateable
+topical :class:`~ppmech.steering.judges.embedding.EmbeddingJudge`. An item with no rateable
 string is recorded as missing (``score=None``).
 """
 
@@ -42,8 +42,9 @@ import torch
 
 from ppmech.corpus import special_prefix
 from ppmech.errors import PPMechError
-from ppmech.judges import SCORE_MAX, SCORE_MIN, JudgeItem, JudgeScore
-from ppmech.models import LoadedModel, forward_step, load_model
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import forward_step, load_model
+from ppmech.steering.judges.base import SCORE_MAX, SCORE_MIN, JudgeItem, JudgeScore
 
 __all__ = ["ReferenceLMJudge", "default_reference"]
 

@@ -8,14 +8,14 @@ Protocol (:func:`evaluate_steering`), defaults as in the paper:
    (``Prompt.continuation_ids[0]``).
 2. One batched forward gives ``h_t``, the post-final-norm state at the last
    prompt position (and ``h_{t-1}`` for ΔH).
-3. Algorithm 1 (:func:`ppmech.steering.steer`) moves ``h_t`` toward the target
+3. Algorithm 1 (:func:`ppmech.steering.algorithm.steer`) moves ``h_t`` toward the target
    (η = 0.5, K = 20).
 4. The natural top-10 (from ``h_t``) and the steered top-10 (from ``ĥ_t``) lists
    are rated 1-10 by a judge (default: the offline ``reference-lm`` judge).
 5. Table-3 statistics over the pairs where both scores exist
    (:func:`paired_statistics`), plus the share of items whose ground-truth token
    is in the natural / steered top-10, and the baselines table
-   (:func:`ppmech.steering.baseline_comparison`) on the same states.
+   (:func:`ppmech.steering.baselines.baseline_comparison`) on the same states.
 
 Everything is written to ``out``: ``items.csv`` (one row per prompt with both
 lists, both scores and the steering numbers), ``baselines.csv`` (per state and
@@ -41,7 +41,9 @@ from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from ppmech.errors import PPMechError
-from ppmech.judges import Judge, JudgeItem, JudgeScore, make_judge
+from ppmech.provenance import json_safe
+from ppmech.steering.judges.base import Judge, JudgeItem, JudgeScore
+from ppmech.steering.judges.registry import make_judge
 
 __all__ = [
     "SteeringEvalConfig",
@@ -98,15 +100,15 @@ class SteeringEvalConfig:
     baselines: bool = True
 
     def __post_init__(self) -> None:
-        from ppmech.steering import SteeringConfig
+        from ppmech.steering.algorithm import SteeringConfig
 
         SteeringConfig(eta=self.eta, max_steps=self.max_steps)  # validates η and K
         if self.targets not in TARGET_SOURCES:
             raise PPMechError(
-                f"unknown --targets {self.targets!r}", f"use one of {', '.join(TARGET_SOURCES)}"
+                f"unknown `targets` {self.targets!r}", f"use one of {', '.join(TARGET_SOURCES)}"
             )
         if self.top_k < 1:
-            raise PPMechError(f"--top-k must be >= 1 (got {self.top_k})", "use e.g. 10")
+            raise PPMechError(f"`top_k` must be >= 1 (got {self.top_k})", "use e.g. 10")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,7 +233,7 @@ def table3_frame(model: str, statistics: dict[str, Any]) -> pd.DataFrame:
 def build_judge(config: SteeringEvalConfig, reference_lm: Any = None) -> Judge:
     """The judge named by ``config.judge`` with its options."""
     if config.judge == "reference-lm":
-        from ppmech.reference_judge import default_reference
+        from ppmech.steering.judges.reference import default_reference
 
         options: dict[str, Any] = {"model": config.judge_model or default_reference(config.model)}
         if reference_lm is not None:
@@ -242,10 +244,10 @@ def build_judge(config: SteeringEvalConfig, reference_lm: Any = None) -> Judge:
     if config.judge == "openai":
         if not config.judge_url:
             raise PPMechError(
-                "--judge openai needs --judge-url", "pass e.g. --judge-url http://127.0.0.1:8000/v1"
+                "`judge` openai needs `judge_url`", "pass e.g. `judge_url` http://127.0.0.1:8000/v1"
             )
         if not config.judge_model:
-            raise PPMechError("--judge openai needs --judge-model", "pass the endpoint's model name")
+            raise PPMechError("`judge` openai needs `judge_model`", "pass the endpoint's model name")
         return make_judge(
             "openai",
             base_url=config.judge_url,
@@ -278,18 +280,6 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _finite(obj.item())
-    return obj
-
-
 def evaluate_steering(
     config: SteeringEvalConfig,
     out: str | Path | None = None,
@@ -308,13 +298,14 @@ def evaluate_steering(
         lm: an already loaded steered model (else loaded from ``config``).
         judge: a judge to use instead of the one ``config`` names.
     """
-    from ppmech.architectures import readout
     from ppmech.corpus import load_documents, select_prompts
     from ppmech.hooks import FINAL_NORM, capture
-    from ppmech.measure import versions
-    from ppmech.models import load_configured
+    from ppmech.models.architectures import readout
+    from ppmech.models.loading import load_configured
+    from ppmech.provenance import versions
     from ppmech.recording import left_pad
-    from ppmech.steering import SteeringConfig, baseline_comparison, baseline_table, steer
+    from ppmech.steering.algorithm import SteeringConfig, steer
+    from ppmech.steering.baselines import baseline_comparison, baseline_table
 
     started = time.time()
     steering_config = SteeringConfig(eta=config.eta, max_steps=config.max_steps)
@@ -437,7 +428,7 @@ def evaluate_steering(
         _write_csv(out_path / "items.csv", items)
         if len(long):
             _write_csv(out_path / "baselines.csv", long)
-        write_json(out_path / "summary.json", _finite(summary))
+        write_json(out_path / "summary.json", json_safe(summary))
     return SteeringEvalResult(
         path=out_path, items=items, statistics=statistics, table=table, baselines=baselines, summary=summary
     )

@@ -29,12 +29,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ppmech import analyses as A
-from ppmech.claims import evaluate, ledger_json, render_markdown, verdict_counts
+from ppmech.claims import analyses as A
+from ppmech.claims.ledger import evaluate
+from ppmech.claims.render import ledger_json, render_markdown, verdict_counts
 from ppmech.errors import PPMechError
-from ppmech.measure import MeasureConfig, measure, versions
-from ppmech.models import EMBEDDED_MODELS, LoadedModel, load_model
+from ppmech.measure import MeasureConfig, measure
+from ppmech.models.identity import LoadedModel
+from ppmech.models.loading import EMBEDDED_MODELS, load_model
+from ppmech.provenance import versions
 from ppmech.runs import Run, load_run, write_json
+from ppmech.statistics import Estimate, require_trajectories, trajectory_bootstrap
 from ppmech.tables import markdown_table
 
 ANALYSIS_VERSION = 1
@@ -127,7 +131,7 @@ class VerifyConfig:
     def __post_init__(self) -> None:
         if self.n_boot < MIN_BOOT_FOR_VERDICTS:
             raise PPMechError(
-                f"--n-boot must be at least {MIN_BOOT_FOR_VERDICTS} for the ledger (got {self.n_boot}): "
+                f"`n_boot` must be at least {MIN_BOOT_FOR_VERDICTS} for the ledger (got {self.n_boot}): "
                 "every verdict reads a 95% CI, whose 2.5% tails need one replicate each",
                 "use the default 1000",
             )
@@ -135,7 +139,7 @@ class VerifyConfig:
         if unknown or not self.models:
             raise PPMechError(
                 f"ppmech verify checks the embedded models only (got {', '.join(unknown) or 'none'})",
-                f"use --models with {' and/or '.join(EMBEDDED)}",
+                f"use `models` with {' and/or '.join(EMBEDDED)}",
             )
 
     @property
@@ -223,7 +227,7 @@ def ensure_run(plan: RunPlan, root: Path, progress: bool = True) -> Run:
             raise PPMechError(
                 f"{path} holds a run of {run.config.get('model')} ({run.config.get('weights')}) made with "
                 f"different settings ({', '.join(diff)})",
-                "delete that directory or pass another --out",
+                "delete that directory or pass another `out`",
             )
         return run
     resume = (path / "parts" / "config.json").is_file()
@@ -259,12 +263,12 @@ def model_for_run(run: Run) -> LoadedModel:
 # --------------------------------------------------------------------------- analyses
 
 
-def steps_analyses(run: Run, n_boot: int, seed: int) -> dict[str, A.Estimate]:
+def steps_analyses(run: Run, n_boot: int, seed: int) -> dict[str, Estimate]:
     """Everything that needs only ``steps.parquet``."""
     steps = run.steps
     n = steps["trajectory"].nunique()
-    A.require_trajectories(n, f"run {run.path}")
-    out: dict[str, A.Estimate] = {}
+    require_trajectories(n, f"run {run.path}")
+    out: dict[str, Estimate] = {}
     h_parts = [p[:, 0] for p in A.split_by_trajectory(steps, ["H"])]
     cvs = A.trajectory_cvs(h_parts, n_boot, seed)
     out["global_cv"] = cvs["global"]
@@ -273,10 +277,10 @@ def steps_analyses(run: Run, n_boot: int, seed: int) -> dict[str, A.Estimate]:
     out["mean_H"] = cvs["mean_H"]
     kv_parts = A.split_by_trajectory(steps, ["K", "V"])
     kv_valid = [p[np.isfinite(p).all(1)] for p in kv_parts]
-    out["mean_K"] = A.trajectory_bootstrap(
+    out["mean_K"] = trajectory_bootstrap(
         kv_valid, lambda a: float(a[:, 0].mean()), n_boot, seed, "mean K over valid steps"
     )
-    out["mean_V"] = A.trajectory_bootstrap(
+    out["mean_V"] = trajectory_bootstrap(
         kv_valid, lambda a: float(a[:, 1].mean()), n_boot, seed, "mean V over valid steps"
     )
     for k, v in A.kv_ratios(kv_parts, n_boot, seed).items():
@@ -296,9 +300,9 @@ def steps_analyses(run: Run, n_boot: int, seed: int) -> dict[str, A.Estimate]:
     return out
 
 
-def hidden_analyses(run: Run, lm: LoadedModel, sizes: Sizes, n_boot: int, seed: int) -> dict[str, A.Estimate]:
+def hidden_analyses(run: Run, lm: LoadedModel, sizes: Sizes, n_boot: int, seed: int) -> dict[str, Estimate]:
     """§C.5 interpolation and the Euler–Lagrange residual, on saved hidden states."""
-    from ppmech.architectures import readout
+    from ppmech.models.architectures import readout
 
     check_model(run, lm)
     read = readout(lm.model)
@@ -307,17 +311,17 @@ def hidden_analyses(run: Run, lm: LoadedModel, sizes: Sizes, n_boot: int, seed: 
     n, t = hidden.shape[0], hidden.shape[1]
     tokens = np.full((n, t), -1, dtype=np.int64)
     tokens[steps["trajectory"].to_numpy(), steps["step"].to_numpy()] = steps["token_id"].to_numpy()
-    out: dict[str, A.Estimate] = {}
+    out: dict[str, Estimate] = {}
     k = min(n, sizes.interp_trajectories)
-    A.require_trajectories(k, "the interpolation test")
+    require_trajectories(k, "the interpolation test")
     att = A.neighbouring_attractors(
         read, np.asarray(hidden[:k]), tokens[:k], sizes.interp_pairs, n_boot=n_boot, seed=seed
     )
     out["interp_unique"] = att.unique
-    out["interp_unique_se"] = A.Estimate(att.unique_se, n=att.n_paths, note="s.e. over paths")
+    out["interp_unique_se"] = Estimate(att.unique_se, n=att.n_paths, note="s.e. over paths")
     out["interp_within"] = att.within_share
     k = min(n, sizes.el_trajectories)
-    A.require_trajectories(k, "the Euler–Lagrange residual")
+    require_trajectories(k, "the Euler–Lagrange residual")
     hs, fs = [], []
     for i in range(k):
         h = np.asarray(hidden[i], dtype=np.float32)
@@ -333,7 +337,7 @@ def hidden_analyses(run: Run, lm: LoadedModel, sizes: Sizes, n_boot: int, seed: 
 
 def layer_analysis(run: Run, lm: LoadedModel, trajectories: int) -> pd.DataFrame:
     """Per-layer K, V, H statistics on the first ``trajectories`` trajectories of a run."""
-    from ppmech.layers import record_layers
+    from ppmech.claims.layers import record_layers
 
     check_model(run, lm)
     traj = run.trajectories.sort_values("trajectory").head(trajectories)
@@ -359,7 +363,7 @@ def scaling_from_runs(runs: list[Run], metric: str) -> tuple[pd.DataFrame, A.Cor
     Raises:
         PPMechError: runs of several families (``model_type``), runs made with
             different protocols (only the model may differ), an unknown metric, or
-            fewer than 3 sizes (via :func:`~ppmech.analyses.scaling_correlation`).
+            fewer than 3 sizes (via :func:`~ppmech.claims.analyses.scaling_correlation`).
     """
     families = {str(r.model.get("model_type")) for r in runs}
     if len(families) != 1:
@@ -423,7 +427,7 @@ class VerifyResult:
 
     out: Path
     ledger: pd.DataFrame
-    measurements: dict[str, A.Estimate]
+    measurements: dict[str, Estimate]
     tables: dict[str, pd.DataFrame]
     wall_seconds: float
 
@@ -455,7 +459,7 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise PPMechError(
-            f"--out {out} is a file, not a directory", "pass a directory (it is created if missing)"
+            f"`out` {out} is a file, not a directory", "pass a directory (it is created if missing)"
         )
     runs_root = out / "runs"
     cache_root = out / "analyses"
@@ -467,7 +471,7 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
     for plan in tqdm(plans, desc="runs", unit="run", disable=not progress, file=sys.stderr):
         runs[plan.name] = ensure_run(plan, runs_root, progress)
 
-    measurements: dict[str, A.Estimate] = {}
+    measurements: dict[str, Estimate] = {}
     tables: dict[str, pd.DataFrame] = {}
     for plan in tqdm(plans, desc="analyses", unit="run", disable=not progress, file=sys.stderr):
         run = runs[plan.name]
@@ -477,7 +481,7 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
         cache_file = cache_root / f"{plan.name}.json"
         cached = _cached(cache_file, key)
         if cached is not None:
-            est = {k: A.Estimate.from_dict(v) for k, v in cached["estimates"].items()}
+            est = {k: Estimate.from_dict(v) for k, v in cached["estimates"].items()}
             extra_tables = {k: pd.DataFrame(v) for k, v in cached["tables"].items()}
         else:
             est = steps_analyses(run, config.n_boot, config.seed)
@@ -488,7 +492,7 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
                 extra_tables["cv_by_position"] = windows
                 if len(windows):
                     last = windows.iloc[-1]
-                    est["last_window_cv"] = A.Estimate(
+                    est["last_window_cv"] = Estimate(
                         float(last["cv"]),
                         float(last["cv_low"]),
                         float(last["cv_high"]),
@@ -502,12 +506,12 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
                 diff = layers.attrs.get("last_layer_max_abs_diff")
                 extra_tables["layers"] = layers
                 final_cv = float(layers["global_cv"].iloc[-1])
-                est["layers_final_cv"] = A.Estimate(final_cv, n=sizes.layer_trajectories[plan.model])
-                est["layers_min_other_cv"] = A.Estimate(
+                est["layers_final_cv"] = Estimate(final_cv, n=sizes.layer_trajectories[plan.model])
+                est["layers_min_other_cv"] = Estimate(
                     float(layers["global_cv"].iloc[:-1].min()), n=sizes.layer_trajectories[plan.model]
                 )
                 if diff is not None:
-                    est["layers_last_layer_max_abs_diff"] = A.Estimate(float(diff), note="vs recorded h_t")
+                    est["layers_last_layer_max_abs_diff"] = Estimate(float(diff), note="vs recorded h_t")
                 del lm
             write_json(
                 cache_file,
@@ -535,7 +539,7 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
         if f32.config["prompts"] >= n:
             same = f32.steps[f32.steps["trajectory"] < n]
             h = [p[:, 0] for p in A.split_by_trajectory(same, ["H"])]
-            measurements[f"{plan.model}/pretrained-f32-same/global_cv"] = A.trajectory_bootstrap(
+            measurements[f"{plan.model}/pretrained-f32-same/global_cv"] = trajectory_bootstrap(
                 h, A.pooled_cv, config.n_boot, config.seed, "float32 core run, same prompts"
             )
 

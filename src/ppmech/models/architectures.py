@@ -77,7 +77,7 @@ def arch_spec(model: nn.Module) -> ArchSpec:
         known = ", ".join(sorted(ARCHITECTURES))
         raise PPMechError(
             f"unsupported architecture '{model_type}'",
-            f"ppmech knows {known}; add an entry to ppmech.architectures.ARCHITECTURES",
+            f"ppmech knows {known}; add an entry to ppmech.models.architectures.ARCHITECTURES",
         )
     return ARCHITECTURES[model_type]
 
@@ -89,7 +89,7 @@ def get_submodule(model: nn.Module, path: str) -> nn.Module:
     except AttributeError as exc:
         raise PPMechError(
             f"model of type {type(model).__name__} has no submodule '{path}'",
-            "its architecture entry in ppmech.architectures is out of date",
+            "its architecture entry in ppmech.models.architectures is out of date",
         ) from exc
 
 
@@ -138,14 +138,25 @@ class Readout:
         """True when logits are affine in ``h`` (no soft-capping)."""
         return self.softcap is None
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits for hidden states ``h`` of shape ``[..., d]``; returns ``[..., V]`` float32."""
-        z = torch.nn.functional.linear(h.float(), self.weight, self.bias)
+    def affine(self, h: torch.Tensor) -> torch.Tensor:
+        """``W h + b``, the logits before scale and soft-cap; ``[..., d]`` -> ``[..., V]`` float32."""
+        return torch.nn.functional.linear(h.float(), self.weight, self.bias)
+
+    def finish(self, z: torch.Tensor) -> torch.Tensor:
+        """Scale and soft-cap pre-logits ``z = W h + b`` (or any point on a line of them).
+
+        Steering evaluates many points ``z0 + α·dz`` on one line of pre-logits, where
+        ``z`` is affine in the step; this is the rest of the readout.
+        """
         if self.scale != 1.0:
             z = z * self.scale
         if self.softcap is not None:
             z = self.softcap * torch.tanh(z / self.softcap)
         return z
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits for hidden states ``h`` of shape ``[..., d]``; returns ``[..., V]`` float32."""
+        return self.finish(self.affine(h))
 
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
         """Float32 log-softmax of :meth:`logits`, shape ``[..., V]``."""
@@ -159,7 +170,7 @@ def readout(model: nn.Module) -> Readout:
     if not isinstance(head, nn.Linear):
         raise PPMechError(
             f"unembedding '{spec.unembed}' is a {type(head).__name__}, not a Linear layer",
-            "its architecture entry in ppmech.architectures is out of date",
+            "its architecture entry in ppmech.models.architectures is out of date",
         )
     config = model.config
     scale = 1.0

@@ -45,17 +45,10 @@ import numpy as np
 import pandas as pd
 
 from ppmech.errors import PPMechError
-from ppmech.models import LoadedModel
-from ppmech.monitor import (
-    Calibration,
-    MonitorConfig,
-    TokenTrace,
-    calibration_sequences,
-    cusum_path,
-    first_alarm,
-    fit_calibration,
-    trace_many,
-)
+from ppmech.models.identity import LoadedModel
+from ppmech.monitor.calibration import Calibration, MonitorConfig, fit_calibration
+from ppmech.monitor.scoring import TokenTrace, cusum_path, first_alarm
+from ppmech.monitor.stream import calibration_sequences, trace_many
 
 F64 = Any
 
@@ -183,7 +176,8 @@ class BenchmarkConfig:
         calibration_sequences: held-out English texts to calibrate on (disjoint from ``normal``).
         tokens: tokens per text (after the special prefix).
         splice_at: English tokens before the foreign passage in ``spliced``.
-        alpha, cusum_k, z_clip: the monitor's thresholds (see :class:`ppmech.monitor.MonitorConfig`).
+        alpha, cusum_k, z_clip: the monitor's thresholds
+            (see :class:`ppmech.monitor.calibration.MonitorConfig`).
         batch_size: texts per forward pass.
     """
 
@@ -202,13 +196,13 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.sequences < 10:
-            raise PPMechError(f"--sequences must be at least 10 (got {self.sequences})", "use e.g. 100")
+            raise PPMechError(f"`sequences` must be at least 10 (got {self.sequences})", "use e.g. 100")
         if self.tokens < 16:
-            raise PPMechError(f"--tokens must be at least 16 (got {self.tokens})", "use e.g. 64")
+            raise PPMechError(f"`tokens` must be at least 16 (got {self.tokens})", "use e.g. 64")
         if not 4 <= self.splice_at <= self.tokens - 4:
             raise PPMechError(
-                f"--splice-at must be between 4 and tokens - 4 = {self.tokens - 4} (got {self.splice_at})",
-                "use e.g. half of --tokens",
+                f"`splice_at` must be between 4 and tokens - 4 = {self.tokens - 4} (got {self.splice_at})",
+                "use e.g. half of `tokens`",
             )
 
     def monitor_config(self) -> MonitorConfig:
@@ -315,7 +309,7 @@ def _random_model_texts(
     lm: LoadedModel, config: BenchmarkConfig, prompts: list[list[int]], progress: bool
 ) -> list[list[int]]:
     """Greedy continuations by the random-weight model (seed 0) of ``prompts``."""
-    from ppmech.models import load_model
+    from ppmech.models.loading import load_model
     from ppmech.recording import Decoding, Recorder
 
     rand = load_model(
@@ -440,8 +434,8 @@ def run_benchmark(
     config: BenchmarkConfig, lm: LoadedModel | None = None, progress: bool = True
 ) -> BenchmarkResult:
     """Build the sets, calibrate on held-out English, score everything, and tabulate."""
-    from ppmech.measure import versions
-    from ppmech.models import load_model
+    from ppmech.models.loading import load_model
+    from ppmech.provenance import versions
 
     start = time.perf_counter()
     if lm is None:

@@ -2,150 +2,29 @@
 
 Each :class:`Claim` names the paper's figure, the measurement that tests it and
 a :class:`Rule` decided *before* any measurement and written here as data.
-:func:`evaluate` applies the rules to measured :class:`~ppmech.analyses.Estimate`
-values; :func:`render_markdown` and :func:`ledger_json` write the ledger.
+:func:`evaluate` applies the rules to measured :class:`~ppmech.statistics.Estimate`
+values; :func:`~ppmech.claims.render.render_markdown` and :func:`~ppmech.claims.render.ledger_json`
+write the ledger.
 
 Measurement keys are ``"{model}/{condition}/{metric}"``, e.g.
 ``smollm2-135m/pretrained/global_cv``; a claim's templates use ``{model}``.
 
-Verdicts are ``supported``, ``not supported`` or ``inconclusive``. Every rule uses
-the 95% CI of the measured figure (trajectory bootstrap), never just the point:
-
-* ``below x``: supported if CI high < x; not supported if CI low >= x.
-* ``above x``: supported if CI low > x; not supported if CI high <= x.
-* ``between a b``: supported if the CI lies inside [a, b]; not supported if it lies outside.
-* ``near x ± tol``: supported if the CI overlaps [x(1-tol), x(1+tol)]; otherwise not supported.
-* ``less than k·other`` / ``greater than k·other``: compares two CIs; supported if
-  they are separated in the claimed direction, not supported if separated the
-  other way, inconclusive if they overlap.
-* ``point below/above other``: for tables without CIs (per-layer), on point estimates.
-* ``untestable``: inconclusive, with the reason.
+Rule kinds and verdicts: :mod:`ppmech.claims.rules`; the markdown and JSON forms:
+:mod:`ppmech.claims.render`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from ppmech.analyses import Estimate, implied_sample_size
-
-Verdict = Literal["supported", "not supported", "inconclusive"]
-RuleKind = Literal[
-    "below", "above", "between", "near", "less_than", "greater_than", "point_less_than", "untestable"
-]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A verdict rule; see the module docstring for each kind."""
-
-    kind: RuleKind
-    value: float | None = None
-    high: float | None = None
-    tol: float | None = None
-    factor: float = 1.0
-    reason: str = ""
-
-    def describe(self) -> str:
-        k = self.kind
-        if k == "below":
-            return f"supported if 95% CI < {self.value:g}; not if CI low >= {self.value:g}; else inconclusive"
-        if k == "above":
-            return (
-                f"supported if 95% CI > {self.value:g}; not if CI high <= {self.value:g}; else inconclusive"
-            )
-        if k == "between":
-            return (
-                f"supported if 95% CI inside [{self.value:g}, {self.high:g}]; not if entirely outside; "
-                "else inconclusive"
-            )
-        if k == "near":
-            assert self.value is not None and self.tol is not None
-            lo, hi = _band(self.value, self.tol)
-            return f"supported if 95% CI overlaps [{lo:.4g}, {hi:.4g}] (paper ± {self.tol:.0%}); else not"
-        if k in ("less_than", "greater_than"):
-            word = "below" if k == "less_than" else "above"
-            f = "" if self.factor == 1 else f"{self.factor:g} × "
-            return (
-                f"supported if 95% CI lies entirely {word} {f}the comparison's CI; not if entirely on the "
-                "other side; inconclusive if they overlap"
-            )
-        if k == "point_less_than":
-            return "point estimates: supported if measured < comparison, else not supported"
-        return f"untestable here: {self.reason}"
-
-
-def _band(value: float, tol: float) -> tuple[float, float]:
-    if value == 0:
-        return -tol, tol
-    a, b = value * (1 - tol), value * (1 + tol)
-    return min(a, b), max(a, b)
-
-
-def apply_rule(rule: Rule, m: Estimate | None, other: Estimate | None = None) -> tuple[Verdict, str]:
-    """Apply ``rule`` to a measured estimate (and a comparison one); returns (verdict, why)."""
-    if rule.kind == "untestable":
-        return "inconclusive", rule.reason
-    if m is None or not math.isfinite(m.value):
-        return "inconclusive", "not measured"
-    if rule.kind == "point_less_than":
-        if other is None or not math.isfinite(other.value):
-            return "inconclusive", "comparison not measured"
-        ok = m.value < other.value
-        return ("supported" if ok else "not supported"), f"{m.value:.4g} vs {other.value:.4g}"
-    if not m.has_ci:
-        return "inconclusive", "no confidence interval"
-    lo, hi = m.low, m.high
-    if rule.kind == "below":
-        assert rule.value is not None
-        if hi < rule.value:
-            return "supported", f"CI high {hi:.4g} < {rule.value:g}"
-        if lo >= rule.value:
-            return "not supported", f"CI low {lo:.4g} >= {rule.value:g}"
-        return "inconclusive", "CI straddles the threshold"
-    if rule.kind == "above":
-        assert rule.value is not None
-        if lo > rule.value:
-            return "supported", f"CI low {lo:.4g} > {rule.value:g}"
-        if hi <= rule.value:
-            return "not supported", f"CI high {hi:.4g} <= {rule.value:g}"
-        return "inconclusive", "CI straddles the threshold"
-    if rule.kind == "between":
-        assert rule.value is not None and rule.high is not None
-        if rule.value <= lo and hi <= rule.high:
-            return "supported", "CI inside the range"
-        if hi < rule.value or lo > rule.high:
-            return "not supported", "CI outside the range"
-        return "inconclusive", "CI crosses the range's edge"
-    if rule.kind == "near":
-        assert rule.value is not None and rule.tol is not None
-        a, b = _band(rule.value, rule.tol)
-        if hi >= a and lo <= b:
-            return "supported", "CI overlaps the paper's band"
-        return "not supported", f"CI [{lo:.4g}, {hi:.4g}] misses [{a:.4g}, {b:.4g}]"
-    if rule.kind in ("less_than", "greater_than"):
-        if other is None or not other.has_ci:
-            return "inconclusive", "comparison not measured"
-        olo, ohi = rule.factor * other.low, rule.factor * other.high
-        olo, ohi = min(olo, ohi), max(olo, ohi)
-        below = hi < olo
-        above = lo > ohi
-        if rule.kind == "less_than":
-            if below:
-                return "supported", f"{hi:.4g} < {olo:.4g}"
-            if above:
-                return "not supported", f"{lo:.4g} > {ohi:.4g} (opposite direction)"
-        else:
-            if above:
-                return "supported", f"{lo:.4g} > {ohi:.4g}"
-            if below:
-                return "not supported", f"{hi:.4g} < {olo:.4g} (opposite direction)"
-        return "inconclusive", "CIs overlap"
-    raise ValueError(f"unknown rule kind {rule.kind}")
-
+from ppmech.claims.analyses import implied_sample_size
+from ppmech.claims.rules import Rule, Verdict, apply_rule
+from ppmech.provenance import json_safe
+from ppmech.statistics import Estimate
 
 # --------------------------------------------------------------------------- the paper's data
 
@@ -849,10 +728,6 @@ def _fmt_est(m: Estimate | None) -> str:
     return f"{m.value:.4g} [{m.low:.4g}, {m.high:.4g}]"
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def evaluate(
     measurements: dict[str, Estimate], models: list[str], claims: list[Claim] | None = None
 ) -> list[LedgerRow]:
@@ -898,9 +773,9 @@ def evaluate(
                     claim=claim.statement,
                     paper=paper,
                     measured=_fmt_est(m) if claim.rule.kind != "untestable" else "—",
-                    value=_finite(m.value) if m else None,
-                    low=_finite(m.low) if m else None,
-                    high=_finite(m.high) if m else None,
+                    value=json_safe(m.value) if m else None,
+                    low=json_safe(m.low) if m else None,
+                    high=json_safe(m.high) if m else None,
                     n=m.n if m else 0,
                     verdict=verdict,
                     rule=describe,
@@ -909,73 +784,3 @@ def evaluate(
                 )
             )
     return rows
-
-
-def verdict_counts(rows: list[LedgerRow]) -> dict[str, int]:
-    out = {"supported": 0, "not supported": 0, "inconclusive": 0}
-    for r in rows:
-        out[r.verdict] += 1
-    return out
-
-
-def ledger_json(
-    rows: list[LedgerRow], meta: dict[str, Any], measurements: dict[str, Estimate]
-) -> dict[str, Any]:
-    """The JSON form of the ledger (``claims.json``)."""
-    return {
-        "meta": meta,
-        "definitions": DEFINITIONS,
-        "inconsistencies": inconsistencies(),
-        "verdicts": verdict_counts(rows),
-        "claims": [r.to_dict() for r in rows],
-        "measurements": {k: v.to_dict() for k, v in sorted(measurements.items())},
-    }
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(
-    rows: list[LedgerRow], meta: dict[str, Any], extra_sections: list[tuple[str, str]] | None = None
-) -> str:
-    """The ledger as markdown (``claims.md``)."""
-    counts = verdict_counts(rows)
-    lines = [
-        "# Claims ledger: Momentum–Point-Perplexity Mechanics",
-        "",
-        f"Command: `{meta.get('command', 'ppmech verify')}`  ",
-        f"Models: {', '.join(meta.get('models', []))}; ppmech {meta.get('versions', {}).get('ppmech', '?')}, "
-        f"torch {meta.get('versions', {}).get('torch', '?')}; wall time {meta.get('wall_seconds', '?')} s.",
-        "",
-        f"Verdicts: {counts['supported']} supported, {counts['not supported']} not supported, "
-        f"{counts['inconclusive']} inconclusive.",
-        "",
-        "| id | model | source | claim | paper | measured [95% CI] | verdict | rule |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            "| "
-            + " | ".join(
-                _md_escape(x)
-                for x in (
-                    r.id,
-                    r.model,
-                    r.source,
-                    r.claim,
-                    r.paper,
-                    r.measured,
-                    f"**{r.verdict}**",
-                    f"{r.rule} ({r.why})",
-                )
-            )
-            + " |"
-        )
-    lines += ["", "## Definitions used", ""] + [f"- {d}" for d in DEFINITIONS]
-    lines += ["", "## Ambiguities and inconsistencies in the paper", ""] + [
-        f"- {d}" for d in inconsistencies()
-    ]
-    for title, body in extra_sections or []:
-        lines += ["", f"## {title}", "", body]
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Models: loading (embedded, GGUF, hub, local), identity, and the readout of each architecture."""

@@ -1,0 +1,1 @@
+"""Steering: Jacobian steering (Algorithm 1), baselines, steered generation, runs and their evaluation."""

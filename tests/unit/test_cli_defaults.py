@@ -1,0 +1,50 @@
+"""The CLI writes no default of its own: omitted flags leave them to the config dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import pytest
+
+from ppmech.cli import build_parser
+from ppmech.cli.config import config_from_args
+from ppmech.measure import MeasureConfig
+from ppmech.monitor.benchmark import BenchmarkConfig
+from ppmech.monitor.calibration import MonitorConfig
+from ppmech.steering.evaluation import SteeringEvalConfig
+from ppmech.steering.run import SteerConfig
+
+# (command line with only what is required, config class, fields the command line gave)
+COMMANDS: list[tuple[list[str], type[Any], dict[str, Any]]] = [
+    (["measure"], MeasureConfig, {}),
+    (
+        ["steer", "--prompt", "Hi", "--target-text", "there"],
+        SteerConfig,
+        {"prompt": "Hi", "target_text": "there"},
+    ),
+    (["evaluate-steering"], SteeringEvalConfig, {}),
+    (["monitor", "calibrate", "--out", "cal.json"], MonitorConfig, {}),
+    (["monitor", "benchmark"], BenchmarkConfig, {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "cls", "given"), COMMANDS, ids=lambda x: " ".join(x) if isinstance(x, list) else ""
+)
+def test_omitted_flags_take_the_dataclass_defaults(
+    argv: list[str], cls: type[Any], given: dict[str, Any]
+) -> None:
+    args = build_parser().parse_args(argv)
+    config_fields = {f.name for f in fields(cls)}
+    assert config_fields & set(vars(args)) == set(given)  # no default written in the CLI
+    overrides = {"baselines": True} if cls is SteeringEvalConfig else {}
+    assert config_from_args(cls, args, **overrides) == cls(**given)
+
+
+def test_given_flags_reach_the_config() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["monitor", "calibrate", "--out", "c.json", "--z-clip", "3", "--model", "x"])
+    assert config_from_args(MonitorConfig, args) == MonitorConfig(z_clip=3.0, model="x")
+    args = parser.parse_args(["measure", "--prompts", "7", "--stop-at-eos", "--seed", "3"])
+    assert config_from_args(MeasureConfig, args) == MeasureConfig(prompts=7, stop_at_eos=True, seed=3)
