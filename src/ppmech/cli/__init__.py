@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "ppmech.cli.monitor",
     "ppmech.cli.steer",
     "ppmech.cli.sweep",
+    "ppmech.cli.report",
 ]
 
 
