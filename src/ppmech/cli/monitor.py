@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         for name, s in cal.signals.items()
     ]
     print(
-        text_table(pd.DataFrame(rows), title=f"\nCalibration of {lm.identity.spec} ({cal.n_sequences} texts)")
+        text_table(
+            pd.DataFrame(rows),
+            title=f"\nCalibration of {lm.identity.spec} ({cal.n_fit} texts fit the moments, "
+            f"{cal.n_holdout} held out set the thresholds)",
+        )
     )
+    print(f"anomaly threshold (split conformal, alpha={cal.alpha}): {cal.anomaly_threshold:.4g}")
+    if math.isinf(cal.anomaly_threshold):
+        print(
+            f"warning: {cal.n_holdout} held-out texts are too few for a threshold with a false-alarm rate "
+            f"of at most {cal.alpha}; alarms are off. Calibrate on at least "
+            f"{math.ceil(math.ceil(1 / cal.alpha - 1) / float(cal.config['holdout_fraction'])) + 1} texts."
+        )
     print(f"\nwrote {out}")
     return 0
 
@@ -170,9 +182,15 @@ def benchmark_report(result: Any) -> str:
         "",
         markdown_table(_escape_pipes(result.table())),
         "",
-        "Spliced set, per-token CUSUM alarms (threshold: 95th percentile of calibration maxima):",
+        "Spliced set, per-token CUSUM alarms (threshold: split-conformal 95% quantile of held-out "
+        "calibration maxima):",
         "",
         markdown_table(result.delays),
+        "",
+        f"False alarms at nominal {cfg['alpha']:.0%} on {result.false_alarms['texts'].iloc[0]} fresh normal "
+        "texts (none used for calibration), Clopper–Pearson 95% interval:",
+        "",
+        markdown_table(result.false_alarms),
     ]
     return "\n".join(lines) + "\n"
 
@@ -185,6 +203,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     result = run_benchmark(config, progress=not args.no_progress)
     print(text_table(result.table(), title=f"\nEnergy monitor benchmark: {config.model} (AUROC / TPR@5%FPR)"))
     print(text_table(result.delays, title="\nSpliced set: per-token CUSUM alarms"))
+    print(
+        text_table(
+            result.false_alarms,
+            title=f"\nFalse alarms on fresh normal text at nominal {config.alpha} (Clopper–Pearson 95%)",
+        )
+    )
     sizes = ", ".join(f"{k} {v}" for k, v in result.sizes.items())
     print(f"\ntexts: {sizes}; {config.tokens} tokens each; {result.seconds:.0f} s")
     if args.markdown:
@@ -233,6 +257,12 @@ def register(sub: Any) -> None:
     p.add_argument("--sequences", type=int, default=d, help="calibration texts")
     p.add_argument("--tokens", type=int, default=d, help="tokens per calibration text")
     p.add_argument("--alpha", type=float, default=d, help="false-alarm rate of the thresholds")
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=d,
+        help="share of the texts held out to set the thresholds (split conformal)",
+    )
     p.add_argument("--cusum-k", type=float, default=d, help="CUSUM slack (std units)")
     p.add_argument("--z-clip", type=float, default=d, help="clip |z| before the CUSUM")
     p.add_argument("--batch-size", type=int, default=d, help="texts per forward batch")
@@ -295,7 +325,24 @@ def register(sub: Any) -> None:
         help="let transformers run code shipped with the model",
     )
     p.add_argument("--sequences", type=int, default=d, help="texts per set")
-    p.add_argument("--calibration-sequences", type=int, default=d, help="calibration texts")
+    p.add_argument(
+        "--calibration-sequences",
+        "--calibration-texts",
+        dest="calibration_sequences",
+        type=int,
+        default=d,
+        help="held-out English texts to calibrate on (up to ~1500 on wiki-en)",
+    )
+    p.add_argument(
+        "--false-alarm-sequences",
+        type=int,
+        default=d,
+        help="fresh normal texts, beyond --sequences, on which false alarms are counted",
+    )
+    p.add_argument("--alpha", type=float, default=d, help="nominal false-alarm rate")
+    p.add_argument(
+        "--holdout-fraction", type=float, default=d, help="share of the calibration texts held out to set thresholds"
+    )
     p.add_argument("--tokens", type=int, default=d, help="tokens per text")
     p.add_argument("--splice-at", type=int, default=d, help="token where the spliced set switches text")
     p.add_argument("--batch-size", type=int, default=d, help="texts per forward batch")

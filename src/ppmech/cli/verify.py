@@ -65,9 +65,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ppmech.claims import analyses as A
     from ppmech.claims.verify import (
         Sizes,
+        curvature_analysis,
         hidden_analyses,
         layer_analysis,
         model_for_run,
+        null_analyses,
         scaling_from_runs,
         steps_analyses,
     )
@@ -81,6 +83,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         ("--pairs", args.pairs, 1),
         ("--layers", args.layers, 0),
         ("--window", args.window, 0),
+        ("--n-perm", args.n_perm, 1),
     ):
         if value < least:
             raise PPMechError(f"{flag} must be at least {least} (got {value})", "see `ppmech analyze --help`")
@@ -117,6 +120,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for run in runs:
         name = str(run.path)
         est = steps_analyses(run, args.n_boot, args.seed)
+        scale = None
+        if not args.no_nulls:
+            nulls, scale = null_analyses(run, args.n_boot, args.seed, args.n_perm)
+            est.update(nulls)
+            if (run.path / "hidden").is_dir():
+                est.update(curvature_analysis(run, args.n_boot, args.seed))
         layers = None
         if args.hidden or args.layers:
             lm = model_for_run(run)
@@ -126,6 +135,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 layers = layer_analysis(run, lm, args.layers)
         rows += _est_rows(name, est)
         out_json[name] = {"estimates": {k: v.to_dict() for k, v in est.items()}}
+        if scale is not None:
+            print(text_table(scale, title=f"\nScale null (h → c·h): {name}"))
+            out_json[name]["scale"] = json.loads(scale.to_json(orient="records"))
         if layers is not None:
             print(text_table(layers, title=f"\nPer-layer mechanics (logit lens): {name}"))
             out_json[name]["layers"] = json.loads(layers.to_json(orient="records"))
@@ -200,6 +212,12 @@ def register(sub: Any) -> None:
         "(default: off)",
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the CIs")
+    p.add_argument("--n-perm", type=int, default=1000, help="permutations of the pairing-shuffle null")
+    p.add_argument(
+        "--no-nulls",
+        action="store_true",
+        help="skip the null models and confounder controls (null_*, curvature_deg)",
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0 to 2**32-1)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     p.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
