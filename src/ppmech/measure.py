@@ -20,12 +20,19 @@ from tqdm.auto import tqdm
 
 from ppmech.artifacts import Output
 from ppmech.corpus import load_documents, select_prompts
+from ppmech.engine.batching import BatchSizer, chunk_size, parse_batch_size
+from ppmech.engine.compiled import check_compile_mode
+from ppmech.engine.device import device_record
+from ppmech.engine.recorder import BatchRecord, Recorder
+from ppmech.engine.sampling import Decoding
 from ppmech.errors import PPMechError, check_seed
 from ppmech.models.loading import load_configured
 from ppmech.provenance import versions
-from ppmech.recording import Decoding, Recorder
 from ppmech.runs import RunWriter, batch_tables, load_run
 from ppmech.statistics import EnergyStatistics, statistics_from_steps
+
+#: Settings that choose how a run is computed, not what it records (see :class:`MeasureConfig`).
+EXECUTION_KEYS = ("device", "compile", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -48,10 +55,19 @@ class MeasureConfig:
         temperature, top_k, top_p: sampling parameters (``sample`` only; refused otherwise).
         stop_at_eos: end trajectories at EOS (off: fixed length, as in the paper).
         seed: seeds the prompt choice, random init, sampling and the bootstrap; ``[0, 2**32)``.
-        batch_size: trajectories per forward batch.
+        batch_size: trajectories per forward batch, or ``auto`` (the largest that
+            fits, halved on out-of-memory; 50 on the CPU): see :mod:`ppmech.engine.batching`.
         save_hidden: also store ``h_t`` under ``hidden/``.
         n_boot: bootstrap replicates for the CIs.
         trust_remote_code: let transformers run model code from the checkpoint.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        compile: ``auto``, ``on`` or ``off``: the static-cache, compiled decode step
+            (see :mod:`ppmech.engine.compiled`).
+
+    ``device``, ``compile`` and ``batch_size`` choose how a run is computed, not
+    what it records (:data:`EXECUTION_KEYS`): they move recorded numbers only by
+    float round-off (batched equals one-at-a-time within 1e-3; compiled equals
+    eager within 1e-3), and runs that differ only in them are interchangeable.
     """
 
     model: str = "smollm2-135m"
@@ -68,10 +84,12 @@ class MeasureConfig:
     top_p: float | None = None
     stop_at_eos: bool = False
     seed: int = 0
-    batch_size: int = 50
+    batch_size: int | str = "auto"
     save_hidden: bool = False
     n_boot: int = 1000
     trust_remote_code: bool = False
+    device: str = "auto"
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         if self.prompts < 1:
@@ -87,8 +105,8 @@ class MeasureConfig:
             raise PPMechError(
                 f"`context_tokens` must be at least 1 (got {self.context_tokens})", "use e.g. 50"
             )
-        if self.batch_size < 1:
-            raise PPMechError(f"`batch_size` must be at least 1 (got {self.batch_size})", "use e.g. 50")
+        object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
+        check_compile_mode(self.compile)
         if self.n_boot < 0:
             raise PPMechError(
                 f"`n_boot` must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
@@ -159,7 +177,7 @@ def measure(
     started = time.perf_counter()
     lm = load_configured(config)
     decoding = config.decoding_config()
-    recorder = Recorder(lm, decoding, keep_hidden=config.save_hidden)
+    recorder = Recorder(lm, decoding, keep_hidden=config.save_hidden, compile=config.compile)
     special = len(lm.tokenizer("a")["input_ids"]) - len(
         lm.tokenizer("a", add_special_tokens=False)["input_ids"]
     )
@@ -179,7 +197,10 @@ def measure(
     computed: list[EnergyStatistics] = []
     with RunWriter(out, config.to_dict(), overwrite=overwrite, resume=resume) as writer:
         done = writer.done_batches()
-        batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
+        chunk = chunk_size(config.batch_size)
+        batches = [prompts[i : i + chunk] for i in range(0, len(prompts), chunk)]
+        recorder.rows_left = sum(len(b) for i, b in enumerate(batches) if i not in done)
+        sizer = BatchSizer(config.batch_size, lm.device)
         bar = tqdm(
             total=len(prompts) * config.new_tokens,
             desc=f"recording {config.model} ({config.weights})",
@@ -187,30 +208,42 @@ def measure(
             disable=not progress,
             file=sys.stderr,
         )
+
+        def record(part: list[Any]) -> BatchRecord:
+            result = recorder.record(
+                [p.ids for p in part],
+                config.new_tokens,
+                seeds=[config.seed * 1_000_003 + p.index for p in part],
+                targets=[p.continuation_ids for p in part] if teacher else None,
+            )
+            bar.update(len(part) * config.new_tokens)
+            return result
+
         record_seconds = 0.0
         for index, batch in enumerate(batches):
             if index in done:
                 bar.update(len(batch) * config.new_tokens)
                 continue
             t0 = time.perf_counter()
-            record = recorder.record(
-                [p.ids for p in batch],
-                config.new_tokens,
-                seeds=[config.seed * 1_000_003 + p.index for p in batch],
-                targets=[p.continuation_ids for p in batch] if teacher else None,
-            )
+            # Sub-batches that finished before an out-of-memory back-off are kept, not rerun.
+            batch_record = BatchRecord.concat(sizer.map(batch, record))
             record_seconds += time.perf_counter() - t0
             traj, steps = batch_tables(
-                record,
+                batch_record,
                 [p.index for p in batch],
                 [p.source for p in batch],
                 [p.ids for p in batch],
                 lm.tokenizer,
             )
-            hidden = record.hidden.float().numpy() if record.hidden is not None else None
+            hidden = batch_record.hidden.float().numpy() if batch_record.hidden is not None else None
             writer.write_batch(index, traj, steps, hidden)
-            bar.update(len(batch) * config.new_tokens)
         bar.close()
+        execution = {
+            **device_record(lm.device),
+            "batch_size": sizer.current,
+            "out_of_memory_backoffs": sizer.backoffs,
+            "decode": "compiled" if recorder.engine.fast else "eager",
+        }
 
         def summarise(steps: pd.DataFrame) -> dict[str, Any]:
             stats = statistics_from_steps(steps, n_boot=config.n_boot, seed=config.seed)
@@ -221,6 +254,7 @@ def measure(
                 "decoding": decoding.to_dict(),
                 "model": lm.identity.to_dict(),
                 "versions": versions(),
+                "execution": execution,
                 "counts": {
                     "trajectories": len(prompts),
                     "prompt_tokens": int(sum(len(p.ids) for p in prompts)),

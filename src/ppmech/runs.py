@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 
 from ppmech import artifacts
 from ppmech.artifacts import write_json  # re-exported: the one JSON writer
+from ppmech.engine.recorder import BatchRecord
 from ppmech.errors import PPMechError
 from ppmech.mechanics import energy_terms
-from ppmech.recording import BatchRecord
 
 SCHEMA_VERSION = 2  # 2: summary.json lists every data file with its rows, size and SHA-256
 

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from ppmech.corpus import load_documents, select_prompts
+from ppmech.engine.decoder import left_pad
+from ppmech.engine.recorder import Recorder
+from ppmech.engine.sampling import Decoding
 from ppmech.errors import PPMechError
 from ppmech.mechanics import energy_terms
 from ppmech.models.architectures import readout
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import load_model
-from ppmech.recording import Decoding, Recorder, left_pad
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,43 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="let transformers run code shipped with the model",
     )
+    add_device_arg(parser)
+
+
+def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--device``: shared by every command that runs a model (a config field: SUPPRESS by default)."""
+    parser.add_argument(
+        "--device",
+        default=argparse.SUPPRESS if default is None else default,
+        help="auto (CUDA when available), cpu, cuda, cuda:N or mps",
+    )
+
+
+def add_decode_args(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size`` (a number or auto) and ``--compile``: commands that decode batches."""
+    parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=argparse.SUPPRESS,
+        help="trajectories per batch, or auto: the largest that fits, halved on out-of-memory (CPU: 50)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default=argparse.SUPPRESS,
+        help="static KV cache + compiled decode step (CUDA graphs on CUDA); auto: only when it repays "
+        "its warm-up (never on the CPU, where it does not pay)",
+    )
+
+
+def _batch_size(value: str) -> int | str:
+    """``auto`` or a whole number (the config checks that it is at least 1)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number, not {value!r}") from exc
 
 
 def _measure_config(args: argparse.Namespace) -> Any:
@@ -162,7 +199,7 @@ def register(sub: Any) -> None:
         default=d,
         help="end a trajectory at EOS (default: fixed length)",
     )
-    p.add_argument("--batch-size", type=int, default=d, help="trajectories per forward batch")
+    add_decode_args(p)
     p.add_argument(
         "--save-hidden", action="store_true", default=d, help="also store h_t (hidden/*.npy, float32)"
     )

@@ -51,7 +51,14 @@ def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
     weights = args.weights or ident["weights"]
     seed = args.seed if args.seed is not None else (ident.get("seed") or 0)
     dtype = args.dtype or ident["dtype"]
-    return load_model(spec, weights=weights, seed=seed, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    return load_model(
+        spec,
+        weights=weights,
+        seed=seed,
+        dtype=dtype,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+    )
 
 
 CALIBRATION_WHAT = "monitor calibration"
@@ -223,7 +230,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from ppmech.cli.measure import add_model_args
+    from ppmech.cli.measure import add_device_arg, add_model_args
 
     group = sub.add_parser(
         "monitor",
@@ -299,6 +306,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--trust-remote-code", action="store_true", help="let transformers run code shipped with the model"
     )
+    add_device_arg(p, "auto")
     p.add_argument("--tokens", action="store_true", help="also print per-token scores")
     p.add_argument("--whole", action="store_true", help="score the whole input as one text")
     p.add_argument("--text-field", default="text", help="text field of JSONL input")
@@ -324,6 +332,7 @@ def register(sub: Any) -> None:
         default=d,
         help="let transformers run code shipped with the model",
     )
+    add_device_arg(p)
     p.add_argument("--sequences", type=int, default=d, help="texts per set")
     p.add_argument(
         "--calibration-sequences",
@@ -341,7 +350,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--alpha", type=float, default=d, help="nominal false-alarm rate")
     p.add_argument(
-        "--holdout-fraction", type=float, default=d, help="share of the calibration texts held out to set thresholds"
+        "--holdout-fraction",
+        type=float,
+        default=d,
+        help="share of the calibration texts held out to set thresholds",
     )
     p.add_argument("--tokens", type=int, default=d, help="tokens per text")
     p.add_argument("--splice-at", type=int, default=d, help="token where the spliced set switches text")

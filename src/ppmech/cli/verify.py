@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ppmech.cli.measure import add_device_arg
 from ppmech.errors import PPMechError
 from ppmech.provenance import json_safe
 from ppmech.tables import fmt, markdown_table, text_table
@@ -29,6 +30,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         sweep=args.sweep,
+        device=args.device,
     )
     argv = sys.argv[1:]
     command = (
@@ -128,7 +130,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 est.update(curvature_analysis(run, args.n_boot, args.seed))
         layers = None
         if args.hidden or args.layers:
-            lm = model_for_run(run)
+            lm = model_for_run(run, args.device)
             if args.hidden:
                 est.update(hidden_analyses(run, lm, sizes, args.n_boot, args.seed))
             if args.layers:
@@ -184,6 +186,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for every CI (at least 40)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and bootstrap (0 to 2**32-1)")
+    add_device_arg(p, "auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_verify)
 
@@ -204,6 +207,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--trajectories", type=int, default=20, help="trajectories for --hidden analyses")
     p.add_argument("--pairs", type=int, default=20, help="interpolation pairs per trajectory")
+    add_device_arg(p, "auto")
     p.add_argument(
         "--correlate",
         default=None,

@@ -54,6 +54,7 @@ class MonitorConfig:
         cusum_k: CUSUM slack, in standard deviations.
         z_clip: |z| is clipped to this before the CUSUM (heavy-tailed surprisal).
         batch_size: texts per forward pass.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     """
 
     model: str = "smollm2-135m"
@@ -70,6 +71,7 @@ class MonitorConfig:
     cusum_k: float = 0.5
     z_clip: float = 5.0
     batch_size: int = 16
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         check_seed(self.seed)

@@ -78,6 +78,8 @@ class SteeringEvalConfig:
             embedded model), chat model for ``openai``.
         judge_url, judge_key_env, judge_cache, judge_retries: ``openai`` settings.
         baselines: also compare logit bias / random direction / unembedding row.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
+            (the steered model and a reference-lm judge run there).
     """
 
     model: str = "smollm2-135m"
@@ -100,6 +102,7 @@ class SteeringEvalConfig:
     judge_cache: str | None = None
     judge_retries: int = 5
     baselines: bool = True
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         from ppmech.steering.algorithm import SteeringConfig
@@ -242,7 +245,10 @@ def build_judge(config: SteeringEvalConfig, reference_lm: Any = None) -> Judge:
     if config.judge == "reference-lm":
         from ppmech.steering.judges.reference import default_reference
 
-        options: dict[str, Any] = {"model": config.judge_model or default_reference(config.model)}
+        options: dict[str, Any] = {
+            "model": config.judge_model or default_reference(config.model),
+            "device": config.device,
+        }
         if reference_lm is not None:
             options["lm"] = reference_lm
         return make_judge("reference-lm", **options)
@@ -348,11 +354,11 @@ def _evaluate(
 ) -> SteeringEvalResult:
     """:func:`evaluate_steering` once its output (if any) is open."""
     from ppmech.corpus import load_documents, select_prompts
-    from ppmech.hooks import FINAL_NORM, capture
+    from ppmech.engine.decoder import Engine
+    from ppmech.engine.hooks import FINAL_NORM
     from ppmech.models.architectures import readout
     from ppmech.models.loading import load_configured
     from ppmech.provenance import versions
-    from ppmech.recording import left_pad
     from ppmech.steering.algorithm import steer
     from ppmech.steering.baselines import baseline_comparison, baseline_table
 
@@ -371,11 +377,9 @@ def _evaluate(
         seed=config.seed,
         split="prompts",
     )
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    ids, mask, positions = (t.to(lm.device) for t in left_pad([p.ids for p in prompts], int(pad)))
-    with torch.no_grad(), capture(lm.model, [FINAL_NORM]) as store:
-        lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-        states = store[FINAL_NORM][0].float()
+    engine = Engine(lm)
+    with torch.no_grad(), engine.start([p.ids for p in prompts]) as session:
+        states = session.run_pending().states[FINAL_NORM].float()
     h = states[:, -1, :]
     h_prev = states[:, -2, :]
     read = readout(lm.model)

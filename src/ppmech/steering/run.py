@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ppmech.engine.hooks import hook_module, resid_post
+from ppmech.engine.sampling import Decoding
 from ppmech.errors import PPMechError, check_seed
-from ppmech.hooks import hook_module, resid_post
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import load_configured
-from ppmech.recording import Decoding
 from ppmech.steering.algorithm import SteeringConfig
 from ppmech.steering.generation import steered_generation, trace_frame
 
@@ -39,7 +39,9 @@ class SteerConfig:
         eta, max_steps: Algorithm 1's η and K.
         layer: ``None`` steers ``h_t`` after the final norm (the paper); ``L``
             steers the residual after decoder block ``L`` (beyond the paper).
-        decoding: ``greedy`` or ``sample``; temperature for ``sample``.
+        decoding: ``greedy`` or ``sample``; temperature, top_k and top_p for ``sample``
+            (the same sampler draws the natural and the steered trace).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     """
 
     prompt: str
@@ -56,9 +58,13 @@ class SteerConfig:
     layer: int | None = None
     decoding: str = "greedy"
     temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         SteeringConfig(eta=self.eta, max_steps=self.max_steps)
+        self.decoding_config()  # validates the sampling parameters
         if (self.target_text is None) == (self.target_ids is None):
             raise PPMechError("give exactly one of `target_text` and `target_ids`", "pass one of them")
         if not self.prompt.strip():
@@ -74,6 +80,14 @@ class SteerConfig:
                 "`temperature` only applies to `decoding` sample, not greedy",
                 "drop `temperature`, or use `decoding` sample",
             )
+
+    def decoding_config(self) -> Decoding:
+        return Decoding(
+            strategy=self.decoding,  # type: ignore[arg-type]
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -191,7 +205,7 @@ def _run_steer(config: SteerConfig, output: Any, lm: LoadedModel | None) -> Stee
     prompt_ids = special_prefix(tok) + list(tok(config.prompt, add_special_tokens=False)["input_ids"])
     schedule = target_schedule(tok, config.prompt, config)
     new_tokens = config.new_tokens if config.new_tokens is not None else len(schedule) + 5
-    decoding = Decoding(strategy=config.decoding, temperature=config.temperature)  # type: ignore[arg-type]
+    decoding = config.decoding_config()
     pair = steered_generation(
         lm,
         [prompt_ids],
