@@ -74,6 +74,9 @@ KINDS: dict[str, tuple[str, ...]] = {
         "parts",
         "parts/config.json",
         "parts/batch-*.parquet",
+        # `make demo` writes the run's HTML report into the run directory (`ppmech report`); it is
+        # derived from the run and goes with it when the run is replaced.
+        "report.html",
     ),
     "steer": ("summary.json", "steps.parquet"),
     "steering-evaluation": ("summary.json", "items.csv", "baselines.csv"),
