@@ -185,7 +185,7 @@ def test_overwrite_never_deletes_a_users_directory_or_file(
 def test_a_failed_overwrite_keeps_the_old_run(
     tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ppmech.recording import Recorder
+    from ppmech.engine.recorder import Recorder
 
     out = tmp_path / "run"
     assert _run(_small(tiny, out), capsys)[0] == 0
