@@ -133,7 +133,7 @@ STUDY_COLUMNS = (
     "mean_trajectory_cv",
     "mean_energy",
     "kv_ratio",
-    "device",
+    "device_used",
     "wall_seconds",
 )
 

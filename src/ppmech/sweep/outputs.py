@@ -80,7 +80,8 @@ def study_columns() -> list[str]:
         "source_hash",
         *STAT_KEYS,
         *(f"{k}_{side}" for k in CI_KEYS for side in ("low", "high")),
-        "device",
+        "device_used",
+        "device_name",
         "node_id",
         "attempts",
         "wall_seconds",
@@ -123,8 +124,10 @@ def _row(o: RunOutcome) -> dict[str, Any]:
         ci = stats.get(f"{key}_ci") or {}
         row[f"{key}_low"] = ci.get("low")
         row[f"{key}_high"] = ci.get("high")
-    device = summary.get("device") or config.get("device") or ("cpu" if summary else None)
-    row["device"] = None if device is None else str(device)
+    # `device` (a config column) is what was asked for, e.g. "auto"; this is what the run used.
+    execution = summary.get("execution") or {}
+    row["device_used"] = execution.get("device")
+    row["device_name"] = execution.get("name")
     row["node_id"] = o.node_id
     row["attempts"] = len(o.pids) or None
     row["wall_seconds"] = o.wall_seconds
