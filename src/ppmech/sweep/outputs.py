@@ -141,6 +141,11 @@ def study_frame(outcomes: list[RunOutcome]) -> pd.DataFrame:
     hints = typing.get_type_hints(MeasureConfig)
     ints = [k for k in _config_columns() if int in (typing.get_args(hints[k]) or (hints[k],))]
     ints = [k for k in ints if hints[k] is not bool]
+    # A field that also takes a word (batch_size: a number or "auto") is stored as text.
+    mixed = [k for k in ints if str in typing.get_args(hints[k])]
+    ints = [k for k in ints if k not in mixed]
+    for col in mixed:
+        frame[col] = frame[col].map(lambda v: None if v is None else str(v))
     for col in [*ints, "parameters", "num_layers", "hidden_size", "attempts", *STAT_KEYS[:4]]:
         frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
     floats = [k for k in _config_columns() if float in (typing.get_args(hints[k]) or (hints[k],))]
