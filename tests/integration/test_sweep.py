@@ -97,7 +97,7 @@ def test_every_run_is_a_complete_run_directory(swept: SweepResult) -> None:
     assert list(frame.columns) == study_columns()
     assert list(frame["run"]) == EXPECTED_RUNS and set(frame["status"]) == {"complete"}
     assert frame["node_id"].notna().all() and (frame["wall_seconds"] > 0).all()
-    assert set(frame["family"]) == {"llama"} and set(frame["device"]) == {"cpu"}
+    assert set(frame["family"]) == {"llama"} and set(frame["device_used"]) == {"cpu"}
     tiny = frame[frame["run"].str.startswith("tiny-l")]
     assert tiny.groupby("model")["parameters"].nunique().eq(1).all()
     assert tiny["parameters"].nunique() == 3
