@@ -30,13 +30,13 @@ import pandas as pd
 from ppmech.measure import MeasureConfig, measure
 
 STATS = [
-    ("global_cv", "global CV of E"),
+    ("global_cv", "global CV (std H / mean H)"),
     ("mean_trajectory_cv", "mean trajectory CV"),
-    ("mean_energy", "mean E"),
+    ("mean_energy", "mean H"),
     ("mean_K", "mean K"),
     ("mean_V", "mean V"),
     ("kv_ratio", "K/V ratio"),
-    ("drift", "drift of H"),
+    ("drift", "drift (ΣΔH / Σ\\|ΔH\\|)"),
 ]
 
 
