@@ -202,7 +202,7 @@ def _set_signal(name: str, field_name: str, value: float) -> object:
         (_set_signal("V", "token_std", -1.0), "signals.V.token_std is -1.0"),
         (_set_signal("K", "token_std", float("nan")), "signals.K.token_std is nan"),
         (_set_signal("H", "seq_mean_std", 0.0), "signals.H.seq_mean_std is 0.0"),
-        (_set_signal("H", "cusum_threshold", float("inf")), "signals.H has a non-finite"),
+        (_set_signal("H", "cusum_threshold", float("nan")), "signals.H.cusum_threshold"),
         (lambda d: d.__setitem__("feature_cov", [[0.0] * 3] * 3), "feature_cov has no positive variance"),
         (
             lambda d: d.__setitem__("feature_cov", [[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),

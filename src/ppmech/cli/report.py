@@ -22,6 +22,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "report",
+        epilog="example:\n  ppmech report runs/demo --out runs/demo/report.html",
         help="figures and a self-contained HTML report over runs, sweeps, verify, monitor, steering",
     )
     p.add_argument(

@@ -151,8 +151,15 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--temperature", type=float, default=argparse.SUPPRESS, help="sampling temperature (sample only)"
     )
-    p.add_argument("--top-k", type=int, default=argparse.SUPPRESS, help="sample: keep the k most probable")
-    p.add_argument("--top-p", type=float, default=argparse.SUPPRESS, help="sample: nucleus mass in (0, 1]")
+    p.add_argument(
+        "--top-k", type=int, default=argparse.SUPPRESS, help="sample: keep the k most probable (default: all)"
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="sample: nucleus mass in (0, 1] (default: 1, no cut)",
+    )
     p.add_argument("--out", default=None, help="output directory (default runs/steer-<model>)")
     p.add_argument(
         "--overwrite",

@@ -90,6 +90,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "sweep",
+        epilog="example:\n  ppmech sweep examples/embedded-study.toml --out runs/study",
         help="run a study (models x weights x settings) on Ray",
         description="Run every measure run of a study on Ray (a local instance, or a cluster with "
         "--address) and write OUT/runs/<run>/, OUT/study.parquet and OUT/tables.md. Finished runs "
@@ -97,7 +98,9 @@ def register(sub: Any) -> None:
         "Schema: docs/sweep.md.",
     )
     p.add_argument("study", nargs="?", default=None, help="the study file (TOML)")
-    p.add_argument("--preset", default=None, help="a built-in study instead of a file: paper-table1")
+    p.add_argument(
+        "--preset", default=None, help="a built-in study instead of a file: paper-table1 (default: none)"
+    )
     p.add_argument("--out", required=True, help="study directory (created if missing)")
     p.add_argument(
         "--set",
@@ -116,5 +119,5 @@ def register(sub: Any) -> None:
     p.add_argument("--work-dir", default=None, help="scratch directory on each worker (default: system temp)")
     p.add_argument("--replace", action="store_true", help="re-record runs made with other settings")
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are done; run nothing")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_sweep)

@@ -182,7 +182,8 @@ def register(sub: Any) -> None:
         "--sweep",
         default=None,
         metavar="DIR",
-        help="a `ppmech sweep` study directory: families with 3+ sizes give Table 5 a measured verdict",
+        help="a `ppmech sweep` study directory: families with 3+ sizes give Table 5 a measured verdict "
+        "(default: none)",
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for every CI (at least 40)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and bootstrap (0 to 2**32-1)")
