@@ -62,7 +62,18 @@ ENTRY_KEYS = ("model", "name")
 WEIGHTS = ("pretrained", "random")
 
 #: Options that do not change what a run measures: left out of run names.
-UNNAMED_KEYS = ("model", "weights", "batch_size", "n_boot", "save_hidden", "trust_remote_code", "text_field")
+UNNAMED_KEYS = (
+    "model",
+    "weights",
+    "batch_size",
+    "n_boot",
+    "save_hidden",
+    "trust_remote_code",
+    "text_field",
+    # Execution settings: they change how a run is computed, not what it measures.
+    "device",
+    "compile",
+)
 #: Short forms of options in run names (others are written ``<key><value>``).
 ABBREVIATIONS = {
     "prompts": "n",
