@@ -124,3 +124,34 @@ def energy_terms(speed_sq: F64, logp: F64) -> dict[str, F64]:
     with np.errstate(over="ignore"):
         e = np.exp(h)
     return {"K": k, "V": v, "H": h, "E": e, "L": lagrangian(k, v)}
+
+
+def turning_angles(hidden: F64) -> F64:
+    """Angle (radians, in ``[0, π]``) between consecutive velocities, in float64.
+
+    The curvature of Hosseini & Fedorenko (NeurIPS 2023): entry ``t`` is the turn
+    *at* ``h_t``, the angle between ``v_t = h_t − h_{t−1}`` and
+    ``v_{t+1} = h_{t+1} − h_t``, ``arccos(v_t·v_{t+1} / (‖v_t‖‖v_{t+1}‖))``.
+    A straight line gives 0, a reversal π.
+
+    Args:
+        hidden: ``[..., T, d]`` states ``h_t``.
+
+    Returns:
+        ``[..., T]``; defined for ``1 ≤ t ≤ T−2``. Entries 0 and ``T−1`` are NaN
+        (one velocity missing), and so is any turn next to a zero or non-finite
+        velocity (the angle is undefined there, not 0).
+    """
+    h = np.asarray(hidden, dtype=np.float64)
+    out = np.full(h.shape[:-1], np.nan, dtype=np.float64)
+    if h.shape[-2] < 3:
+        return out
+    v = h[..., 1:, :] - h[..., :-1, :]  # v[..., k] = v_{k+1}
+    norm = np.sqrt(np.sum(v * v, axis=-1))
+    dot = np.sum(v[..., 1:, :] * v[..., :-1, :], axis=-1)
+    den = norm[..., 1:] * norm[..., :-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(den > 0, dot / den, np.nan)
+    # Rounding can push |cos| a hair past 1 for (anti)parallel steps.
+    out[..., 1:-1] = np.arccos(np.clip(cos, -1.0, 1.0))
+    return out

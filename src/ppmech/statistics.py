@@ -152,6 +152,31 @@ def trajectory_bootstrap(
     return Estimate(value, float(low), float(high), len(parts), note)
 
 
+def binomial_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper–Pearson (exact) interval for a binomial proportion ``successes / trials``.
+
+    Raises:
+        PPMechError: ``trials < 1`` or ``successes`` outside ``[0, trials]``.
+    """
+    from scipy import stats
+
+    if trials < 1 or not 0 <= successes <= trials:
+        raise PPMechError(
+            f"a rate needs 0 <= successes <= trials and trials >= 1 (got {successes}/{trials})",
+            "count the alarms on at least one text",
+        )
+    a = (1 - level) / 2
+    low = 0.0 if successes == 0 else float(stats.beta.ppf(a, successes, trials - successes + 1))
+    high = 1.0 if successes == trials else float(stats.beta.ppf(1 - a, successes + 1, trials - successes))
+    return low, high
+
+
+def rate_estimate(successes: int, trials: int, level: float = 0.95, note: str = "") -> Estimate:
+    """A measured rate with its Clopper–Pearson interval (not a bootstrap), as an :class:`Estimate`."""
+    low, high = binomial_interval(successes, trials, level)
+    return Estimate(successes / trials, low, high, trials, note or "Clopper–Pearson interval")
+
+
 @dataclass(frozen=True)
 class EnergyStatistics:
     """Headline statistics of one run. See the module docstring for formulas."""

@@ -33,6 +33,9 @@ def test_calibrate_writes_a_calibration_tied_to_the_model(calibration: Path) -> 
     assert data["kind"] == "ppmech-monitor-calibration"
     assert data["model"]["spec"] == "smollm2-135m"
     assert data["config"]["sequences"] == 6 and data["n_sequences"] == 6
+    # Split conformal: 3 texts fit, 3 set the thresholds, too few for alpha 0.05: alarms off (null).
+    assert (data["n_fit"], data["n_holdout"]) == (3, 3)
+    assert data["anomaly_threshold"] is None
     assert data["signals"]["H"]["token_std"] > 0
 
 
@@ -116,8 +119,10 @@ def test_benchmark_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixtur
             "benchmark",
             "--sequences",
             "10",
-            "--calibration-sequences",
+            "--calibration-texts",
             "10",
+            "--false-alarm-sequences",
+            "5",
             "--tokens",
             "16",
             "--splice-at",
@@ -136,8 +141,12 @@ def test_benchmark_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixtur
         "mean NLL",
         "energy score -logsumexp",
         "predictive entropy",
+        "|z| text length (characters)",
+        "Mahalanobis final hidden state",
     ):
         assert method in out
+    assert "False alarms on fresh normal text" in out and "split conformal (5 fit + 5 held out)" in out
+    assert "False alarms at nominal 5% on 15 fresh normal texts" in md.read_text()
     assert "median delay (tokens)" in out
     report = md.read_text()
     assert "| method |" in report

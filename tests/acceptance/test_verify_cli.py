@@ -86,14 +86,26 @@ def test_analyze_prints_every_analysis_and_writes_json(
         "interp_unique",
         "el_cos",
         "entropy_var",
+        "null_R",
+        "null_shuffle_p",
+        "null_r2_token",
+        "null_resid_R",
+        "curvature_deg",
     ):
         assert needle in out
-    assert "Per-layer mechanics" in out and "CV of H by position" in out
+    assert "Per-layer mechanics" in out and "CV of H by position" in out and "Scale null" in out
     data = json.loads(out_json.read_text())
     entry = data[str(runs["hidden"])]
     assert len(entry["layers"]) == 2  # the tiny llama has 2 decoder layers
     cos = entry["estimates"]["el_cos"]
     assert -1.0 <= cos["value"] <= 1.0 and cos["low"] <= cos["high"]
+    # The scale null: std H and R do not move with c, the CV does.
+    scale = pd.DataFrame(entry["scale"])
+    assert np.ptp(scale["std_H"]) < 1e-9 and np.ptp(scale["R"]) < 1e-9 and np.ptp(scale["global_cv"]) > 0
+    r = entry["estimates"]["null_R"]["value"]
+    assert scale["R"].iloc[0] == pytest.approx(r)
+    assert 0.0 <= entry["estimates"]["null_shuffle_p"]["value"] <= 1.0
+    assert 0.0 <= entry["estimates"]["curvature_deg"]["value"] <= 180.0
 
 
 def test_analyze_hidden_without_saved_states_is_a_one_line_error(
@@ -290,7 +302,19 @@ def test_verify_quick_writes_the_ledger(quick: tuple[Path, list[str], str]) -> N
         "OQ-ctx25",
         "OQ-bf16",
         "X-layers",
+        "N-compensate-pre",
+        "N-shuffle-pre",
+        "N-scale-pre",
+        "N-tokpos-pre",
+        "N-tokpos-shuffle-pre",
+        "N-token-r2-pre",
+        "N-position-r2-pre",
+        "N-shuffle-rand",
+        "N-curvature-gen",
+        "N-curvature-text",
     } <= ids
+    assert "## Beyond the paper: null models and confounder controls" in md
+    assert "Null models and confounder controls, per run" in md
     assert all(c["verdict"] in ("supported", "not supported", "inconclusive") for c in data["claims"])
     m = data["measurements"]
     # The ledger's global CV is the run's own statistic (same definition, same steps).

@@ -118,7 +118,7 @@ def test_stop_at_eos_truncates(smollm2: LoadedModel, prompts: list[list[int]]) -
 def test_bad_decoding_and_context(smollm2: LoadedModel) -> None:
     with pytest.raises(PPMechError, match="temperature"):
         Decoding(strategy="sample", temperature=0.0)
-    with pytest.raises(PPMechError, match="top-p"):
+    with pytest.raises(PPMechError, match="`top_p`"):
         Decoding(strategy="sample", top_p=1.5)
     with pytest.raises(PPMechError, match="exceeds the model's 8192 positions"):
         Recorder(smollm2, Decoding()).record([[1] * 8190], new_tokens=10)

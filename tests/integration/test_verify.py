@@ -44,6 +44,11 @@ def test_plan_covers_the_protocol_and_open_questions() -> None:
     core = [p for p in plans if p.condition in ("pretrained", "random")]
     assert all(p.config.prompts == 100 and p.config.new_tokens == 100 and p.config.save_hidden for p in core)
     assert all(p.config.new_tokens >= 500 for p in plans if p.condition == "pretrained-long")
+    # Curvature on natural text: both weights teacher-forced on the same articles, states saved.
+    teacher = [p for p in plans if p.condition.endswith("-teacher")]
+    assert {p.config.weights for p in teacher} == {"pretrained", "random"} and len(teacher) == 4
+    assert all(p.config.decoding == "teacher" and p.config.save_hidden for p in teacher)
+    assert {p.config.prompts for p in teacher if p.model == "gemma3-270m"} == {30}
     # Model by model, so a partial ledger is possible early.
     models = [p.model for p in plans]
     assert models == sorted(models, key=["smollm2-135m", "gemma3-270m"].index)

@@ -15,7 +15,7 @@ from ppmech.claims.ledger import (
     table1_consistency,
     table5_sample_size,
 )
-from ppmech.claims.render import ledger_json, render_markdown
+from ppmech.claims.render import controls_summary, ledger_json, render_markdown
 from ppmech.claims.rules import Rule, apply_rule
 from ppmech.statistics import Estimate
 
@@ -166,3 +166,58 @@ def test_ledger_states_definitions_and_inconsistencies() -> None:
     text = json.dumps(payload, allow_nan=False)
     assert json.loads(text)["definitions"] == DEFINITIONS
     assert payload["verdicts"]["inconclusive"] >= 3
+
+
+def test_p_below_rule_reads_the_point_value() -> None:
+    assert apply_rule(Rule("p_below", 0.05), Estimate(0.001, n=100))[0] == "supported"
+    assert apply_rule(Rule("p_below", 0.05), Estimate(0.05, n=100))[0] == "not supported"
+    assert apply_rule(Rule("p_below", 0.05), None)[0] == "inconclusive"
+    assert "p < 0.05" in Rule("p_below", 0.05).describe()
+
+
+def _controls(flat: bool, survives_tokens: bool, scale_cv: tuple[float, float, float]) -> dict[str, Estimate]:
+    pre = "smollm2-135m/pretrained"
+    r = est(0.6, 0.55, 0.65) if flat else est(1.0, 0.97, 1.03)
+    r_res = est(0.7, 0.65, 0.75) if survives_tokens else est(1.05, 1.01, 1.1)
+    return {
+        f"{pre}/null_R": r,
+        f"{pre}/null_shuffle_p": Estimate(0.001 if flat else 0.4, n=100),
+        f"{pre}/null_scale_max_cv": est(*scale_cv),
+        f"{pre}/null_resid_R": r_res,
+        f"{pre}/null_resid_shuffle_p": Estimate(0.001 if survives_tokens else 0.3, n=100),
+        f"{pre}/null_r2_token": est(0.2, 0.1, 0.3),
+        f"{pre}/null_r2_position": est(-0.01, -0.03, 0.0),
+        f"{pre}/curvature_deg": est(80.0, 78.0, 82.0),
+        "smollm2-135m/random/curvature_deg": est(95.0, 93.0, 97.0),
+        "smollm2-135m/pretrained-layers/final_cv": Estimate(0.1),
+        "smollm2-135m/pretrained-layers/min_other_cv": Estimate(0.2),
+    }
+
+
+def test_beyond_the_paper_rows_have_their_own_heading_and_a_plain_summary() -> None:
+    m = _controls(flat=True, survives_tokens=False, scale_cv=(0.15, 0.14, 0.16))
+    rows = {(r.id, r.model): r for r in evaluate(m, ["smollm2-135m"])}
+    assert rows[("N-compensate-pre", "smollm2-135m")].verdict == "supported"
+    assert rows[("N-shuffle-pre", "smollm2-135m")].verdict == "supported"
+    assert rows[("N-scale-pre", "smollm2-135m")].verdict == "not supported"
+    assert rows[("N-tokpos-pre", "smollm2-135m")].verdict == "not supported"
+    assert rows[("N-token-r2-pre", "smollm2-135m")].verdict == "not supported"
+    assert rows[("N-curvature-gen", "smollm2-135m")].verdict == "supported"
+    md = render_markdown(list(rows.values()), {"models": ["smollm2-135m"]})
+    paper, beyond = md.split("## Beyond the paper: null models and confounder controls")
+    assert "| N-shuffle-pre |" not in paper and "| N-shuffle-pre |" in beyond
+    assert "| X-layers |" not in paper and "| X-layers |" in beyond
+    summary = controls_summary(list(rows.values()))
+    assert len(summary) == 1
+    assert "H is flatter than its unpaired null" in summary[0] and "and K and V compensate" in summary[0]
+    assert "does not survive rescaling h" in summary[0]
+    assert "the result does not survive" in summary[0]
+    not_flat = controls_summary(evaluate(_controls(False, False, (0.1, 0.09, 0.11)), ["smollm2-135m"]))
+    assert "H is not flatter" in not_flat[0] and "survives rescaling" in not_flat[0]
+    assert "K and V do not compensate" in not_flat[0]
+    # Paired (p small) but R not below 1: both halves are said.
+    mixed = _controls(flat=True, survives_tokens=True, scale_cv=(0.1, 0.09, 0.11))
+    mixed["smollm2-135m/pretrained/null_R"] = est(1.0, 0.98, 1.02)
+    line = controls_summary(evaluate(mixed, ["smollm2-135m"]))[0]
+    assert "H is flatter than its unpaired null" in line and "but K and V do not compensate overall" in line
+    assert "they still do not compensate" in not_flat[0]

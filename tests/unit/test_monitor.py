@@ -13,11 +13,18 @@ import torch
 
 from ppmech.errors import PPMechError
 from ppmech.models.identity import ModelIdentity
-from ppmech.monitor.calibration import Calibration, MonitorConfig, fit_calibration, score_trace
+from ppmech.monitor.calibration import (
+    Calibration,
+    MonitorConfig,
+    calibration_split,
+    fit_calibration,
+    score_trace,
+)
 from ppmech.monitor.scoring import (
     SIGNALS,
     TokenTrace,
     calibrate_signal,
+    conformal_threshold,
     cusum_path,
     cusum_step,
     first_alarm,
@@ -59,7 +66,7 @@ def _trace(h: list[float], v: list[float] | None = None) -> TokenTrace:
     )
 
 
-def _traces(seed: int = 0, n: int = 30, length: int = 20) -> list[TokenTrace]:
+def _traces(seed: int = 0, n: int = 60, length: int = 20) -> list[TokenTrace]:
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -119,14 +126,21 @@ def test_calibrate_signal_by_hand() -> None:
     assert sc.seq_mean_mean == pytest.approx(np.mean([2.0, 2.0, 6.0]))
     assert sc.seq_mean_std == pytest.approx(np.std([2.0, 2.0, 6.0], ddof=1))
     assert sc.z(np.array([sc.token_mean]))[0] == pytest.approx(0.0)
-    assert sc.cusum_threshold > 0
+    # Three sequences are too few for a threshold at alpha 0.05 (⌈4·0.95⌉ = 4 > 3): alarm off.
+    assert sc.cusum_threshold == math.inf
+    held = [np.array([2.0, 9.0, 9.0]), np.array([2.0, 2.0]), np.array([1.0, 3.0])]
+    sc_held = calibrate_signal(values, k=0.5, clip=5.0, alpha=0.5, held_out=held)
+    maxima = [cusum_path(sc.z(h), 0.5, 5.0).max() for h in held]
+    assert sc_held.token_mean == sc.token_mean  # moments from the fit sequences only
+    assert sc_held.cusum_threshold == sorted(maxima)[1]  # ⌈4·0.5⌉ = 2nd smallest held-out maximum
 
 
 def test_fit_calibration_and_scores() -> None:
-    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=30, tokens=20))
+    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=60, tokens=20))
     assert set(cal.signals) == set(SIGNALS)
     assert cal.signals["H"].token_mean == pytest.approx(9.0, abs=0.2)
-    assert len(cal.anomaly_reference) == 30
+    assert (cal.n_fit, cal.n_holdout, len(cal.anomaly_reference)) == (30, 30, 30)
+    assert cal.anomaly_threshold == sorted(cal.anomaly_reference)[29]  # ⌈31·0.95⌉ = 30th of 30
     # The calibration's own sequences are flagged at about the alpha rate.
     flagged = [tail_p_value(a, cal.anomaly_reference) <= cal.alpha for a in cal.anomaly_reference]
     assert sum(flagged) <= 3
@@ -143,7 +157,7 @@ def test_fit_calibration_and_scores() -> None:
 
 
 def test_calibration_round_trip_and_identity(tmp_path: Path) -> None:
-    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=30, tokens=20))
+    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=60, tokens=20))
     path = cal.save(tmp_path / "cal.json")
     back = Calibration.load(path)
     assert back.to_dict() == json.loads(path.read_text())
@@ -168,7 +182,7 @@ def test_calibration_round_trip_and_identity(tmp_path: Path) -> None:
     ],
 )
 def test_corrupt_calibration_is_refused(tmp_path: Path, mutate: object) -> None:
-    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=30, tokens=20))
+    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=60, tokens=20))
     data = cal.to_dict()
     mutate(data)  # type: ignore[operator]
     path = tmp_path / "bad.json"
@@ -177,8 +191,46 @@ def test_corrupt_calibration_is_refused(tmp_path: Path, mutate: object) -> None:
         Calibration.load(path)
 
 
-def test_truncated_json_is_refused(tmp_path: Path) -> None:
+def _set_signal(name: str, field_name: str, value: float) -> object:
+    return lambda d: d["signals"][name].__setitem__(field_name, value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field_name"),
+    [
+        (_set_signal("H", "token_std", 0.0), "signals.H.token_std is 0.0"),
+        (_set_signal("V", "token_std", -1.0), "signals.V.token_std is -1.0"),
+        (_set_signal("K", "token_std", float("nan")), "signals.K.token_std is nan"),
+        (_set_signal("H", "seq_mean_std", 0.0), "signals.H.seq_mean_std is 0.0"),
+        (_set_signal("H", "cusum_threshold", float("nan")), "signals.H.cusum_threshold"),
+        (lambda d: d.__setitem__("feature_cov", [[0.0] * 3] * 3), "feature_cov has no positive variance"),
+        (
+            lambda d: d.__setitem__("feature_cov", [[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+            "feature_cov is not positive semi-definite",
+        ),
+        (
+            lambda d: d.__setitem__("feature_cov", [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+            "feature_cov is not symmetric",
+        ),
+    ],
+)
+def test_calibrations_with_unusable_spreads_are_refused_naming_the_field(
+    tmp_path: Path, mutate: object, field_name: str
+) -> None:
+    """Issue 9: zero, negative or NaN spreads, or an all-zero covariance, were accepted."""
     cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=30, tokens=20))
+    data = cal.to_dict()
+    mutate(data)  # type: ignore[operator]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))  # NaN and inf as JSON's NaN/Infinity, as a careless writer would
+    with pytest.raises(PPMechError, match="not a valid ppmech monitor calibration") as exc:
+        Calibration.load(path)
+    assert field_name in exc.value.problem
+    assert len(exc.value.one_line().splitlines()) == 1
+
+
+def test_truncated_json_is_refused(tmp_path: Path) -> None:
+    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=60, tokens=20))
     path = cal.save(tmp_path / "cal.json")
     path.write_text(path.read_text()[:200])
     with pytest.raises(PPMechError, match="invalid JSON"):
@@ -189,8 +241,102 @@ def test_truncated_json_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"sequences": 2}, {"tokens": 3}, {"alpha": 0.0}, {"alpha": 1.5}, {"batch_size": 0}, {"split": "x"}],
+    [
+        {"sequences": 3},
+        {"tokens": 3},
+        {"alpha": 0.0},
+        {"alpha": 1.5},
+        {"batch_size": 0},
+        {"split": "x"},
+        {"holdout_fraction": 0.0},
+        {"holdout_fraction": 1.0},
+    ],
 )
 def test_monitor_config_validation(kwargs: dict[str, object]) -> None:
     with pytest.raises(PPMechError):
         MonitorConfig(**kwargs)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- split conformal
+
+
+def test_moments_come_from_the_fit_texts_and_thresholds_from_the_held_out_ones() -> None:
+    traces = _traces(n=40)
+    cal = fit_calibration(traces, IDENTITY, MonitorConfig(model="toy", sequences=40, tokens=20))
+    fit = np.concatenate([t.H[np.isfinite(t.H)] for t in traces[:20]])
+    assert cal.signals["H"].token_mean == pytest.approx(fit.mean())
+    ref = sorted(cal.anomaly(t.H) for t in traces[20:])
+    np.testing.assert_allclose(cal.anomaly_reference, ref)
+    assert cal.anomaly_threshold == pytest.approx(conformal_threshold(ref, 0.05))
+    # The flag and the conformal p-value agree.
+    for t in _traces(seed=3, n=200):
+        s = score_trace(t, cal).sequence
+        assert s.flagged == (s.p_value <= cal.alpha)
+    with pytest.raises(PPMechError, match="at least 4"):
+        calibration_split(3, 0.5)
+    assert calibration_split(4, 0.9) == 3  # at least 3 fit
+    assert calibration_split(100, 0.01) == 99  # at least 1 held out
+
+
+def test_too_few_held_out_texts_switch_the_alarm_off_and_survive_a_round_trip(tmp_path: Path) -> None:
+    cal = fit_calibration(_traces(n=10), IDENTITY, MonitorConfig(model="toy", sequences=10, tokens=20))
+    assert cal.anomaly_threshold == math.inf and cal.signals["H"].cusum_threshold == math.inf
+    shifted = score_trace(_trace([float("nan")] + [30.0] * 19), cal).sequence
+    assert not shifted.flagged and shifted.alarm_at is None
+    path = cal.save(tmp_path / "cal.json")
+    assert json.loads(path.read_text())["anomaly_threshold"] is None
+    back = Calibration.load(path)
+    assert back.anomaly_threshold == math.inf and back.signals["H"].cusum_threshold == math.inf
+
+
+def test_split_conformal_false_alarm_rate_holds_on_exchangeable_texts() -> None:
+    # Normal texts all drawn alike; the held-out thresholds keep the rate at or below alpha,
+    # the in-sample ones (fitted and thresholded on the same texts) exceed it.
+    config = MonitorConfig(model="toy", sequences=60, tokens=20)
+    split_rates, naive_rates = [], []
+    for rep in range(60):
+        cal_traces = _traces(seed=100 + rep, n=60, length=12)
+        fresh = _traces(seed=10_000 + rep, n=60, length=12)
+        for out, cal in (
+            (split_rates, fit_calibration(cal_traces, IDENTITY, config)),
+            (naive_rates, fit_calibration(cal_traces, IDENTITY, config, in_sample=True)),
+        ):
+            out.append(np.mean([cal.anomaly(t.H) > cal.anomaly_threshold for t in fresh]))
+    # Conformal, 30 held out: the rate is 1 − ⌈31·0.95⌉/31 = 1/31 in expectation (at most alpha);
+    # a calibration's own rate varies as Beta(1, 30) (sd 0.031), so 60 of them give ± 0.004.
+    assert np.mean(split_rates) == pytest.approx(1 / 31, abs=0.014)
+    assert np.mean(split_rates) <= 0.05
+    assert np.mean(naive_rates) > np.mean(split_rates) + 0.01
+
+
+# ----------------------------------------------------------------------------- split-conformal threshold
+
+
+def test_conformal_threshold_by_hand() -> None:
+    scores = np.arange(1.0, 20.0)  # n = 19
+    assert conformal_threshold(scores, 0.10) == 18.0  # ⌈20·0.9⌉ = 18
+    assert conformal_threshold(scores, 0.05) == 19.0  # ⌈20·0.95⌉ = 19
+    assert conformal_threshold(scores, 0.01) == math.inf  # ⌈20·0.99⌉ = 20 > n
+    assert conformal_threshold(np.array([3.0, np.nan, 1.0, 2.0]), 0.5) == 2.0  # ⌈4·0.5⌉ = 2 of 3 finite
+    with pytest.raises(PPMechError, match="alpha"):
+        conformal_threshold(scores, 1.0)
+    with pytest.raises(PPMechError, match="finite"):
+        conformal_threshold([np.nan], 0.1)
+
+
+@pytest.mark.parametrize("n", [19, 50, 200])
+def test_conformal_threshold_covers_exchangeable_data(n: int) -> None:
+    # Exact finite-sample rate: 1 − ⌈(n+1)(1−α)⌉/(n+1), between α − 1/(n+1) and α.
+    rng = np.random.default_rng(n)
+    alpha, reps = 0.05, 20000
+    cal = rng.standard_t(3, size=(reps, n))
+    new = rng.standard_t(3, size=reps)
+    thresholds = np.array([conformal_threshold(c, alpha) for c in cal])
+    rate = float(np.mean(new > thresholds))
+    exact = 1 - math.ceil((n + 1) * (1 - alpha)) / (n + 1)
+    se = math.sqrt(exact * (1 - exact) / reps) + 1e-3
+    assert abs(rate - exact) < 4 * se
+    assert rate <= alpha + 4 * se
+    # The naive in-sample (1 − α) quantile of the same scores alarms more often for small n.
+    naive = float(np.mean(new > np.quantile(cal, 1 - alpha, axis=1)))
+    assert naive >= rate

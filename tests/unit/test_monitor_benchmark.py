@@ -7,7 +7,57 @@ import math
 import numpy as np
 import pytest
 
-from ppmech.monitor.benchmark import auroc, delay_stats, tpr_at_fpr
+from ppmech.errors import PPMechError
+from ppmech.models.identity import ModelIdentity
+from ppmech.monitor.benchmark import (
+    DELAY_SIGNALS,
+    Baselines,
+    BenchmarkConfig,
+    auroc,
+    delay_stats,
+    false_alarm_table,
+    shrunk_covariance,
+    tpr_at_fpr,
+)
+from ppmech.monitor.calibration import MonitorConfig, fit_calibration
+from ppmech.monitor.scoring import TokenTrace
+
+IDENTITY = ModelIdentity(
+    spec="toy",
+    source="/nowhere",
+    source_hash="ab" * 32,
+    weights="pretrained",
+    seed=None,
+    model_type="llama",
+    num_parameters=10,
+    num_layers=1,
+    hidden_size=2,
+    vocab_size=4,
+    max_context=128,
+    tokenizer_hash="cd" * 32,
+    dtype="float32",
+)
+
+
+def _traces(seed: int, n: int, length: int = 16) -> list[TokenTrace]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        v = rng.gamma(2.0, size=length)
+        k = rng.normal(7.0, 1.0, size=length)
+        k[0] = np.nan
+        out.append(
+            TokenTrace(
+                token_ids=np.arange(length, dtype=np.int64),
+                V=v,
+                K=k,
+                H=k + v,
+                entropy=rng.gamma(2.0, size=length),
+                msp=rng.uniform(size=length),
+                neg_lse=rng.normal(-20, 1, size=length),
+            )
+        )
+    return out
 
 
 def test_auroc_by_hand() -> None:
@@ -42,3 +92,60 @@ def test_delay_stats_by_hand() -> None:
     assert mean == pytest.approx(1.5)
     det, false, med, _ = delay_stats([np.zeros(3)], 1.0, [1])
     assert det == 0.0 and false == 0.0 and math.isnan(med)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sequences": 5},
+        {"tokens": 8},
+        {"splice_at": 62},
+        {"splice_at": 2},
+        {"calibration_sequences": 3},
+        {"false_alarm_sequences": -1},
+    ],
+)
+def test_benchmark_config_validation(kwargs: dict[str, int]) -> None:
+    with pytest.raises(PPMechError):
+        BenchmarkConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_shrunk_covariance_matches_the_ledoit_wolf_formula() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5)) @ np.diag([1.0, 2.0, 0.5, 1.0, 3.0])
+    cov, lam = shrunk_covariance(x)
+    # Reference: the 2004 formulas term by term.
+    n, p = x.shape
+    xc = x - x.mean(0)
+    s = xc.T @ xc / n
+    mu = np.trace(s) / p
+    d2 = np.linalg.norm(s - mu * np.eye(p), "fro") ** 2 / p
+    b2 = sum(np.linalg.norm(np.outer(r, r) - s, "fro") ** 2 for r in xc) / n**2 / p
+    ref_lam = min(b2, d2) / d2
+    assert lam == pytest.approx(ref_lam)
+    np.testing.assert_allclose(cov, ref_lam * mu * np.eye(p) + (1 - ref_lam) * s)
+    # More dimensions than samples: still invertible.
+    wide, lam_wide = shrunk_covariance(rng.normal(size=(10, 40)))
+    assert 0 < lam_wide <= 1 and np.linalg.eigvalsh(wide).min() > 0
+
+
+def test_baselines_by_hand() -> None:
+    states = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
+    base = Baselines.fit([100.0, 110.0, 90.0, 100.0], states)
+    assert base.length_score(100.0) == 0.0
+    assert base.length_score(100.0 + 2 * np.std([100.0, 110.0, 90.0, 100.0], ddof=1)) == pytest.approx(2.0)
+    assert base.state_score(np.array([1.0, 1.0])) == 0.0  # the mean
+    far, near = base.state_score(np.array([9.0, 9.0])), base.state_score(np.array([2.0, 1.0]))
+    assert far > near > 0
+
+
+def test_false_alarm_table_counts_alarms_with_intervals() -> None:
+    cal = fit_calibration(_traces(0, 60), IDENTITY, MonitorConfig(model="toy", sequences=60, tokens=20))
+    normal = _traces(1, 200)
+    table = false_alarm_table({"split": cal}, normal)
+    assert set(table["calibration"]) == {"split"} and len(table) == 1 + len(DELAY_SIGNALS)
+    row = table[table["alarm"].str.startswith("anomaly")].iloc[0]
+    expected = sum(cal.anomaly(t.H) > cal.anomaly_threshold for t in normal)
+    assert row["alarms"] == expected and row["texts"] == 200
+    assert row["CI low"] <= row["rate"] <= row["CI high"]
+    assert row["nominal in CI"] == (row["CI low"] <= 0.05 <= row["CI high"])

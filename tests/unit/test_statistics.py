@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ppmech.statistics import cv, energy_statistics, statistics_from_steps
+from ppmech.errors import PPMechError
+from ppmech.statistics import binomial_interval, cv, energy_statistics, rate_estimate, statistics_from_steps
 
 
 def _steps(h_by_traj: list[list[float]], v: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,3 +107,27 @@ def test_from_steps_frame_sorts_and_reads_nulls() -> None:
     stats = statistics_from_steps(frame, n_boot=0)
     assert stats.n_valid == 2
     assert stats.mean_energy == pytest.approx(4.0)
+
+
+# ----------------------------------------------------------------------------- rates
+
+
+def test_binomial_interval_by_hand() -> None:
+    lo, hi = binomial_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 10))
+    lo, hi = binomial_interval(10, 10)
+    assert lo == pytest.approx(0.025 ** (1 / 10)) and hi == 1.0
+    lo, hi = binomial_interval(5, 10)
+    assert lo == pytest.approx(0.18709, abs=1e-5) and hi == pytest.approx(0.81291, abs=1e-5)
+    est = rate_estimate(10, 200)
+    assert est.value == 0.05 and est.low < 0.05 < est.high and est.n == 200
+    with pytest.raises(PPMechError, match="trials"):
+        binomial_interval(3, 2)
+
+
+def test_binomial_interval_covers_at_least_its_level() -> None:
+    rng = np.random.default_rng(0)
+    p, n = 0.05, 100
+    hits = rng.binomial(n, p, size=2000)
+    covered = [lo <= p <= hi for lo, hi in (binomial_interval(int(k), n) for k in hits)]
+    assert np.mean(covered) >= 0.94

@@ -11,6 +11,10 @@ Measurement keys are ``"{model}/{condition}/{metric}"``, e.g.
 
 Rule kinds and verdicts: :mod:`ppmech.claims.rules`; the markdown and JSON forms:
 :mod:`ppmech.claims.render`.
+
+Claims whose source starts with "beyond the paper" are not the paper's: they are
+the null models and confounder controls of :mod:`ppmech.nulls`, with rules fixed
+here before measuring, and are rendered under their own heading.
 """
 
 from __future__ import annotations
@@ -144,6 +148,16 @@ DEFINITIONS: list[str] = [
     "Per layer (logit lens): resid_post of each decoder block → final norm → readout, on the recorded "
     "tokens teacher-forced; K, V, H as above on those states.",
     "CIs: 95% percentile bootstrap over trajectories (1000 replicates, seed 0), at least 5 trajectories.",
+    "Beyond the paper (ppmech.nulls), on valid steps: R = Var(H)/(Var(K)+Var(V)) (ddof 0; < 1 iff "
+    "Cov(K, V) < 0; unchanged by h → c·h). Pairing null: V permuted within each trajectory (1000 "
+    "permutations, seed 0), one-sided p = (1 + #{null ≤ observed})/(1 + B); the pooled mean of H and "
+    "Var(K)+Var(V) do not change under it, so the global CV and R share a p-value. Scale null: h → c·h "
+    "adds 2 ln c to K and H. Token/position: fixed effects of the produced token x_t, the input "
+    "token x_{t−1} and the step t, additive (backfitting), fitted on one half of the trajectories and "
+    "evaluated on the other (2-fold cross-fitting; unseen tokens get the mean); H' = (K − K̂) + V + mean K, "
+    "K̂ from all three factors, keeps mean H. Curvature: mean "
+    "over trajectories of the mean angle between v_t and v_{t+1} (degrees; 90° for independent "
+    "directions), at the final norm.",
 ]
 
 
@@ -594,7 +608,8 @@ CLAIMS: list[Claim] = [
         Rule(
             "untestable",
             reason="needs ≥ 3 sizes of one family; the embedded models are one size each of "
-            "two families (use `ppmech analyze --correlate` on your own runs)",
+            "two families (add `--sweep DIR` with a `ppmech sweep` of 3+ sizes, or use "
+            "`ppmech analyze --correlate` on your own runs)",
         ),
         per_model=False,
     ),
@@ -681,6 +696,101 @@ CLAIMS: list[Claim] = [
         "{model}/pretrained-bf16/global_cv",
         Rule("near", tol=0.10),
         other="{model}/pretrained-f32-same/global_cv",
+    ),
+    *[
+        claim
+        for weights, tag in (("pretrained", "pre"), ("random", "rand"))
+        for claim in (
+            Claim(
+                f"N-compensate-{tag}",
+                "beyond the paper: compensation",
+                f"K and V compensate: R = Var(H)/(Var(K)+Var(V)) < 1, pooled ({weights}; scale-free)",
+                "implied by 'conservation'",
+                f"{{model}}/{weights}/null_R",
+                Rule("below", 1.0),
+            ),
+            Claim(
+                f"N-shuffle-{tag}",
+                "beyond the paper: pairing null",
+                f"H is flatter than the same K and V unpaired: V permuted within trajectories, one-sided "
+                f"p on pooled R (= p on the global CV) ({weights})",
+                "implied by 'conservation'",
+                f"{{model}}/{weights}/null_shuffle_p",
+                Rule("p_below", 0.05),
+            ),
+            Claim(
+                f"N-scale-{tag}",
+                "beyond the paper: scale null",
+                f"Conservation (global CV < 13%) survives expressing h in other units, h → c·h for every "
+                f"c in {{0.5, 1, 2, 10}} (largest CV) ({weights})",
+                "CV < 13%",
+                f"{{model}}/{weights}/null_scale_max_cv",
+                Rule("below", 0.13),
+            ),
+            Claim(
+                f"N-tokpos-{tag}",
+                "beyond the paper: token/position control",
+                f"K and V still compensate once produced-token, input-token and position effects are "
+                f"removed from K (cross-fitted): R' < 1 ({weights})",
+                "—",
+                f"{{model}}/{weights}/null_resid_R",
+                Rule("below", 1.0),
+            ),
+            Claim(
+                f"N-tokpos-shuffle-{tag}",
+                "beyond the paper: token/position control",
+                f"… and H' = K_resid + V + mean K is flatter than its unpaired null (p on R') ({weights})",
+                "—",
+                f"{{model}}/{weights}/null_resid_shuffle_p",
+                Rule("p_below", 0.05),
+            ),
+            Claim(
+                f"N-token-r2-{tag}",
+                "beyond the paper: token/position control",
+                f"The critique: the produced token's identity explains most of K's variance "
+                f"(held-out R² > 0.5) ({weights})",
+                "public critique",
+                f"{{model}}/{weights}/null_r2_token",
+                Rule("above", 0.5),
+            ),
+            Claim(
+                f"N-input-r2-{tag}",
+                "beyond the paper: token/position control",
+                f"The input token x_(t−1), whose position moves h_(t−1) to h_t, explains most of K's "
+                f"variance (held-out R² > 0.5) ({weights})",
+                "public critique",
+                f"{{model}}/{weights}/null_r2_input_token",
+                Rule("above", 0.5),
+            ),
+            Claim(
+                f"N-position-r2-{tag}",
+                "beyond the paper: token/position control",
+                f"Position explains most of K's variance (held-out R² > 0.5) ({weights})",
+                "public critique",
+                f"{{model}}/{weights}/null_r2_position",
+                Rule("above", 0.5),
+            ),
+        )
+    ],
+    Claim(
+        "N-curvature-gen",
+        "beyond the paper: curvature",
+        "Trained models straighten trajectories: mean angle between consecutive velocities, "
+        "pretrained < random (own greedy generations)",
+        "Hosseini & Fedorenko 2023",
+        "{model}/pretrained/curvature_deg",
+        Rule("less_than"),
+        other="{model}/random/curvature_deg",
+    ),
+    Claim(
+        "N-curvature-text",
+        "beyond the paper: curvature",
+        "Trained models straighten trajectories: pretrained < random on the same article text, "
+        "teacher-forced",
+        "Hosseini & Fedorenko 2023",
+        "{model}/pretrained-teacher/curvature_deg",
+        Rule("less_than"),
+        other="{model}/random-teacher/curvature_deg",
     ),
     Claim(
         "X-layers",

@@ -11,6 +11,8 @@ the 95% CI of the measured figure (trajectory bootstrap), never just the point:
   they are separated in the claimed direction, not supported if separated the
   other way, inconclusive if they overlap.
 * ``point below/above other``: for tables without CIs (per-layer), on point estimates.
+* ``p below x``: a permutation p-value (no CI; its error is Monte Carlo only):
+  supported if p < x, else not supported.
 * ``untestable``: inconclusive, with the reason.
 """
 
@@ -24,7 +26,15 @@ from ppmech.statistics import Estimate
 
 Verdict = Literal["supported", "not supported", "inconclusive"]
 RuleKind = Literal[
-    "below", "above", "between", "near", "less_than", "greater_than", "point_less_than", "untestable"
+    "below",
+    "above",
+    "between",
+    "near",
+    "less_than",
+    "greater_than",
+    "point_less_than",
+    "p_below",
+    "untestable",
 ]
 
 
@@ -65,6 +75,8 @@ class Rule:
             )
         if k == "point_less_than":
             return "point estimates: supported if measured < comparison, else not supported"
+        if k == "p_below":
+            return f"one-sided permutation p: supported if p < {self.value:g}, else not supported"
         return f"untestable here: {self.reason}"
 
 
@@ -86,6 +98,11 @@ def apply_rule(rule: Rule, m: Estimate | None, other: Estimate | None = None) ->
             return "inconclusive", "comparison not measured"
         ok = m.value < other.value
         return ("supported" if ok else "not supported"), f"{m.value:.4g} vs {other.value:.4g}"
+    if rule.kind == "p_below":
+        assert rule.value is not None
+        if m.value < rule.value:
+            return "supported", f"p = {m.value:.4g} < {rule.value:g}"
+        return "not supported", f"p = {m.value:.4g} >= {rule.value:g}"
     if not m.has_ci:
         return "inconclusive", "no confidence interval"
     lo, hi = m.low, m.high

@@ -2,7 +2,10 @@
 
 For each model, the core runs are the paper's protocol (§D.3.1: 100 Wikipedia
 prompts of 50 tokens, 100 greedy tokens), pretrained and random-weight, with
-hidden states saved. The open-question runs vary one thing at a time
+hidden states saved; beside them, the same weights teacher-forced on articles'
+own continuations (hidden states saved), for the curvature of natural text. The
+core runs also get the null models and confounder controls of
+:mod:`ppmech.nulls` ("beyond the paper"). The open-question runs vary one thing at a time
 (language, horizon, decoding, context length, compute precision) and use fewer
 prompts where they are expensive; :func:`plan_runs` is the list, and the
 ledger states each run's size.
@@ -29,10 +32,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ppmech import nulls as N
 from ppmech.claims import analyses as A
 from ppmech.claims.ledger import evaluate
 from ppmech.claims.render import ledger_json, render_markdown, verdict_counts
-from ppmech.errors import PPMechError
+from ppmech.errors import PPMechError, check_seed
 from ppmech.measure import EXECUTION_KEYS, MeasureConfig, measure
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import EMBEDDED_MODELS, load_model
@@ -41,7 +45,7 @@ from ppmech.runs import Run, load_run, write_json
 from ppmech.statistics import Estimate, require_trajectories, trajectory_bootstrap
 from ppmech.tables import markdown_table
 
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: null models and confounder controls
 #: Fewest bootstrap replicates that give a 95% percentile CI one replicate in each tail.
 MIN_BOOT_FOR_VERDICTS = 40
 #: Run settings that change only a run's own summary CIs, not what it recorded:
@@ -89,6 +93,7 @@ class Sizes:
     layer_trajectories: dict[str, int] = field(default_factory=lambda: {"smollm2-135m": 8, "gemma3-270m": 3})
     precision_prompts: int = 50
     window: int = 100
+    n_perm: int = 1000
 
 
 QUICK = Sizes(
@@ -103,6 +108,7 @@ QUICK = Sizes(
     layer_trajectories={"smollm2-135m": 2, "gemma3-270m": 2},
     precision_prompts=5,
     window=10,
+    n_perm=200,
 )
 
 
@@ -118,6 +124,8 @@ class VerifyConfig:
         n_boot: bootstrap replicates of every CI.
         seed: prompt choice, random init, sampling, bootstrap.
         custom_sizes: override the run and analysis sizes (for tests).
+        sweep: a ``ppmech sweep`` study directory whose families of 3 or more
+            sizes give the Table 5 row a measured verdict (see :mod:`ppmech.sweep.ledger`).
         device: where every run and analysis runs (``auto``: CUDA when available); an
             execution setting, so runs recorded elsewhere are reused.
     """
@@ -129,9 +137,11 @@ class VerifyConfig:
     n_boot: int = 1000
     seed: int = 0
     custom_sizes: Sizes | None = None
+    sweep: str | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.n_boot < MIN_BOOT_FOR_VERDICTS:
             raise PPMechError(
                 f"`n_boot` must be at least {MIN_BOOT_FOR_VERDICTS} for the ledger (got {self.n_boot}): "
@@ -174,6 +184,20 @@ def plan_runs(config: VerifyConfig) -> list[RunPlan]:
         plans.append(RunPlan(model, "pretrained", base, "paper protocol (§D.3.1)"))
         plans.append(
             RunPlan(model, "random", replace(base, weights="random"), "paper protocol, random weights")
+        )
+        # Teacher-forced runs need only one forward pass, but Gemma's 262k-token readout over
+        # every position is not free: as many prompts as the open-question runs.
+        teacher = replace(base, decoding="teacher", prompts=s.extra_prompts[model])
+        plans.append(
+            RunPlan(model, "pretrained-teacher", teacher, "curvature on natural text (teacher-forced)")
+        )
+        plans.append(
+            RunPlan(
+                model,
+                "random-teacher",
+                replace(teacher, weights="random"),
+                "curvature on natural text, random weights",
+            )
         )
     if not config.extras:
         return plans
@@ -341,6 +365,58 @@ def hidden_analyses(run: Run, lm: LoadedModel, sizes: Sizes, n_boot: int, seed: 
     return out
 
 
+def null_analyses(
+    run: Run, n_boot: int, seed: int, n_perm: int = 1000
+) -> tuple[dict[str, Estimate], pd.DataFrame]:
+    """The null models and confounder controls of :mod:`ppmech.nulls` on one run's steps.
+
+    Returns:
+        Estimates keyed ``null_*`` (see :data:`NULL_KEYS`) and the scale table
+        (:func:`ppmech.nulls.scale_table`).
+    """
+    parts = A.split_by_trajectory(run.steps, ["K", "V"])
+    out: dict[str, Estimate] = {}
+    comp = N.compensation(parts, n_boot, seed)
+    out["null_R"] = comp["pooled"]
+    out["null_R_per_trajectory"] = comp["per_trajectory"]
+    out["null_cov_KV"] = comp["cov_KV"]
+    shuffle = N.pairing_shuffle(parts, n_perm, seed)
+    out.update(_null_test_estimates("null_shuffle", shuffle))
+    scale = N.scale_controls(parts, N.SCALES, n_boot, seed)
+    for k, v in scale.items():
+        out[f"null_scale_{k}"] = v
+    ident = N.identity_controls(N.identity_frame(run.steps), n_boot, n_perm, seed)
+    for k, v in ident.r2.items():
+        out[f"null_r2_{k}"] = v
+    for k, v in ident.residual.items():
+        out[f"null_resid_{k}"] = v
+    out.update(_null_test_estimates("null_resid_shuffle", ident.residual_null))
+    return out, N.scale_table(parts)
+
+
+def _null_test_estimates(prefix: str, tests: dict[str, N.NullTest]) -> dict[str, Estimate]:
+    """``{prefix}_p`` (on pooled R; the global CV has the same p), the effect sizes and null means."""
+    r = tests["R"]
+    out = {
+        f"{prefix}_p": r.p_estimate(),
+        f"{prefix}_null_R": Estimate(
+            r.null_mean, r.null_low, r.null_high, r.n_trajectories, "pooled R, V shuffled (2.5–97.5%)"
+        ),
+        f"{prefix}_effect": Estimate(r.effect_size, n=r.n_trajectories, note="(R − null mean) / null sd"),
+    }
+    traj = tests["mean_trajectory_cv"]
+    out[f"{prefix}_p_trajectory_cv"] = traj.p_estimate()
+    out[f"{prefix}_effect_trajectory_cv"] = Estimate(
+        traj.effect_size, n=traj.n_trajectories, note="(mean CV(H_i) − null mean) / null sd"
+    )
+    return out
+
+
+def curvature_analysis(run: Run, n_boot: int, seed: int) -> dict[str, Estimate]:
+    """Mean angle between consecutive velocities (degrees) on a run's saved hidden states."""
+    return {"curvature_deg": N.curvature(np.asarray(run.hidden()), n_boot, seed)["mean_deg"]}
+
+
 def layer_analysis(run: Run, lm: LoadedModel, trajectories: int) -> pd.DataFrame:
     """Per-layer K, V, H statistics on the first ``trajectories`` trajectories of a run."""
     from ppmech.claims.layers import record_layers
@@ -467,6 +543,11 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
         raise PPMechError(
             f"`out` {out} is a file, not a directory", "pass a directory (it is created if missing)"
         )
+    table5: dict[str, A.Estimate] = {}
+    if config.sweep:  # read first: a bad --sweep fails before any run is recorded
+        from ppmech.sweep.ledger import table5_measurements
+
+        table5 = table5_measurements(config.sweep, config.n_boot, config.seed)
     runs_root = out / "runs"
     cache_root = out / "analyses"
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -482,7 +563,14 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
     for plan in tqdm(plans, desc="analyses", unit="run", disable=not progress, file=sys.stderr):
         run = runs[plan.name]
         core = plan.condition in ("pretrained", "random")
-        settings = {"n_boot": config.n_boot, "seed": config.seed, "sizes": asdict(sizes), "core": core}
+        teacher = plan.condition.endswith("-teacher")
+        settings = {
+            "n_boot": config.n_boot,
+            "seed": config.seed,
+            "sizes": asdict(sizes),
+            "core": core,
+            "teacher": teacher,
+        }
         key = _cache_key(run, "run", settings)
         cache_file = cache_root / f"{plan.name}.json"
         cached = _cached(cache_file, key)
@@ -505,6 +593,11 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
                         len(h_parts),
                         f"global CV of H at steps {last['start']}–{last['stop'] - 1}",
                     )
+            if core or teacher:
+                nulls, scale = null_analyses(run, config.n_boot, config.seed, sizes.n_perm)
+                est.update(nulls)
+                extra_tables["scale"] = scale
+                est.update(curvature_analysis(run, config.n_boot, config.seed))
             if core:
                 lm = model_for_run(run, config.device)
                 est.update(hidden_analyses(run, lm, sizes, config.n_boot, config.seed))
@@ -549,7 +642,16 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
                 h, A.pooled_cv, config.n_boot, config.seed, "float32 core run, same prompts"
             )
 
-    rows = evaluate(measurements, list(config.models))
+    claims = None
+    models = list(config.models)
+    if table5:
+        from ppmech.claims.ledger import CLAIMS
+        from ppmech.sweep.ledger import T5_SWEEP, ledger_models
+
+        measurements.update(table5)
+        models += ledger_models(table5)
+        claims = [T5_SWEEP if c.id == "T5" else c for c in CLAIMS]
+    rows = evaluate(measurements, models, claims)
     ledger = pd.DataFrame([r.to_dict() for r in rows])
     wall = time.perf_counter() - started
     meta = {
@@ -567,7 +669,7 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    sections = _sections(plans, runs, tables, sizes, config)
+    sections = _sections(plans, runs, tables, sizes, config, measurements)
     text = render_markdown(rows, meta, sections)
     tmp = out / ".claims.md.tmp"
     tmp.write_text(text)
@@ -584,6 +686,7 @@ def _sections(
     tables: dict[str, pd.DataFrame],
     sizes: Sizes,
     config: VerifyConfig,
+    measurements: dict[str, Estimate],
 ) -> list[tuple[str, str]]:
     runs_frame = pd.DataFrame([_run_row(p.name, runs[p.name], p) for p in plans])
     out = [
@@ -599,6 +702,19 @@ def _sections(
             + (" QUICK MODE: tiny runs, verdicts are not meaningful." if config.quick else ""),
         )
     ]
+    nulls = null_frame([f"{p.model}/{p.condition}" for p in plans], measurements)
+    if len(nulls):
+        out.append(
+            (
+                "Null models and confounder controls, per run",
+                markdown_table(nulls)
+                + f"\n\nR: Var(H)/(Var(K)+Var(V)) pooled [95% CI]; null R: mean of R with V permuted within "
+                f"trajectories ({sizes.n_perm} permutations) [2.5–97.5%]; p: one-sided permutation p; "
+                "CV at c: global CV of H with h → c·h; R², held out: of K on the produced token, "
+                "the input token, the step, token + step, and all three; R', p': on K with all three "
+                "effects removed (cross-fitted); curvature: mean angle between consecutive velocities (°).",
+            )
+        )
     for name, table in tables.items():
         if name.endswith("/cv_by_position"):
             out.append((f"CV of H by position: {name.split('/')[0]}", markdown_table(table)))
@@ -606,6 +722,50 @@ def _sections(
         if name.endswith("/layers"):
             out.append((f"Per-layer mechanics (logit lens): {name.split('/')[0]}", markdown_table(table)))
     return out
+
+
+#: Columns of :func:`null_frame`: (header, measurement key, show the CI).
+NULL_COLUMNS: tuple[tuple[str, str, bool], ...] = (
+    ("R", "null_R", True),
+    ("null R", "null_shuffle_null_R", True),
+    ("p", "null_shuffle_p", False),
+    ("effect (sd)", "null_shuffle_effect", False),
+    ("mean R_i", "null_R_per_trajectory", True),
+    ("std H", "null_scale_std_H", False),
+    ("CV c=0.5", "null_scale_cv_c0.5", False),
+    ("CV c=1", "null_scale_cv_c1", False),
+    ("CV c=2", "null_scale_cv_c2", False),
+    ("CV c=10", "null_scale_cv_c10", False),
+    ("R² token", "null_r2_token", True),
+    ("R² input token", "null_r2_input_token", True),
+    ("R² step", "null_r2_position", True),
+    ("R² token+step", "null_r2_token+position", True),
+    ("R² all three", "null_r2_all", True),
+    ("R'", "null_resid_R", True),
+    ("p'", "null_resid_shuffle_p", False),
+    ("curvature (°)", "curvature_deg", True),
+)
+
+
+def null_frame(keys: list[str], measurements: dict[str, Estimate]) -> pd.DataFrame:
+    """The null models and controls of every ``model/condition`` in ``keys`` that has them, as text cells."""
+
+    def cell(est: Estimate | None, ci: bool) -> str:
+        if est is None or not np.isfinite(est.value):
+            return "—"
+        if ci and est.has_ci:
+            return f"{est.value:.3g} [{est.low:.3g}, {est.high:.3g}]"
+        return f"{est.value:.3g}"
+
+    rows = []
+    for key in keys:
+        if f"{key}/null_R" not in measurements:
+            continue
+        row = {"run": key}
+        for header, metric, ci in NULL_COLUMNS:
+            row[header] = cell(measurements.get(f"{key}/{metric}"), ci)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def summary_frame(result: VerifyResult) -> pd.DataFrame:

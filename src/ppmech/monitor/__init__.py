@@ -31,14 +31,22 @@ Calibration
 :meth:`EnergyMonitor.calibrate` teacher-forces ``sequences`` texts of ``tokens``
 tokens each, by default from the English Wikipedia documents held out from the
 prompts used by measurement and steering (:func:`ppmech.corpus.document_split`),
-and learns, for every signal ``s`` in ``H, K, V, entropy, msp, neg_lse``:
+and splits them (split conformal): the first ``1 − holdout_fraction`` of them
+(the *fit* texts) give, for every signal ``s`` in ``H, K, V, entropy, msp, neg_lse``:
 
 * the pooled per-token mean ``μ_s`` and standard deviation ``σ_s`` (and quantiles);
 * the mean and standard deviation across sequences of the per-sequence mean;
-* the CUSUM threshold ``h_s`` (below).
 
 and, for the energy, the distribution of the per-sequence feature vector
-``f = (mean H, std H, drift H)`` (mean vector and covariance).
+``f = (mean H, std H, drift H)`` (mean vector and covariance). The remaining
+*held-out* texts, scored against that fit, set the thresholds: the CUSUM
+threshold ``h_s`` and the anomaly threshold are the ``⌈(n+1)(1−α)⌉``-th smallest
+of the ``n`` held-out scores (:func:`ppmech.monitor.scoring.conformal_threshold`),
+so a new normal text exchangeable with them alarms with probability at most ``α``.
+(Scores of the texts a threshold was fitted on are smaller than fresh ones;
+thresholds set on them alarmed on 10% of fresh normal text at a nominal 5%.)
+With fewer than ``1/α − 1`` held-out texts no finite threshold has that
+guarantee: the threshold is ``+inf`` and that alarm is off.
 
 Scores
 ------
@@ -48,17 +56,19 @@ Scores
   ``H_j`` against the token index (nats per token).
 * per-sequence anomaly score: the Mahalanobis distance of ``f`` from the
   calibration's feature distribution, ``sqrt((f-m)ᵀ C⁻¹ (f-m))``, in units of
-  the calibration's spread; ``p_value`` is the fraction of calibration sequences
-  scoring at least as high (``(1 + #{ref >= a}) / (1 + N)``), and the sequence is
-  ``flagged`` when ``p_value <= alpha``. It is two-sided: an energy level, a
-  fluctuation or a drift that is too low is as anomalous as one too high.
+  the calibration's spread; ``p_value`` is the conformal p-value, the fraction of
+  held-out calibration sequences scoring at least as high
+  (``(1 + #{ref >= a}) / (1 + N)``), and the sequence is ``flagged`` when the
+  score is above the anomaly threshold (equivalently ``p_value <= alpha``). It is
+  two-sided: an energy level, a fluctuation or a drift that is too low is as
+  anomalous as one too high.
 * CUSUM alarm for sustained drift, on ``z_H`` clipped to ``±z_clip``:
   ``S⁺_j = max(0, S⁺_{j-1} + z_j - k)``, ``S⁻_j = max(0, S⁻_{j-1} - z_j - k)``,
   ``C_j = max(S⁺_j, S⁻_j)``, starting at 0 and skipping tokens with NaN ``z``.
   The alarm fires at the first token with ``C_j > h``, where ``h`` is the
-  ``1 - alpha`` quantile of ``max_j C_j`` over the calibration sequences: a
-  normal text of the calibration length raises a false alarm with probability
-  about ``alpha``; longer texts more often.
+  conformal ``1 - alpha`` quantile of ``max_j C_j`` over the held-out calibration
+  sequences: a normal text of the calibration length raises a false alarm with
+  probability at most ``alpha``; longer texts more often.
 
 The anomaly score compares sequence-level features, so it is most meaningful for
 texts about as long as the calibration's (``tokens``, default 64); z-scores and

@@ -26,9 +26,23 @@ literature; and the calibrated two-sided ``|z|`` of the sequence mean of each
 baseline signal (against the same calibration texts) and the CUSUM on ``z_NLL``,
 which separate what calibration buys from what ``H`` buys.
 
+Two more baselines show what a detector can get without any dynamics: the
+calibrated ``|z|`` of the text's length in characters (every text has the same
+number of tokens, so the length in characters is what varies; a detector that
+only tracks it must not look good), and the Mahalanobis distance of the final
+post-final-norm hidden state (last position) from its mean over the calibration's
+fit texts, with a Ledoit–Wolf-shrunk covariance (:func:`shrunk_covariance`; the
+state has more dimensions than there are calibration texts).
+
 Metrics: AUROC (normal = negative, shifted = positive; ties count ½) and the
 TPR at 5% FPR (threshold: the smallest score exceeded by at most 5% of normal
 texts).
+
+False alarms: every alarm (the anomaly flag and the CUSUM on each signal) is
+counted on fresh normal texts (the ``normal`` set plus ``false_alarm_sequences``
+more held-out English texts, none used for calibration), with a Clopper–Pearson
+95% interval, for the split-conformal calibration and for the in-sample
+thresholds it replaces.
 """
 
 from __future__ import annotations
@@ -44,11 +58,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ppmech.errors import PPMechError
+from ppmech.errors import PPMechError, check_seed
 from ppmech.models.identity import LoadedModel
-from ppmech.monitor.calibration import Calibration, MonitorConfig, fit_calibration
-from ppmech.monitor.scoring import TokenTrace, cusum_path, first_alarm
+from ppmech.monitor.calibration import Calibration, MonitorConfig, calibration_split, fit_calibration
+from ppmech.monitor.scoring import TokenTrace, cusum_path, first_alarm, mahalanobis
 from ppmech.monitor.stream import calibration_sequences, trace_many
+from ppmech.statistics import rate_estimate
 
 F64 = Any
 
@@ -125,6 +140,71 @@ def delay_stats(
     return len(delays) / n, false / n, float(np.median(delays)), float(np.mean(delays))
 
 
+def shrunk_covariance(x: F64) -> tuple[F64, float]:
+    """Ledoit–Wolf (2004) shrinkage of the sample covariance toward a scaled identity.
+
+    ``Σ = λ μ I + (1 − λ) S`` with ``S`` the covariance (ddof 0) of the rows of ``x``,
+    ``μ = tr(S)/p``, ``λ = min(b̄², d²)/d²``, ``d² = ‖S − μI‖²_F / p`` and
+    ``b̄² = (Σ_k ‖x_k‖⁴ − n‖S‖²_F) / (n² p)`` on centred rows ``x_k``.
+
+    Args:
+        x: ``[n, p]`` samples, ``n >= 2``.
+
+    Returns:
+        ``([p, p] covariance, λ)``; positive definite whenever ``λ > 0`` and ``μ > 0``.
+    """
+    a = np.asarray(x, dtype=np.float64)
+    n, p = a.shape
+    if n < 2:
+        raise PPMechError(f"a covariance needs at least 2 samples (got {n})", "calibrate on more texts")
+    xc = a - a.mean(axis=0)
+    s = xc.T @ xc / n
+    mu = float(np.trace(s)) / p
+    d2 = float(np.sum((s - mu * np.eye(p)) ** 2)) / p
+    b2 = float(np.sum(np.sum(xc * xc, axis=1) ** 2) - n * np.sum(s * s)) / (n * n * p)
+    lam = min(max(b2, 0.0), d2) / d2 if d2 > 0 else 1.0
+    return lam * mu * np.eye(p) + (1 - lam) * s, lam
+
+
+@dataclass
+class Baselines:
+    """The length and hidden-state baselines, fitted on the calibration's fit texts.
+
+    Attributes:
+        length_mean, length_std: mean and std (ddof 1) of the length in characters.
+        state_mean: ``[d]`` mean final hidden state.
+        state_precision: ``[d, d]`` inverse of its shrunk covariance.
+        shrinkage: the Ledoit–Wolf ``λ`` used.
+    """
+
+    length_mean: float
+    length_std: float
+    state_mean: F64
+    state_precision: F64
+    shrinkage: float
+
+    @classmethod
+    def fit(cls, lengths: Sequence[float], states: F64) -> Baselines:
+        ln = np.asarray(lengths, dtype=np.float64)
+        cov, lam = shrunk_covariance(states)
+        sd = float(ln.std(ddof=1)) if len(ln) > 1 else 0.0
+        return cls(
+            length_mean=float(ln.mean()),
+            length_std=sd if sd > 0 else 1.0,
+            state_mean=np.asarray(states, dtype=np.float64).mean(axis=0),
+            state_precision=np.linalg.inv(cov),
+            shrinkage=lam,
+        )
+
+    def length_score(self, n_chars: float) -> float:
+        """Two-sided ``|z|`` of a text's length in characters."""
+        return abs(float(n_chars) - self.length_mean) / self.length_std
+
+    def state_score(self, state: F64) -> float:
+        """Mahalanobis distance of a final hidden state from the fit texts' mean."""
+        return mahalanobis(state, self.state_mean, self.state_precision)
+
+
 # --------------------------------------------------------------------------- scores
 
 
@@ -173,10 +253,13 @@ class BenchmarkConfig:
         model, dtype, seed, trust_remote_code: the (pretrained) model to monitor; ``seed``
             drives every random choice.
         sequences: texts per set (normal and each shifted set).
-        calibration_sequences: held-out English texts to calibrate on (disjoint from ``normal``).
+        calibration_sequences: held-out English texts to calibrate on (disjoint from ``normal``);
+            ``holdout_fraction`` of them set the thresholds (split conformal).
+        false_alarm_sequences: more fresh normal texts, beyond ``normal``, on which
+            the false-alarm rates are counted.
         tokens: tokens per text (after the special prefix).
         splice_at: English tokens before the foreign passage in ``spliced``.
-        alpha, cusum_k, z_clip: the monitor's thresholds
+        alpha, holdout_fraction, cusum_k, z_clip: the monitor's thresholds
             (see :class:`ppmech.monitor.calibration.MonitorConfig`).
         batch_size: texts per forward pass.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
@@ -187,18 +270,31 @@ class BenchmarkConfig:
     seed: int = 0
     trust_remote_code: bool = False
     sequences: int = 100
-    calibration_sequences: int = 150
+    calibration_sequences: int = 600
+    false_alarm_sequences: int = 400
     tokens: int = 64
     splice_at: int = 32
     alpha: float = 0.05
+    holdout_fraction: float = 0.5
     cusum_k: float = 0.5
     z_clip: float = 5.0
     batch_size: int = 16
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.sequences < 10:
             raise PPMechError(f"`sequences` must be at least 10 (got {self.sequences})", "use e.g. 100")
+        if self.calibration_sequences < 4:
+            raise PPMechError(
+                f"`calibration_sequences` must be at least 4 (got {self.calibration_sequences})",
+                "use e.g. 600",
+            )
+        if self.false_alarm_sequences < 0:
+            raise PPMechError(
+                f"`false_alarm_sequences` must be 0 or more (got {self.false_alarm_sequences})",
+                "use e.g. 400",
+            )
         if self.tokens < 16:
             raise PPMechError(f"`tokens` must be at least 16 (got {self.tokens})", "use e.g. 64")
         if not 4 <= self.splice_at <= self.tokens - 4:
@@ -216,6 +312,7 @@ class BenchmarkConfig:
             sequences=self.calibration_sequences,
             tokens=self.tokens,
             alpha=self.alpha,
+            holdout_fraction=self.holdout_fraction,
             cusum_k=self.cusum_k,
             z_clip=self.z_clip,
             batch_size=self.batch_size,
@@ -225,11 +322,15 @@ class BenchmarkConfig:
 
 @dataclass
 class BenchmarkSets:
-    """The id sequences of every set, and the splice index (into scored tokens) per spliced text."""
+    """The id sequences of every set, and the splice index (into scored tokens) per spliced text.
+
+    ``fresh`` holds the extra normal texts on which false alarms are counted.
+    """
 
     calibration: list[list[int]]
     sets: dict[str, list[list[int]]]
     splice_index: list[int]
+    fresh: list[list[int]]
 
 
 def _foreign(lm: LoadedModel, corpus: str, n: int, tokens: int, seed: int) -> list[list[int]]:
@@ -250,6 +351,15 @@ def build_sets(lm: LoadedModel, config: BenchmarkConfig, progress: bool = False)
     calibration = calibration_sequences(lm, mcfg)
     normal = calibration_sequences(
         lm, MonitorConfig(**{**asdict(mcfg), "sequences": n}), offset=config.calibration_sequences
+    )
+    fresh = (
+        calibration_sequences(
+            lm,
+            MonitorConfig(**{**asdict(mcfg), "sequences": max(config.false_alarm_sequences, 4)}),
+            offset=config.calibration_sequences + n,
+        )[: config.false_alarm_sequences]
+        if config.false_alarm_sequences
+        else []
     )
     rng = random.Random(config.seed)
     body = [s[p:] for s in normal]
@@ -305,6 +415,7 @@ def build_sets(lm: LoadedModel, config: BenchmarkConfig, progress: bool = False)
             "spliced": spliced,
         },
         splice_index=splice_index,
+        fresh=fresh,
     )
 
 
@@ -350,6 +461,7 @@ class BenchmarkResult:
         scores: long frame ``set, method, family, auroc, tpr_at_5fpr``.
         delays: frame ``signal, detected, false_alarm, median_delay, mean_delay``
             for the spliced set, one row per per-token CUSUM alarm.
+        false_alarms: :func:`false_alarm_table` on the fresh normal texts.
         seconds: wall time of the whole benchmark.
         versions: software versions.
     """
@@ -359,6 +471,7 @@ class BenchmarkResult:
     sizes: dict[str, int]
     scores: pd.DataFrame
     delays: pd.DataFrame
+    false_alarms: pd.DataFrame
     seconds: float
     versions: dict[str, str]
 
@@ -384,9 +497,14 @@ class BenchmarkResult:
             "sizes": self.sizes,
             "scores": self.scores.to_dict(orient="records"),
             "delays": self.delays.to_dict(orient="records"),
+            "false_alarms": self.false_alarms.to_dict(orient="records"),
             "seconds": self.seconds,
             "versions": self.versions,
         }
+
+
+ExtraScores = dict[str, tuple[str, dict[str, list[float]]]]
+"""Method name -> (family, set name -> per-text scores), for scores that need more than a trace."""
 
 
 def evaluate(
@@ -394,15 +512,20 @@ def evaluate(
     traces: dict[str, list[TokenTrace]],
     splice_index: Sequence[int],
     fpr: float = 0.05,
+    extra: ExtraScores | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every set with every method (pure given traces); returns ``(scores, delays)``."""
     rows = []
-    for name, (family, fn) in methods(cal).items():
-        normal = [fn(t) for t in traces["normal"]]
+    scored: ExtraScores = {
+        name: (family, {k: [fn(t) for t in v] for k, v in traces.items()})
+        for name, (family, fn) in methods(cal).items()
+    }
+    for name, (family, by_set) in (scored | (extra or {})).items():
+        normal = by_set["normal"]
         for set_name in SETS:
-            if set_name not in traces:
+            if set_name not in traces or set_name not in by_set:
                 continue
-            shifted = [fn(t) for t in traces[set_name]]
+            shifted = by_set[set_name]
             rows.append(
                 {
                     "set": set_name,
@@ -435,6 +558,76 @@ def evaluate(
     return pd.DataFrame(rows), pd.DataFrame(delay_rows)
 
 
+def false_alarm_table(calibrations: dict[str, Calibration], normal: Sequence[TokenTrace]) -> pd.DataFrame:
+    """Alarm rates on fresh normal texts, with Clopper–Pearson 95% intervals.
+
+    Args:
+        calibrations: label -> calibration (e.g. split conformal and in-sample).
+        normal: fresh normal traces, none used by any calibration.
+
+    Returns:
+        One row per calibration and alarm (the anomaly flag, the CUSUM on each
+        signal of :data:`DELAY_SIGNALS`): ``calibration``, ``alarm``, ``alarms``,
+        ``texts``, ``rate``, ``CI low``, ``CI high``, ``nominal``, ``nominal in CI``.
+    """
+    rows = []
+    for label, cal in calibrations.items():
+        alarms = {
+            "anomaly flag (mean, std, drift of H)": [cal.anomaly(t.H) > cal.anomaly_threshold for t in normal]
+        }
+        for name, signal in DELAY_SIGNALS.items():
+            sc = cal.signals[signal]
+            alarms[f"CUSUM on z of {name}"] = [
+                first_alarm(cusum_path(sc.z(t.signal(signal)), cal.cusum_k, cal.z_clip), sc.cusum_threshold)
+                is not None
+                for t in normal
+            ]
+        for alarm, hits in alarms.items():
+            est = rate_estimate(int(sum(hits)), len(hits))
+            rows.append(
+                {
+                    "calibration": label,
+                    "alarm": alarm,
+                    "alarms": int(sum(hits)),
+                    "texts": len(hits),
+                    "rate": est.value,
+                    "CI low": est.low,
+                    "CI high": est.high,
+                    "nominal": cal.alpha,
+                    "nominal in CI": bool(est.low <= cal.alpha <= est.high),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def text_lengths(lm: LoadedModel, sequences: Sequence[Sequence[int]]) -> list[float]:
+    """Length in characters of each text (the special prefix left out)."""
+    from ppmech.corpus import special_prefix
+
+    p = len(special_prefix(lm.tokenizer))
+    return [float(len(lm.tokenizer.decode(list(ids[p:])))) for ids in sequences]
+
+
+def baseline_scores(
+    base: Baselines, lengths: dict[str, list[float]], traces: dict[str, list[TokenTrace]]
+) -> ExtraScores:
+    """The length and hidden-state baselines' scores per set."""
+
+    def state(t: TokenTrace) -> float:
+        return base.state_score(t.final_state) if t.final_state is not None else float("nan")
+
+    return {
+        "|z| text length (characters)": (
+            "length baseline",
+            {k: [base.length_score(x) for x in v] for k, v in lengths.items()},
+        ),
+        "Mahalanobis final hidden state": (
+            "hidden-state baseline",
+            {k: [state(t) for t in v] for k, v in traces.items()},
+        ),
+    }
+
+
 def run_benchmark(
     config: BenchmarkConfig, lm: LoadedModel | None = None, progress: bool = True
 ) -> BenchmarkResult:
@@ -453,19 +646,38 @@ def run_benchmark(
         )
     sets = build_sets(lm, config, progress)
     cal_traces = trace_many(lm, sets.calibration, config.batch_size, "calibration" if progress else None)
-    cal = fit_calibration(cal_traces, lm.identity, config.monitor_config(), versions())
+    mcfg = config.monitor_config()
+    cal = fit_calibration(cal_traces, lm.identity, mcfg, versions())
     traces = {
         name: trace_many(lm, seqs, config.batch_size, name if progress else None)
         for name, seqs in sets.sets.items()
     }
-    scores, delays = evaluate(cal, traces, sets.splice_index)
-    sizes = {"calibration": len(sets.calibration)} | {k: len(v) for k, v in sets.sets.items()}
+    fresh = trace_many(lm, sets.fresh, config.batch_size, "fresh normal" if progress else None)
+    n_fit = calibration_split(len(cal_traces), mcfg.holdout_fraction)
+    fit_states = np.stack([t.final_state for t in cal_traces[:n_fit] if t.final_state is not None])
+    base = Baselines.fit(text_lengths(lm, sets.calibration[:n_fit]), fit_states)
+    lengths = {name: text_lengths(lm, seqs) for name, seqs in sets.sets.items()}
+    scores, delays = evaluate(cal, traces, sets.splice_index, extra=baseline_scores(base, lengths, traces))
+    in_sample = fit_calibration(cal_traces, lm.identity, mcfg, versions(), in_sample=True)
+    false_alarms = false_alarm_table(
+        {
+            f"split conformal ({cal.n_fit} fit + {cal.n_holdout} held out)": cal,
+            f"in-sample ({in_sample.n_fit} texts, previous method)": in_sample,
+        },
+        traces["normal"] + fresh,
+    )
+    sizes = (
+        {"calibration": len(sets.calibration)}
+        | {k: len(v) for k, v in sets.sets.items()}
+        | {"fresh normal": len(sets.fresh)}
+    )
     return BenchmarkResult(
         config=asdict(config),
         model=lm.identity.to_dict() | {"key": lm.identity.key},
         sizes=sizes,
         scores=scores,
         delays=delays,
+        false_alarms=false_alarms,
         seconds=time.perf_counter() - start,
         versions=versions(),
     )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ppmech.errors import PPMechError
+from ppmech.errors import PPMechError, check_seed
 from ppmech.models.identity import ModelIdentity
 from ppmech.monitor.scoring import (
     F64,
@@ -24,6 +24,7 @@ from ppmech.monitor.scoring import (
     TokenTrace,
     _finite,
     calibrate_signal,
+    conformal_threshold,
     cusum_path,
     first_alarm,
     mahalanobis,
@@ -32,7 +33,7 @@ from ppmech.monitor.scoring import (
 )
 
 CALIBRATION_KIND = "ppmech-monitor-calibration"
-CALIBRATION_SCHEMA = 1
+CALIBRATION_SCHEMA = 2  # 2: split-conformal thresholds (fit and held-out texts)
 
 
 @dataclass
@@ -48,6 +49,8 @@ class MonitorConfig:
         sequences: number of calibration texts.
         tokens: tokens per calibration text (the first ``tokens`` of each document).
         alpha: false-alarm rate that sets the CUSUM threshold and the ``flagged`` cut-off.
+        holdout_fraction: share of the calibration texts held out to set the
+            thresholds (split conformal); the rest fit the moments.
         cusum_k: CUSUM slack, in standard deviations.
         z_clip: |z| is clipped to this before the CUSUM (heavy-tailed surprisal).
         batch_size: texts per forward pass.
@@ -64,14 +67,22 @@ class MonitorConfig:
     sequences: int = 200
     tokens: int = 64
     alpha: float = 0.05
+    holdout_fraction: float = 0.5
     cusum_k: float = 0.5
     z_clip: float = 5.0
     batch_size: int = 16
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.sequences < 3:
-            raise PPMechError(f"`sequences` must be at least 3 (got {self.sequences})", "use e.g. 200")
+        check_seed(self.seed)
+        if self.sequences < 4:
+            raise PPMechError(
+                f"`sequences` must be at least 4 (got {self.sequences}): 3 to fit, 1 held out", "use e.g. 200"
+            )
+        if not 0 < self.holdout_fraction < 1:
+            raise PPMechError(
+                f"`holdout_fraction` must be in (0, 1) (got {self.holdout_fraction})", "use e.g. 0.5"
+            )
         if self.tokens < MIN_TOKENS:
             raise PPMechError(f"`tokens` must be at least {MIN_TOKENS} (got {self.tokens})", "use e.g. 64")
         if not 0 < self.alpha < 1:
@@ -84,6 +95,45 @@ class MonitorConfig:
             raise PPMechError(f"unknown split '{self.split}'", "use heldout, prompts or all")
 
 
+def _calibration_problem(
+    signals: dict[str, SignalCalibration], cov: list[list[float]], config: dict[str, Any]
+) -> str | None:
+    """What makes a calibration unusable, naming the field; ``None`` when it is usable.
+
+    Spreads scale every z-score: one that is zero, negative or NaN raises alarms on
+    normal text or silences the monitor. The feature covariance is inverted for the
+    anomaly score: it must be symmetric and positive semi-definite, and every feature
+    must vary (an all-zero covariance makes every text an outlier).
+    """
+    for name, sig in signals.items():
+        for field_name in ("token_std", "seq_mean_std"):
+            value = getattr(sig, field_name)
+            if not (math.isfinite(value) and value > 0):
+                return f"signals.{name}.{field_name} is {value}: spreads must be finite and positive"
+        values = [sig.token_mean, sig.seq_mean_mean, *sig.quantiles.values()]
+        if not all(math.isfinite(v) for v in values):
+            return f"signals.{name} has a non-finite mean or quantile"
+        # +inf (stored as null) is legitimate: too few held-out texts switch that alarm off.
+        if math.isnan(sig.cusum_threshold) or sig.cusum_threshold < 0:
+            return f"signals.{name}.cusum_threshold is {sig.cusum_threshold}: it must be >= 0"
+    alpha, k, clip = (float(config[key]) for key in ("alpha", "cusum_k", "z_clip"))
+    if not (0 < alpha < 1 and k >= 0 and clip > 0):
+        return (
+            f"config alpha={alpha}, cusum_k={k}, z_clip={clip}: need 0 < alpha < 1, cusum_k >= 0, z_clip > 0"
+        )
+    matrix = np.asarray(cov, dtype=np.float64)
+    scale = float(np.abs(matrix).max())
+    if not np.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-12 * max(scale, 1e-300)):
+        return "feature_cov is not symmetric"
+    diagonal = np.diag(matrix)
+    if not (diagonal > 0).all():
+        bad = [FEATURES[i] for i in np.flatnonzero(~(diagonal > 0))]
+        return f"feature_cov has no positive variance for {', '.join(bad)}"
+    if float(np.linalg.eigvalsh(matrix).min()) < -1e-9 * float(diagonal.max()):
+        return "feature_cov is not positive semi-definite"
+    return None
+
+
 @dataclass
 class Calibration:
     """A model's normal operation, as saved in a calibration JSON file.
@@ -94,8 +144,12 @@ class Calibration:
         signals: a :class:`SignalCalibration` per name in :data:`SIGNALS`.
         feature_mean: ``[3]`` mean of ``(mean H, std H, drift H)`` over calibration sequences.
         feature_cov: ``[3, 3]`` their covariance (ddof 1).
-        anomaly_reference: the calibration sequences' own anomaly scores, sorted.
-        n_sequences: calibration sequences used.
+        anomaly_reference: the held-out sequences' anomaly scores, sorted (the
+            reference of the conformal p-value).
+        anomaly_threshold: conformal threshold on the anomaly score (``+inf``: too
+            few held-out texts for ``alpha``; never flags).
+        n_sequences: calibration sequences used (fit + held out).
+        n_fit, n_holdout: how many fit the moments and how many set the thresholds.
         versions: software versions.
         created: UTC time stamp.
     """
@@ -106,7 +160,10 @@ class Calibration:
     feature_mean: list[float]
     feature_cov: list[list[float]]
     anomaly_reference: list[float]
+    anomaly_threshold: float
     n_sequences: int
+    n_fit: int
+    n_holdout: int
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
 
@@ -154,12 +211,15 @@ class Calibration:
             "schema_version": CALIBRATION_SCHEMA,
             "model": self.model,
             "config": self.config,
-            "signals": {name: asdict(s) for name, s in self.signals.items()},
+            "signals": {name: _inf_as_null(asdict(s)) for name, s in self.signals.items()},
             "feature_names": list(FEATURES),
             "feature_mean": self.feature_mean,
             "feature_cov": self.feature_cov,
             "anomaly_reference": self.anomaly_reference,
+            "anomaly_threshold": _inf_as_null(self.anomaly_threshold),
             "n_sequences": self.n_sequences,
+            "n_fit": self.n_fit,
+            "n_holdout": self.n_holdout,
             "versions": self.versions,
             "created": self.created,
         }
@@ -191,11 +251,13 @@ class Calibration:
                     quantiles={str(k): float(v) for k, v in raw["quantiles"].items()},
                     seq_mean_mean=float(raw["seq_mean_mean"]),
                     seq_mean_std=float(raw["seq_mean_std"]),
-                    cusum_threshold=float(raw["cusum_threshold"]),
+                    cusum_threshold=_null_as_inf(raw["cusum_threshold"]),
                 )
             mean = [float(x) for x in data["feature_mean"]]
             cov = [[float(x) for x in row] for row in data["feature_cov"]]
             ref = sorted(float(x) for x in data["anomaly_reference"])
+            threshold = _null_as_inf(data["anomaly_threshold"])
+            n_fit, n_holdout = int(data["n_fit"]), int(data["n_holdout"])
             model = dict(data["model"])
             config = dict(data["config"])
             for key in ("alpha", "cusum_k", "z_clip"):
@@ -215,6 +277,11 @@ class Calibration:
             raise corrupt("feature statistics have the wrong shape")
         if not ref or not all(math.isfinite(x) for x in [*mean, *ref, *(v for r in cov for v in r)]):
             raise corrupt("non-finite or empty feature statistics")
+        problem = _calibration_problem(signals, cov, config)
+        if problem:
+            raise corrupt(problem)
+        if math.isnan(threshold) or n_fit + n_holdout != n:
+            raise corrupt("thresholds or split sizes do not add up")
         return cls(
             model=model,
             config=config,
@@ -222,7 +289,10 @@ class Calibration:
             feature_mean=mean,
             feature_cov=cov,
             anomaly_reference=ref,
+            anomaly_threshold=threshold,
             n_sequences=n,
+            n_fit=n_fit,
+            n_holdout=n_holdout,
             versions=dict(data.get("versions", {})),
             created=str(data.get("created", "")),
         )
@@ -260,20 +330,53 @@ class Calibration:
         return cls.from_dict(data, source=f"calibration file {path}")
 
 
+def calibration_split(n: int, holdout_fraction: float) -> int:
+    """How many of ``n`` calibration texts fit the moments (the rest are held out).
+
+    At least 1 is held out and at least 3 fit (a 3-feature covariance needs them).
+
+    Raises:
+        PPMechError: ``n < 4``.
+    """
+    if n < 4:
+        raise PPMechError(
+            f"calibration needs at least 4 sequences (got {n}): 3 to fit, 1 held out", "use more text"
+        )
+    n_hold = min(max(1, round(n * holdout_fraction)), n - 3)
+    return n - n_hold
+
+
 def fit_calibration(
     traces: Sequence[TokenTrace],
     identity: ModelIdentity,
     config: MonitorConfig,
     versions: dict[str, str] | None = None,
+    in_sample: bool = False,
 ) -> Calibration:
-    """Learn a :class:`Calibration` from teacher-forced traces of normal text (pure statistics)."""
-    if len(traces) < 3:
+    """Learn a :class:`Calibration` from teacher-forced traces of normal text (pure statistics).
+
+    The first :func:`calibration_split` traces fit the moments; the rest, scored
+    against that fit, set the thresholds (split conformal).
+
+    Args:
+        in_sample: fit *and* threshold on all traces, the pre-conformal method
+            (its alarm rate on fresh text exceeds ``alpha``); for comparison only.
+    """
+    n_fit = len(traces) if in_sample else calibration_split(len(traces), config.holdout_fraction)
+    if n_fit < 3:
         raise PPMechError(f"calibration needs at least 3 sequences (got {len(traces)})", "use more text")
+    fit, held = list(traces[:n_fit]), list(traces if in_sample else traces[n_fit:])
     signals = {
-        name: calibrate_signal([t.signal(name) for t in traces], config.cusum_k, config.z_clip, config.alpha)
+        name: calibrate_signal(
+            [t.signal(name) for t in fit],
+            config.cusum_k,
+            config.z_clip,
+            config.alpha,
+            held_out=[t.signal(name) for t in held],
+        )
         for name in SIGNALS
     }
-    feats = np.array([sequence_features(t.H) for t in traces], dtype=np.float64)
+    feats = np.array([sequence_features(t.H) for t in fit], dtype=np.float64)
     feats = feats[np.all(np.isfinite(feats), axis=1)]
     if len(feats) < 3:
         raise PPMechError("fewer than 3 calibration sequences have a finite energy", "use longer texts")
@@ -287,13 +390,30 @@ def fit_calibration(
         feature_mean=[float(x) for x in mean],
         feature_cov=[[float(x) for x in row] for row in cov],
         anomaly_reference=[0.0],
+        anomaly_threshold=float("inf"),
         n_sequences=len(traces),
+        n_fit=n_fit,
+        n_holdout=0 if in_sample else len(traces) - n_fit,
         versions=dict(versions or {}),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    ref = [cal.anomaly(t.H) for t in traces]
-    cal.anomaly_reference = sorted(float(x) for x in ref if math.isfinite(x))
+    ref = sorted(float(x) for x in (cal.anomaly(t.H) for t in held) if math.isfinite(x))
+    if not ref:
+        raise PPMechError("no held-out calibration sequence has a finite energy", "use longer texts")
+    cal.anomaly_reference = ref
+    cal.anomaly_threshold = conformal_threshold(ref, config.alpha)
     return cal
+
+
+def _inf_as_null(obj: Any) -> Any:
+    """JSON has no infinity: an infinite threshold (alarm off) is stored as ``null``."""
+    if isinstance(obj, dict):
+        return {k: _inf_as_null(v) for k, v in obj.items()}
+    return None if isinstance(obj, float) and math.isinf(obj) else obj
+
+
+def _null_as_inf(value: Any) -> float:
+    return float("inf") if value is None else float(value)
 
 
 # --------------------------------------------------------------------------- scores
@@ -310,8 +430,8 @@ class SequenceScore:
         mean_K, mean_V: sequence means of ``K`` and ``V`` (nats).
         z_mean_H: z-score of ``mean_H`` against the calibration's sequence means.
         anomaly: Mahalanobis distance of the features from the calibration.
-        p_value: calibration tail probability of ``anomaly``.
-        flagged: ``p_value <= alpha``.
+        p_value: conformal p-value of ``anomaly`` (tail probability among the held-out texts).
+        flagged: ``anomaly`` above the calibration's conformal threshold (``p_value <= alpha``).
         cusum_max: the largest CUSUM statistic reached on ``z_H``.
         alarm_at: index (into the scored tokens) of the first CUSUM alarm, or ``None``.
     """
@@ -373,7 +493,7 @@ def score_trace(
         z_mean_H=sig["H"].seq_z(trace.H),
         anomaly=anomaly,
         p_value=p,
-        flagged=bool(p <= cal.alpha),
+        flagged=bool(anomaly > cal.anomaly_threshold),
         cusum_max=float(path.max(initial=0.0)),
         alarm_at=first_alarm(path, threshold),
     )

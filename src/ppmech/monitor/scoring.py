@@ -1,5 +1,6 @@
 """Pure statistics of the energy monitor: per-token traces, sequence features, the CUSUM, the
-Mahalanobis anomaly score and the per-signal calibration (definitions in :mod:`ppmech.monitor`).
+Mahalanobis anomaly score, the per-signal calibration and the split-conformal threshold
+(definitions in :mod:`ppmech.monitor`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class TokenTrace:
         entropy: ``[n]`` predictive entropy (nats).
         msp: ``[n]`` maximum softmax probability.
         neg_lse: ``[n]`` ``-logsumexp(logits)`` (Liu et al. 2020's energy score).
+        final_state: ``[d]`` post-final-norm state at the last position (teacher-forced
+            traces only; the hidden-state baseline of the benchmark), else ``None``.
     """
 
     token_ids: NDArray[np.int64]
@@ -47,6 +50,7 @@ class TokenTrace:
     entropy: F64
     msp: F64
     neg_lse: F64
+    final_state: F64 | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -154,8 +158,44 @@ class SignalCalibration:
         return float((v.mean() - self.seq_mean_mean) / self.seq_mean_std)
 
 
-def calibrate_signal(values: Sequence[F64], k: float, clip: float, alpha: float) -> SignalCalibration:
-    """Learn a :class:`SignalCalibration` from one array of per-token values per sequence."""
+def conformal_threshold(scores: Sequence[float], alpha: float) -> float:
+    """Split-conformal alarm threshold: the ``⌈(n+1)(1−α)⌉``-th smallest held-out score.
+
+    With ``n`` calibration scores exchangeable with a new normal score ``s``,
+    ``P(s > threshold) ≤ α`` (and ``≥ α − 1/(n+1)`` without ties): alarm when a
+    score is strictly above the threshold. When ``⌈(n+1)(1−α)⌉ > n`` no finite
+    threshold keeps that guarantee and the result is ``+inf`` (never alarm).
+
+    Raises:
+        PPMechError: ``alpha`` outside (0, 1), or no finite score.
+    """
+    if not 0 < alpha < 1:
+        raise PPMechError(f"alpha must be in (0, 1) (got {alpha})", "use e.g. 0.05")
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        raise PPMechError("no finite calibration score to set a threshold", "calibrate on more text")
+    # The 1e-9 keeps an exact product such as 20 × 0.95 = 19 from rounding up to 20.
+    rank = math.ceil((s.size + 1) * (1 - alpha) - 1e-9)
+    return float(s[rank - 1]) if rank <= s.size else float("inf")
+
+
+def calibrate_signal(
+    values: Sequence[F64],
+    k: float,
+    clip: float,
+    alpha: float,
+    held_out: Sequence[F64] | None = None,
+) -> SignalCalibration:
+    """Learn a :class:`SignalCalibration`: moments from ``values``, the CUSUM threshold from ``held_out``.
+
+    Args:
+        values: per-token values, one array per fit sequence.
+        held_out: per-token values of the held-out sequences; their CUSUM maxima
+            (on z-scores from the fit) set the threshold by :func:`conformal_threshold`.
+            ``None``: the fit sequences themselves (in-sample; too low a threshold,
+            kept for comparison).
+    """
     pooled = np.concatenate([_finite(v) for v in values])
     if len(pooled) < 2:
         raise PPMechError("calibration has fewer than 2 finite token values", "calibrate on more text")
@@ -165,7 +205,7 @@ def calibrate_signal(values: Sequence[F64], k: float, clip: float, alpha: float)
     seq_std = float(seq_means.std(ddof=1)) if len(seq_means) > 1 else 1.0
     maxima = [
         float(cusum_path((np.asarray(v, dtype=np.float64) - mean) / std, k, clip).max(initial=0.0))
-        for v in values
+        for v in (values if held_out is None else held_out)
     ]
     return SignalCalibration(
         token_mean=mean,
@@ -173,5 +213,5 @@ def calibrate_signal(values: Sequence[F64], k: float, clip: float, alpha: float)
         quantiles={str(q): float(np.quantile(pooled, q)) for q in QUANTILES},
         seq_mean_mean=float(seq_means.mean()),
         seq_mean_std=seq_std if seq_std > 0 else 1.0,
-        cusum_threshold=float(np.quantile(maxima, 1 - alpha)),
+        cusum_threshold=conformal_threshold(maxima, alpha),
     )

@@ -109,6 +109,7 @@ def trace_batch(lm: LoadedModel, sequences: Sequence[Sequence[int]]) -> list[Tok
                 entropy=terms["entropy"],
                 msp=terms["msp"],
                 neg_lse=terms["neg_lse"],
+                final_state=h[-1].double().cpu().numpy(),
             )
         )
     return out
