@@ -41,9 +41,11 @@ then rebuilds BENCHMARKS.md. A JSON written on another machine is published here
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,6 +54,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+if importlib.util.find_spec("ppmech") is None:  # a bare checkout (a GPU machine): use its src/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from ppmech.engine.decoder import left_pad
 from ppmech.engine.device import device_name, resolve_device
@@ -705,8 +710,6 @@ def main() -> None:
         publish_result(json.loads(Path(args.publish).read_text()))
         return
     device = resolve_device(args.device)
-    import sys
-
     command = "python benchmarks/bench_recorder.py " + " ".join(sys.argv[1:])
     result = gpu_benchmark(args, device) if device.type == "cuda" else cpu_benchmark(args, device)
     result.update(
