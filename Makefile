@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(VENV)/bin/ppmech measure --model smollm2-135m --out $(DEMO_OUT) --overwrite
+	$(VENV)/bin/ppmech report $(DEMO_OUT) --out $(DEMO_OUT)/report.html --title "ppmech demo: SmolLM2-135M"
+	@echo "open $(DEMO_OUT)/report.html in a browser (self-contained, works offline)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -40,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_recorder.py
 	$(PY) benchmarks/bench_steering.py
 	$(PY) benchmarks/bench_monitor.py
+	$(PY) benchmarks/bench_sweep.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,8 +3,8 @@
 Measured in one run, on the same prompts, alternating the two so that drifting
 machine load hits both alike:
 
-1. plain greedy generation: a KV-cached ``forward_step`` loop, batch 1, taking
-   the argmax of the model's logits;
+1. plain greedy generation: the engine's KV-cached loop (``Engine.steps``), batch 1,
+   no hook, taking the argmax of the model's logits;
 2. the same generation through :meth:`ppmech.monitor.EnergyMonitor.generate`:
    the final-norm hook, float32 log-softmax, ``V``/``K``/``H``, the baseline
    signals, z-scores and the CUSUM update, every token.
@@ -24,7 +24,9 @@ from typing import Any
 import torch
 
 from ppmech.corpus import load_documents, select_prompts
-from ppmech.models.loading import forward_step, load_model
+from ppmech.engine.decoder import Engine
+from ppmech.engine.sampling import Decoding, TokenChooser
+from ppmech.models.loading import load_model
 from ppmech.monitor.calibration import MonitorConfig
 from ppmech.monitor.stream import EnergyMonitor
 from ppmech.provenance import versions
@@ -34,21 +36,11 @@ RESULTS_NAME = "monitor.md"
 
 @torch.no_grad()
 def plain_generate(lm: Any, prompt: list[int], new_tokens: int) -> list[int]:
-    """Greedy, batch 1, KV-cached; no hooks, no statistics."""
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
-    pos = torch.arange(len(prompt))[None, :]
-    cache = None
-    out: list[int] = []
-    step_ids = ids
-    for _ in range(new_tokens):
-        logits, cache = forward_step(lm.model, step_ids, mask, pos, cache)
-        token = int(logits[0, -1].argmax())
-        out.append(token)
-        step_ids = torch.tensor([[token]])
-        pos = pos[:, -1:] + 1
-        mask = torch.cat([mask, mask.new_ones((1, 1))], dim=-1)
-    return out
+    """Greedy, batch 1, KV-cached, through the same engine loop; no scoring, no statistics."""
+    engine = Engine(lm, capture=[])
+    with engine.start([prompt], new_tokens) as session:
+        chooser = TokenChooser(Decoding(), 1, engine.device)
+        return [int(step.tokens[0]) for step in engine.steps(session, new_tokens, chooser)]
 
 
 def monitored_generate(monitor: EnergyMonitor, prompt: list[int], new_tokens: int) -> list[int]:
@@ -103,7 +95,7 @@ def main() -> None:
         "",
         "| measurement | seconds | ms per token |",
         "|---|---|---|",
-        f"| plain generation (KV-cached forward_step loop, argmax) | {t_plain:.2f} "
+        f"| plain generation (the engine's KV-cached loop, argmax) | {t_plain:.2f} "
         f"| {1e3 * t_plain / tokens:.1f} |",
         f"| monitored generation (EnergyMonitor.generate) | {t_mon:.2f} | {1e3 * t_mon / tokens:.1f} |",
         f"| **overhead per token** | | **{1e3 * (t_mon - t_plain) / tokens:.2f}** |",

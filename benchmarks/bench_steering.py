@@ -3,7 +3,7 @@
 On the same prompts (Wikipedia, 50 tokens, smollm2-135m, fp32, greedy, batch of
 ``--prompts`` rows) and the same number of new tokens:
 
-1. plain: :class:`ppmech.recording.Recorder` (KV-cached greedy decoding that
+1. plain: :class:`ppmech.engine.recorder.Recorder` (KV-cached greedy decoding that
    records ``h_t``, ``ln p`` and entropy);
 2. steered at the final norm (the paper's case): ``ppmech.steering.algorithm`` with every
    step targeting the article's own next token (teacher-style, η = 0.5, K = 20),
@@ -25,9 +25,10 @@ import time
 import torch
 
 from ppmech.corpus import load_documents, select_prompts
+from ppmech.engine.recorder import Recorder
+from ppmech.engine.sampling import Decoding
 from ppmech.models.loading import load_model
 from ppmech.provenance import versions
-from ppmech.recording import Decoding, Recorder
 from ppmech.steering.algorithm import SteeringConfig
 from ppmech.steering.generation import _steered_trace
 

@@ -101,24 +101,44 @@ def _load_wiki(name: str) -> list[Document]:
     return docs
 
 
-def _load_jsonl(path: Path, text_field: str) -> list[Document]:
-    docs = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+def jsonl_records(raw: str, name: str, text_field: str) -> list[tuple[int, dict[str, Any], str]]:
+    """``(line number, record, text)`` for every non-blank line of a JSONL text.
+
+    Raises:
+        PPMechError: a line that is not a JSON object, lacks ``text_field``, or whose
+            text is null or not a string (it would otherwise be read as "None" or "3").
+    """
+    out = []
+    for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise PPMechError(
-                f"{path}:{lineno} is not valid JSON ({exc.msg})",
+                f"{name}:{lineno} is not valid JSON ({exc.msg})",
                 "write one JSON object per line",
             ) from exc
         if not isinstance(record, dict) or text_field not in record:
             raise PPMechError(
-                f"{path}:{lineno} has no field '{text_field}'",
+                f"{name}:{lineno} has no field '{text_field}'",
                 "name the text field with `text_field`",
             )
-        text = str(record[text_field]).strip()
+        text = record[text_field]
+        if not isinstance(text, str):
+            shown = "null" if text is None else f"a {type(text).__name__}"
+            raise PPMechError(
+                f"{name}:{lineno}: field '{text_field}' is {shown}, not a string",
+                "give every record a text, or remove the line",
+            )
+        out.append((lineno, record, text))
+    return out
+
+
+def _load_jsonl(path: Path, text_field: str) -> list[Document]:
+    docs = []
+    for lineno, record, raw_text in jsonl_records(_read_text(path), str(path), text_field):
+        text = raw_text.strip()
         if text:
             name = record.get("title") or record.get("id") or f"{path.name}:{lineno}"
             docs.append(Document(source=str(name), text=text))
@@ -160,11 +180,17 @@ def _load_hf_dataset(location: str, text_field: str, split: str) -> list[Documen
             f"dataset '{location}' has no column '{text_field}'",
             f"name the text column with `text_field` (columns: {', '.join(loaded.column_names)})",
         )
-    return [
-        Document(source=f"{Path(location).name}#{i}", text=str(t).strip())
-        for i, t in enumerate(loaded[text_field])
-        if t and str(t).strip()
-    ]
+    docs = []
+    for i, t in enumerate(loaded[text_field]):
+        if not isinstance(t, str):
+            shown = "null" if t is None else f"a {type(t).__name__}"
+            raise PPMechError(
+                f"dataset '{location}' row {i}: column '{text_field}' is {shown}, not a string",
+                "name a text column with `text_field`, or drop the rows without text",
+            )
+        if t.strip():
+            docs.append(Document(source=f"{Path(location).name}#{i}", text=t.strip()))
+    return docs
 
 
 def load_documents(corpus: str, text_field: str = "text", split: str = "train") -> list[Document]:
@@ -233,6 +259,8 @@ def select_prompts(
     continuation_tokens: int = 0,
     seed: int = 0,
     split: str | None = None,
+    continuation_field: str | None = None,
+    purpose: str | None = None,
 ) -> list[Prompt]:
     """Choose ``n`` prompts: a seeded shuffle of the documents, keeping those long enough.
 
@@ -243,6 +271,9 @@ def select_prompts(
     Args:
         split: ``"prompts"`` or ``"heldout"`` to keep one side of
             :func:`document_split`; ``None`` keeps everything.
+        continuation_field: the config field that set ``continuation_tokens`` (e.g.
+            ``new_tokens``), named in the message when documents are too short.
+        purpose: why the continuation is needed, for that message.
 
     Raises:
         PPMechError: ``n < 1``, ``context_tokens < 1``, or too few long documents.
@@ -277,7 +308,23 @@ def select_prompts(
         )
         if len(chosen) == n:
             return chosen
+    if seen == 0:
+        raise PPMechError(
+            f"none of the corpus's {len(documents)} documents falls in its '{split}' part "
+            "(about 20% of documents are held out, by content hash)",
+            "use a corpus with more documents",
+        )
+    parts = f"`context_tokens` {context_tokens}"
+    names = "`prompts` or `context_tokens`"
+    if continuation_tokens:
+        if continuation_field:
+            parts += f" + `{continuation_field}` {continuation_tokens}"
+            names = f"`prompts`, `context_tokens` or `{continuation_field}`"
+        else:
+            parts += f" + {continuation_tokens} following token(s)"
+    purpose = f"; {purpose}" if purpose else ""
     raise PPMechError(
-        f"only {len(chosen)} of {seen} documents have the {need} tokens needed for {n} prompts",
-        "ask for fewer `prompts`, fewer `context_tokens`, or use a corpus with longer texts",
+        f"only {len(chosen)} of {seen} documents have the {need} tokens a prompt needs "
+        f"({parts}{purpose}), and {n} prompts were asked for",
+        f"ask for fewer {names}, or use a corpus with longer texts",
     )

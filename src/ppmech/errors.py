@@ -41,3 +41,21 @@ class PPMechError(Exception):
     def for_cli(self, flags: Mapping[str, str]) -> str:
         """:meth:`one_line` with each `field` that has a flag in ``flags`` (field -> flag) as the flag."""
         return _FIELD.sub(lambda m: flags.get(m[1], m[0]), self.one_line())
+
+
+SEED_LIMIT = 2**32
+"""Seeds lie in ``[0, 2**32)``: numpy's generators refuse negative seeds, and the
+per-trajectory sampling seeds (``seed * 1_000_003 + index``) must stay inside the
+64-bit range that ``torch.Generator.manual_seed`` accepts."""
+
+
+def check_seed(seed: object, field: str = "seed") -> None:
+    """Refuse a seed outside ``[0, 2**32)`` (or not an integer) with one line.
+
+    Raises:
+        PPMechError: the seed is not an integer in range.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise PPMechError(
+            f"`{field}` must be an integer from 0 to {SEED_LIMIT - 1} (got {seed!r})", "use e.g. 0"
+        )

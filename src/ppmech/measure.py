@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,21 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ppmech.artifacts import Output
 from ppmech.corpus import load_documents, select_prompts
-from ppmech.errors import PPMechError
+from ppmech.engine.batching import BatchSizer, chunk_size, parse_batch_size
+from ppmech.engine.compiled import check_compile_mode
+from ppmech.engine.device import device_record
+from ppmech.engine.recorder import BatchRecord, Recorder
+from ppmech.engine.sampling import Decoding
+from ppmech.errors import PPMechError, check_seed
 from ppmech.models.loading import load_configured
 from ppmech.provenance import versions
-from ppmech.recording import Decoding, Recorder
 from ppmech.runs import RunWriter, batch_tables, load_run
 from ppmech.statistics import EnergyStatistics, statistics_from_steps
+
+#: Settings that choose how a run is computed, not what it records (see :class:`MeasureConfig`).
+EXECUTION_KEYS = ("device", "compile", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -40,14 +48,26 @@ class MeasureConfig:
         prompts: number of trajectories.
         context_tokens: prompt length in tokens (before the model's BOS, if any).
         new_tokens: steps recorded per trajectory.
-        decoding: ``greedy``, ``sample`` or ``teacher`` (scores the article's own continuation).
-        temperature, top_k, top_p: sampling parameters.
+        decoding: ``greedy`` (the most probable token each step), ``sample`` (drawn from
+            the model's distribution, with ``temperature``/``top_k``/``top_p``) or ``teacher``
+            (the article's own next ``new_tokens`` tokens are fed and scored: the prompt
+            document needs ``context_tokens + new_tokens`` tokens).
+        temperature, top_k, top_p: sampling parameters (``sample`` only; refused otherwise).
         stop_at_eos: end trajectories at EOS (off: fixed length, as in the paper).
-        seed: seeds the prompt choice, random init and sampling.
-        batch_size: trajectories per forward batch.
+        seed: seeds the prompt choice, random init, sampling and the bootstrap; ``[0, 2**32)``.
+        batch_size: trajectories per forward batch, or ``auto`` (the largest that
+            fits, halved on out-of-memory; 50 on the CPU): see :mod:`ppmech.engine.batching`.
         save_hidden: also store ``h_t`` under ``hidden/``.
         n_boot: bootstrap replicates for the CIs.
         trust_remote_code: let transformers run model code from the checkpoint.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        compile: ``auto``, ``on`` or ``off``: the static-cache, compiled decode step
+            (see :mod:`ppmech.engine.compiled`).
+
+    ``device``, ``compile`` and ``batch_size`` choose how a run is computed, not
+    what it records (:data:`EXECUTION_KEYS`): they move recorded numbers only by
+    float round-off (batched equals one-at-a-time within 1e-3; compiled equals
+    eager within 1e-3), and runs that differ only in them are interchangeable.
     """
 
     model: str = "smollm2-135m"
@@ -64,10 +84,12 @@ class MeasureConfig:
     top_p: float | None = None
     stop_at_eos: bool = False
     seed: int = 0
-    batch_size: int = 50
+    batch_size: int | str = "auto"
     save_hidden: bool = False
     n_boot: int = 1000
     trust_remote_code: bool = False
+    device: str = "auto"
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         if self.prompts < 1:
@@ -83,13 +105,32 @@ class MeasureConfig:
             raise PPMechError(
                 f"`context_tokens` must be at least 1 (got {self.context_tokens})", "use e.g. 50"
             )
-        if self.batch_size < 1:
-            raise PPMechError(f"`batch_size` must be at least 1 (got {self.batch_size})", "use e.g. 50")
+        object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
+        check_compile_mode(self.compile)
         if self.n_boot < 0:
             raise PPMechError(
                 f"`n_boot` must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
             )
+        check_seed(self.seed)
+        for name in ("corpus", "model", "text_field"):
+            if not str(getattr(self, name)).strip():
+                raise PPMechError(
+                    f"`{name}` is empty", f"give `{name}` a value, or leave it out for its default"
+                )
         self.decoding_config()  # validates the sampling parameters
+        if self.decoding != "sample":
+            # Refused rather than ignored: the run's summary would record a temperature
+            # (or top-k/top-p) that never acted, and the user would believe it had.
+            given = [
+                f"`{name}`"
+                for name, default in (("temperature", 1.0), ("top_k", None), ("top_p", None))
+                if getattr(self, name) != default
+            ]
+            if given:
+                raise PPMechError(
+                    f"{', '.join(given)} only applies to `decoding` sample, not {self.decoding}",
+                    f"drop {', '.join(given)}, or use `decoding` sample",
+                )
 
     def decoding_config(self) -> Decoding:
         return Decoding(
@@ -113,6 +154,7 @@ class MeasureResult:
     summary: dict[str, Any]
     steps: pd.DataFrame
     trajectories: pd.DataFrame
+    files: list[str] = field(default_factory=list)
 
 
 def measure(
@@ -127,11 +169,15 @@ def measure(
     Raises:
         PPMechError: on any bad input (see :mod:`ppmech.errors`).
     """
+    if not str(out).strip():
+        raise PPMechError("`out` is empty", "give `out` a run directory")
     out = Path(out)
+    # Refuse a taken `out` (or a running writer) before the minutes of loading and recording.
+    Output(out, "measure", overwrite=overwrite, resume=resume, resumable=True).preflight()
     started = time.perf_counter()
     lm = load_configured(config)
     decoding = config.decoding_config()
-    recorder = Recorder(lm, decoding, keep_hidden=config.save_hidden)
+    recorder = Recorder(lm, decoding, keep_hidden=config.save_hidden, compile=config.compile)
     special = len(lm.tokenizer("a")["input_ids"]) - len(
         lm.tokenizer("a", add_special_tokens=False)["input_ids"]
     )
@@ -145,69 +191,86 @@ def measure(
         context_tokens=config.context_tokens,
         continuation_tokens=config.new_tokens if teacher else 0,
         seed=config.seed,
+        continuation_field="new_tokens",
+        purpose="teacher decoding scores the article's own next `new_tokens` tokens",
     )
-    writer = RunWriter(out, config.to_dict(), overwrite=overwrite, resume=resume)
-    done = writer.done_batches()
-    batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
-    bar = tqdm(
-        total=len(prompts) * config.new_tokens,
-        desc=f"recording {config.model} ({config.weights})",
-        unit="tok",
-        disable=not progress,
-        file=sys.stderr,
-    )
-    record_seconds = 0.0
-    for index, batch in enumerate(batches):
-        if index in done:
-            bar.update(len(batch) * config.new_tokens)
-            continue
-        t0 = time.perf_counter()
-        record = recorder.record(
-            [p.ids for p in batch],
-            config.new_tokens,
-            seeds=[config.seed * 1_000_003 + p.index for p in batch],
-            targets=[p.continuation_ids for p in batch] if teacher else None,
-        )
-        record_seconds += time.perf_counter() - t0
-        traj, steps = batch_tables(
-            record,
-            [p.index for p in batch],
-            [p.source for p in batch],
-            [p.ids for p in batch],
-            lm.tokenizer,
-        )
-        hidden = record.hidden.float().numpy() if record.hidden is not None else None
-        writer.write_batch(index, traj, steps, hidden)
-        bar.update(len(batch) * config.new_tokens)
-    bar.close()
-
     computed: list[EnergyStatistics] = []
+    with RunWriter(out, config.to_dict(), overwrite=overwrite, resume=resume) as writer:
+        done = writer.done_batches()
+        chunk = chunk_size(config.batch_size)
+        batches = [prompts[i : i + chunk] for i in range(0, len(prompts), chunk)]
+        recorder.rows_left = sum(len(b) for i, b in enumerate(batches) if i not in done)
+        sizer = BatchSizer(config.batch_size, lm.device)
+        bar = tqdm(
+            total=len(prompts) * config.new_tokens,
+            desc=f"recording {config.model} ({config.weights})",
+            unit="tok",
+            disable=not progress,
+            file=sys.stderr,
+        )
 
-    def summarise(steps: pd.DataFrame) -> dict[str, Any]:
-        stats = statistics_from_steps(steps, n_boot=config.n_boot, seed=config.seed)
-        computed.append(stats)
-        return {
-            "statistics": stats.to_dict(),
-            "config": config.to_dict(),
-            "decoding": decoding.to_dict(),
-            "model": lm.identity.to_dict(),
-            "versions": versions(),
-            "counts": {
-                "trajectories": len(prompts),
-                "prompt_tokens": int(sum(len(p.ids) for p in prompts)),
-                "generated_tokens": len(steps),
-                "zero_velocity_steps": stats.n_zero_velocity,
-                "valid_steps": stats.n_valid,
-            },
-            "timing": {
-                "recording_seconds_this_session": round(record_seconds, 3),
-                "total_seconds_this_session": round(time.perf_counter() - started, 3),
-                "threads": torch.get_num_threads(),
-            },
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        def record(part: list[Any]) -> BatchRecord:
+            result = recorder.record(
+                [p.ids for p in part],
+                config.new_tokens,
+                seeds=[config.seed * 1_000_003 + p.index for p in part],
+                targets=[p.continuation_ids for p in part] if teacher else None,
+            )
+            bar.update(len(part) * config.new_tokens)
+            return result
+
+        record_seconds = 0.0
+        for index, batch in enumerate(batches):
+            if index in done:
+                bar.update(len(batch) * config.new_tokens)
+                continue
+            t0 = time.perf_counter()
+            # Sub-batches that finished before an out-of-memory back-off are kept, not rerun.
+            batch_record = BatchRecord.concat(sizer.map(batch, record))
+            record_seconds += time.perf_counter() - t0
+            traj, steps = batch_tables(
+                batch_record,
+                [p.index for p in batch],
+                [p.source for p in batch],
+                [p.ids for p in batch],
+                lm.tokenizer,
+            )
+            hidden = batch_record.hidden.float().numpy() if batch_record.hidden is not None else None
+            writer.write_batch(index, traj, steps, hidden)
+        bar.close()
+        execution = {
+            **device_record(lm.device),
+            "batch_size": sizer.current,
+            "out_of_memory_backoffs": sizer.backoffs,
+            "decode": "compiled" if recorder.engine.fast else "eager",
         }
 
-    writer.finalize(summarise)
+        def summarise(steps: pd.DataFrame) -> dict[str, Any]:
+            stats = statistics_from_steps(steps, n_boot=config.n_boot, seed=config.seed)
+            computed.append(stats)
+            return {
+                "statistics": stats.to_dict(),
+                "config": config.to_dict(),
+                "decoding": decoding.to_dict(),
+                "model": lm.identity.to_dict(),
+                "versions": versions(),
+                "execution": execution,
+                "counts": {
+                    "trajectories": len(prompts),
+                    "prompt_tokens": int(sum(len(p.ids) for p in prompts)),
+                    "generated_tokens": len(steps),
+                    "zero_velocity_steps": stats.n_zero_velocity,
+                    "valid_steps": stats.n_valid,
+                },
+                "timing": {
+                    "recording_seconds_this_session": round(record_seconds, 3),
+                    "total_seconds_this_session": round(time.perf_counter() - started, 3),
+                    "threads": torch.get_num_threads(),
+                },
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+
+        writer.finalize(summarise)
     run = load_run(out)
     return MeasureResult(
         path=out,
@@ -215,6 +278,7 @@ def measure(
         summary=run.summary,
         steps=run.steps,
         trajectories=run.trajectories,
+        files=writer.written,
     )
 
 

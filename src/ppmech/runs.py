@@ -7,17 +7,20 @@ Layout of a complete run::
     summary.json           statistics, config, model identity, versions
     hidden/batch-*.npy     optional: h_t per batch, [B, T, d] float32
 
+    .ppmech-run            marker: written by ppmech ``measure`` (see :mod:`ppmech.artifacts`)
+
 While recording, each batch lands in ``parts/`` (written to a temporary name
 and renamed, so a part is whole or absent). ``summary.json`` is written last,
-after the final parquet files were renamed into place: a directory without it
-is an *incomplete* run, which :func:`load_run` refuses and ``--resume``
-continues from its last whole batch.
+after the final parquet files were renamed into place, and records the rows,
+size and SHA-256 of every data file: a directory without it is an *incomplete*
+run, which :func:`load_run` refuses and ``--resume`` continues from its last
+whole batch. Locking, the marker and staged ``--overwrite`` are
+:class:`ppmech.artifacts.Output`'s.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +31,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ppmech import artifacts
+from ppmech.artifacts import write_json  # re-exported: the one JSON writer
+from ppmech.engine.recorder import BatchRecord
 from ppmech.errors import PPMechError
 from ppmech.mechanics import energy_terms
-from ppmech.recording import BatchRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: summary.json lists every data file with its rows, size and SHA-256
 
 TRAJECTORY_SCHEMA = pa.schema(
     [
@@ -59,23 +64,6 @@ STEP_SCHEMA = pa.schema(
         ("H", pa.float64()),
     ]
 )
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
-
-
-def _write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 def _nullable(values: np.ndarray) -> pa.Array:
@@ -132,59 +120,60 @@ def batch_tables(
 class RunWriter:
     """Writes a run directory batch by batch; see the module docstring.
 
+    Holds the run's :class:`~ppmech.artifacts.Output` (lock, marker, staging) from
+    construction until :meth:`finalize` or :meth:`close`; use it as a context
+    manager so that the lock is released on any failure.
+
     Args:
         out: the run directory.
         config: the run's configuration; ``--resume`` requires an equal one.
-        overwrite: replace whatever is at ``out``.
-        resume: continue an incomplete run at ``out``.
+        overwrite: replace a run ppmech wrote at ``out``; the old run stays whole
+            until the new one is complete.
+        resume: continue an interrupted run at ``out``.
 
     Raises:
-        PPMechError: ``out`` exists and neither flag allows using it, or the
-            run to resume was made with another configuration.
+        PPMechError: ``out`` is taken (see :class:`~ppmech.artifacts.Output`), or
+            the run to resume was made with another configuration.
     """
 
     def __init__(
         self, out: Path, config: dict[str, Any], overwrite: bool = False, resume: bool = False
     ) -> None:
         self.out = Path(out)
-        self.parts = self.out / "parts"
         self.config = config
-        complete = (self.out / "summary.json").is_file()
-        started = (self.parts / "config.json").is_file()
-        occupied = self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir()))
-        if occupied and overwrite:
-            if self.out.is_dir():
-                # The summary goes first so that a crash mid-delete never leaves
-                # something that still reads as a complete run.
-                (self.out / "summary.json").unlink(missing_ok=True)
-                shutil.rmtree(self.out)
-            else:
-                self.out.unlink()
-        elif occupied and resume and started and not complete:
-            previous = json.loads((self.parts / "config.json").read_text())
-            if previous != config:
-                diff = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
-                raise PPMechError(
-                    f"cannot resume {self.out}: it was recorded with different settings ({', '.join(diff)})",
-                    "rerun with the original settings, or pass --overwrite to start again",
-                )
-        elif occupied and complete:
-            raise PPMechError(
-                f"{self.out} already holds a complete run",
-                "pass --overwrite to replace it, or choose another --out",
-            )
-        elif occupied and started:
-            raise PPMechError(
-                f"{self.out} holds an interrupted run",
-                "pass --resume to continue it, or --overwrite to start again",
-            )
-        elif occupied:
-            raise PPMechError(
-                f"{self.out} exists and is not empty",
-                "pass --overwrite to replace it, or choose another --out",
-            )
-        self.parts.mkdir(parents=True, exist_ok=True)
-        write_json(self.parts / "config.json", config)
+        self.output = artifacts.Output(
+            self.out, "measure", overwrite=overwrite, resume=resume, resumable=True
+        )
+        self.output.open()
+        try:
+            self.root = self.output.path
+            self.parts = self.root / "parts"
+            previous_path = self.parts / "config.json"
+            if self.output.resuming and previous_path.is_file():
+                previous = json.loads(previous_path.read_text())
+                if previous != config:
+                    diff = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+                    raise PPMechError(
+                        f"cannot resume {self.out}: it was recorded with different settings "
+                        f"({', '.join(diff)})",
+                        "rerun with the original settings, or pass `overwrite` to start again",
+                    )
+            self.parts.mkdir(exist_ok=True)
+            write_json(previous_path, config)
+        except BaseException:
+            self.output.close(failed=True)
+            raise
+        self.written: list[str] = []
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(failed=exc_type is not None)
+
+    def close(self, failed: bool = False) -> None:
+        """Release the run's lock (an unfinished run stays resumable)."""
+        self.output.close(failed=failed)
 
     def done_batches(self) -> set[int]:
         """Indices of batches already on disk."""
@@ -200,36 +189,45 @@ class RunWriter:
     ) -> None:
         """Store one batch; the trajectories part is written last and marks it whole."""
         if hidden is not None:
-            hidden_dir = self.out / "hidden"
+            hidden_dir = self.root / "hidden"
             hidden_dir.mkdir(exist_ok=True)
-            tmp = hidden_dir / f".batch-{index:05d}.npy.tmp"
-            with tmp.open("wb") as handle:
-                np.save(handle, hidden.astype(np.float32))
-            os.replace(tmp, hidden_dir / f"batch-{index:05d}.npy")
-        _write_table(self.parts / f"batch-{index:05d}.steps.parquet", steps)
-        _write_table(self.parts / f"batch-{index:05d}.trajectories.parquet", trajectories)
+            artifacts.write_npy(hidden_dir / f"batch-{index:05d}.npy", hidden.astype(np.float32))
+        artifacts.write_parquet(self.parts / f"batch-{index:05d}.steps.parquet", steps)
+        artifacts.write_parquet(self.parts / f"batch-{index:05d}.trajectories.parquet", trajectories)
 
     def finalize(self, summary_for: Any) -> dict[str, Any]:
-        """Merge the parts into the final files, then write ``summary.json``.
+        """Merge the parts into the final files, write ``summary.json``, and put the run in place.
+
+        ``summary.json`` records the row count, size and SHA-256 of every data
+        file, which :func:`load_run` checks.
 
         Args:
             summary_for: callable taking the merged steps frame and returning the
                 summary dict (statistics are computed from what is on disk).
         """
         indices = sorted(self.done_batches())
+        files: dict[str, Any] = {}
         for kind, schema in (("trajectories", TRAJECTORY_SCHEMA), ("steps", STEP_SCHEMA)):
-            target = self.out / f"{kind}.parquet"
-            tmp = target.with_name(f".{target.name}.tmp")
-            with pq.ParquetWriter(tmp, schema) as writer:
+            name = f"{kind}.parquet"
+            rows = 0
+            with artifacts.atomic_path(self.root / name) as tmp, pq.ParquetWriter(tmp, schema) as writer:
                 for index in indices:
-                    writer.write_table(pq.read_table(self.parts / f"batch-{index:05d}.{kind}.parquet"))
-            os.replace(tmp, target)
-        steps = pd.read_parquet(self.out / "steps.parquet")
+                    table = pq.read_table(self.parts / f"batch-{index:05d}.{kind}.parquet")
+                    rows += table.num_rows
+                    writer.write_table(table)
+            files[name] = artifacts.describe_file(self.root, name, rows=rows)
+        for path in sorted((self.root / "hidden").glob("batch-*.npy")):
+            relative = f"hidden/{path.name}"
+            files[relative] = artifacts.describe_file(self.root, relative)
+        steps = pd.read_parquet(self.root / "steps.parquet")
         summary = summary_for(steps)
         summary["schema_version"] = SCHEMA_VERSION
         summary["status"] = "complete"
-        write_json(self.out / "summary.json", summary)
+        summary["files"] = files
+        write_json(self.root / "summary.json", summary)
         shutil.rmtree(self.parts)
+        self.written = self.output.commit()
+        self.close()
         return summary
 
 
@@ -258,28 +256,77 @@ class Run:
         return dict(self.summary.get("config", {}))
 
     def hidden(self) -> np.ndarray:
-        """``h_t`` for every trajectory, ``[N, T, d]`` float32 (needs ``--save-hidden``)."""
+        """``h_t`` for every trajectory, ``[N, T, d]`` float32 (needs ``--save-hidden``).
+
+        Raises:
+            PPMechError: no saved states, or files that differ from the summary's record.
+        """
         files = sorted((self.path / "hidden").glob("batch-*.npy"))
         if not files:
             raise PPMechError(
                 f"run {self.path} has no saved hidden states",
                 "re-record it with `ppmech measure --save-hidden`",
             )
+        recorded = {k: v for k, v in self.summary.get("files", {}).items() if k.startswith("hidden/")}
+        present = {f"hidden/{f.name}" for f in files}
+        fix = f"re-record the run (`ppmech measure --save-hidden --overwrite --out {self.path}`)"
+        if present != set(recorded):
+            raise PPMechError(
+                f"the hidden states of {self.path} are not the ones its summary.json lists "
+                f"({len(present)} files on disk, {len(recorded)} listed)",
+                fix,
+            )
+        for name, expected in recorded.items():
+            artifacts.verify_file(self.path, name, expected, fix)
         return np.concatenate([np.load(f, mmap_mode="r") for f in files], axis=0)
 
 
+def _check_schema(root: Path, name: str, expected: pa.Schema, fix: str) -> None:
+    """Refuse a Parquet file whose columns or types are not the run schema's."""
+    try:
+        schema = pq.read_schema(root / name)
+    except (OSError, pa.ArrowException) as exc:
+        raise PPMechError(f"cannot read {name} of {root}: {exc}", fix) from exc
+    got = {f.name: f.type for f in schema}
+    want = {f.name: f.type for f in expected}
+    missing = [n for n in want if n not in got]
+    if missing:
+        raise PPMechError(f"{name} of {root} lacks the column(s) {', '.join(missing)}", fix)
+    wrong = [f"{n} is {got[n]}, not {t}" for n, t in want.items() if got[n] != t]
+    if wrong:
+        raise PPMechError(f"{name} of {root} has other column types ({'; '.join(wrong)})", fix)
+
+
 def load_run(path: str | Path) -> Run:
-    """Read a complete run directory.
+    """Read a complete run directory, and check it is the run its summary describes.
+
+    Checks, in order: the directory, ``summary.json``, the run schema version, each
+    Parquet file's size and SHA-256 against the summary, the column names and
+    types, and the row counts. This is how ``compare``, ``analyze``, ``verify``
+    and every other reader get a run.
 
     Raises:
-        PPMechError: missing, incomplete, or from another schema version.
+        PPMechError: missing, incomplete, another kind of output, another schema
+            version, or data files that differ from what the summary recorded.
     """
     root = Path(path)
     summary_path = root / "summary.json"
     if not root.is_dir():
+        if root.exists():
+            raise PPMechError(f"{root} is a file, not a run directory", "pass a run directory")
+        if artifacts.staging_path(root).is_dir():
+            raise PPMechError(
+                f"{root} is not there, but an unfinished write of it is",
+                f"finish it with `ppmech measure --resume --out {root}` and the same settings",
+            )
         raise PPMechError(f"run directory {root} not found", "check the path")
+    marker = artifacts.read_marker(root)
+    if marker is not None and marker["kind"] != "measure":
+        raise PPMechError(
+            f"{root} is a ppmech {marker['kind']} output, not a measure run", "pass a run directory"
+        )
     if not summary_path.is_file():
-        if (root / "parts").is_dir():
+        if (root / "parts").is_dir() or marker is not None:
             raise PPMechError(
                 f"{root} is an incomplete (interrupted) run",
                 f"finish it with `ppmech measure --resume --out {root}` and the same settings",
@@ -291,15 +338,29 @@ def load_run(path: str | Path) -> Run:
         raise PPMechError(
             f"{summary_path} is corrupt ({exc.msg})", "re-record the run with ppmech measure"
         ) from exc
-    version = summary.get("schema_version")
+    version = summary.get("schema_version") if isinstance(summary, dict) else None
     if version != SCHEMA_VERSION:
         raise PPMechError(
             f"{root} was written with run schema {version}; this ppmech reads schema {SCHEMA_VERSION}",
-            "re-record it with this version of `ppmech measure`",
+            "re-record it with this version of `ppmech measure` (delete the old directory first)",
         )
+    fix = f"re-record the run (`ppmech measure --overwrite --out {root}`)"
+    files = summary.get("files")
+    tables = {"trajectories.parquet": TRAJECTORY_SCHEMA, "steps.parquet": STEP_SCHEMA}
+    if not isinstance(files, dict) or not all(isinstance(files.get(n), dict) for n in tables):
+        raise PPMechError(f"{summary_path} does not list the run's data files", fix)
+    for name, schema in tables.items():
+        artifacts.verify_file(root, name, files[name], fix)
+        _check_schema(root, name, schema, fix)
     try:
         trajectories = pd.read_parquet(root / "trajectories.parquet")
         steps = pd.read_parquet(root / "steps.parquet")
     except (OSError, pa.ArrowException) as exc:
         raise PPMechError(f"cannot read the parquet files of {root}: {exc}", "re-record the run") from exc
+    for name, frame in (("trajectories.parquet", trajectories), ("steps.parquet", steps)):
+        if len(frame) != files[name].get("rows"):
+            raise PPMechError(
+                f"{name} of {root} has {len(frame)} rows; its summary.json says {files[name].get('rows')}",
+                fix,
+            )
     return Run(path=root, summary=summary, trajectories=trajectories, steps=steps)

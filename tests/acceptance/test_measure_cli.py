@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ppmech.cli import main
+from ppmech.runs import load_run
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -73,6 +74,14 @@ def test_models_lists_the_embedded_models(capsys: pytest.CaptureFixture[str]) ->
         (["--prompts", "abc"], "invalid int value"),
         (["--decoding", "sample", "--temperature", "0"], "--temperature must be > 0"),
         (["--n-boot", "-1"], "--n-boot must be 0 (no CIs) or more"),
+        # Issue 9: these were accepted (or crashed after recording everything).
+        (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295 (got -1)"),
+        (["--seed", "4294967296"], "--seed must be an integer from 0 to 4294967295"),
+        (["--temperature", "0.7"], "--temperature only applies to --decoding sample, not greedy"),
+        (["--decoding", "teacher", "--top-k", "5"], "--top-k only applies to --decoding sample, not teacher"),
+        (["--out", ""], "--out is empty"),
+        (["--overwrite", "--resume"], "--overwrite and --resume conflict"),
+        (["--corpus", ""], "--corpus is empty"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -145,3 +154,146 @@ def test_an_unwritable_out_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Cap
     assert code == 2
     assert "ppmech: error:" in err and str(blocker) in err and len(err.strip().splitlines()) == 1
     assert blocker.read_text() == "not a directory"
+
+
+# --------------------------------------------------------------------------- issue 9: never lose or mix data
+
+
+def _one_line(code: int, err: str, needle: str) -> None:
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert needle in err, err
+    assert "Traceback" not in err
+
+
+def test_overwrite_never_deletes_a_users_directory_or_file(
+    tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = tmp_path / "d"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("chapter 1")
+    code, _, err = _run([*_small(tiny, mine), "--overwrite"], capsys)
+    _one_line(code, err, "was not made by this ppmech")
+    assert (mine / "thesis.txt").read_text() == "chapter 1"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("do not delete")
+    code, _, err = _run([*_small(tiny, notes), "--overwrite"], capsys)
+    _one_line(code, err, "is a file, not a ppmech output directory")
+    assert notes.read_text() == "do not delete"
+
+
+def test_a_failed_overwrite_keeps_the_old_run(
+    tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ppmech.engine.recorder import Recorder
+
+    out = tmp_path / "run"
+    assert _run(_small(tiny, out), capsys)[0] == 0
+    before = load_run(out).summary["statistics"]
+    real = Recorder.record
+    calls: list[int] = []
+
+    def crash_on_the_second_batch(self: Recorder, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: device lost")
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Recorder, "record", crash_on_the_second_batch)
+    with pytest.raises(RuntimeError, match="device lost"):
+        main([*_small(tiny, out), "--overwrite", "--seed", "1", "--batch-size", "1"])
+    run = load_run(out)  # the old run, whole
+    assert run.config["seed"] == 0 and run.summary["statistics"] == before
+
+
+def test_teacher_decoding_names_its_length_rule(
+    tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "short.txt"
+    corpus.write_text(" ".join(["word"] * 20) + "\n\n" + " ".join(["more"] * 20))
+    argv = [*_small(tiny, tmp_path / "run"), "--corpus", str(corpus), "--decoding", "teacher"]
+    code, _, err = _run(argv, capsys)
+    _one_line(code, err, "(--context-tokens 16 + --new-tokens 6; teacher decoding scores the article's own")
+    assert "ask for fewer --prompts, --context-tokens or --new-tokens" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_null_texts_are_refused_with_their_line(
+    tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text('{"text": "' + "word " * 40 + '"}\n{"text": null}\n')
+    code, _, err = _run([*_small(tiny, tmp_path / "run"), "--corpus", str(corpus)], capsys)
+    _one_line(code, err, "docs.jsonl:2: field 'text' is null, not a string")
+
+
+def test_readers_refuse_files_that_are_not_the_runs(
+    tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from ppmech.artifacts import describe_file
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run(_small(tiny, a), capsys)[0] == 0
+    assert _run([*_small(tiny, b), "--seed", "1"], capsys)[0] == 0
+    assert (a / "steps.parquet").read_bytes() != (b / "steps.parquet").read_bytes()
+    (a / "steps.parquet").write_bytes((b / "steps.parquet").read_bytes())
+    code, out, err = _run(["compare", str(a), str(b)], capsys)
+    _one_line(code, err, "steps.parquet of")
+    assert "not the file its summary.json describes" in err and "re-record" in err and not out
+    # Another schema behind a summary that was made to match it: analyze names the column.
+    table = pq.read_table(b / "steps.parquet").drop_columns(["K"])
+    pq.write_table(table, b / "steps.parquet")
+    summary = json.loads((b / "summary.json").read_text())
+    summary.setdefault("files", {})["steps.parquet"] = describe_file(b, "steps.parquet", rows=table.num_rows)
+    (b / "summary.json").write_text(json.dumps(summary))
+    code, _, err = _run(["analyze", str(b), "--n-boot", "0"], capsys)
+    _one_line(code, err, "lacks the column(s) K")
+
+
+def test_a_full_disk_says_so(tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A real ENOSPC from the kernel: the temporary file of the write is /dev/full."""
+    import os
+
+    # /dev/full must be the device (writes fail with ENOSPC); were it missing, writing through
+    # the link below would create a regular file there.
+    assert Path("/dev/full").is_char_device()
+    run = tmp_path / "run"
+    assert _run(_small(tiny, run), capsys)[0] == 0
+    table = tmp_path / "table.md"
+    (tmp_path / f".table.md.{os.getpid()}.ppmech-tmp").symlink_to("/dev/full")
+    code, _, err = _run(["compare", str(run), "--markdown", str(table)], capsys)
+    _one_line(code, err, f"no space left on device while writing {table}")
+    assert "free some disk space" in err and not table.exists()
+
+
+def test_a_second_writer_is_refused_naming_the_first(tiny: str, tmp_path: Path) -> None:
+    """Issue 9: a second `--overwrite --seed 1` (or `--resume`) wrote into a running run."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "ppmech", *_small(tiny, out), "--prompts", "6", "--batch-size", "1"]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not (out / "parts" / "batch-00000.trajectories.parquet").exists():
+            assert time.time() < deadline and first.poll() is None, first.communicate()
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGSTOP)  # hold it mid-run, lock taken, while the others try
+        for extra in (["--overwrite", "--seed", "1"], ["--resume"]):
+            second = subprocess.run([*argv, *extra], capture_output=True, text=True, check=False)
+            _one_line(
+                second.returncode, second.stderr, f"being written by another ppmech process (pid {first.pid}"
+            )
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    run = load_run(out)
+    assert run.config["seed"] == 0 and len(run.trajectories) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

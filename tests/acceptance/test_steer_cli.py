@@ -160,3 +160,65 @@ def test_evaluate_steering_records_missing_scores_as_missing(
     assert len(json.loads(items.loc[0, "steered_topk"])) == 10
     assert (out / "baselines.csv").is_file()
     assert "| model |" in (tmp_path / "t.md").read_text()
+    # Issue 9: a partial judge failure is summarised on the console.
+    n = int(missing.sum())
+    assert "ratings missing (no score in reply ×" in stdout and "'I would rather not rate this.'" in stdout
+    assert stats["judge_failures"]["missing"] >= n
+
+
+@pytest.fixture
+def broken_judge() -> Iterator[str]:
+    """A loopback endpoint that answers every request with an HTML error page (not JSON)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            data = b"<html>upstream model not loaded</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+def test_a_judge_that_never_answers_is_an_error_and_writes_nothing(
+    broken_judge: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9: this exited 0 with N = 0 and claimed to have written baselines.csv."""
+    out = tmp_path / "eval"
+    args = ["evaluate-steering", "--prompts", "2", "--judge", "openai", "--judge-url", broken_judge]
+    args += ["--judge-model", "m", "--no-progress", "--no-baselines", "--out", str(out)]
+    code, stdout, err = _run(args, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "gave no usable rating for any of the 4 lists" in err
+    assert "'<html>upstream model not loaded</html>'" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    assert "wrote" not in stdout
+
+
+def test_steer_overwrite_never_replaces_another_commands_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9: `steer --overwrite` replaced a `measure` run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".ppmech-run").write_text(json.dumps({"kind": "measure"}))
+    (run / "summary.json").write_text("{}")
+    args = ["steer", "--prompt", "Hello", "--target-text", "world", "--out", str(run), "--overwrite"]
+    code, _, err = _run(args, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "holds a ppmech measure output, not a steer output" in err
+    assert sorted(p.name for p in run.iterdir()) == [".ppmech-run", "summary.json"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from ppmech.engine.hooks import FINAL_NORM, capture, resid_post
 from ppmech.errors import PPMechError
-from ppmech.hooks import FINAL_NORM, capture, resid_post
 from ppmech.models.architectures import ARCHITECTURES, arch_spec, readout
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import load_model

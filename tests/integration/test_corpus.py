@@ -101,3 +101,60 @@ def test_heldout_split_is_disjoint_and_about_a_fifth() -> None:
 
 def test_special_prefix(smollm2: LoadedModel) -> None:
     assert special_prefix(smollm2.tokenizer) == []  # SmolLM2 adds no BOS by default
+
+
+@pytest.mark.parametrize(
+    ("record", "shown"),
+    [({"text": None}, "null"), ({"text": 3}, "a int"), ({"text": ["a"]}, "a list")],
+)
+def test_jsonl_texts_that_are_not_strings_are_refused_with_their_line(
+    tmp_path: Path, record: dict[str, object], shown: str
+) -> None:
+    """Issue 9: ``{"text": null}`` was measured as the text "None"."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps(record) + "\n", encoding="utf-8")
+    with pytest.raises(PPMechError, match=rf"docs.jsonl:2: field 'text' is {shown}, not a string"):
+        load_documents(str(path))
+
+
+def test_dataset_rows_without_a_string_text_are_refused(tmp_path: Path) -> None:
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["first", None, "third"]}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(PPMechError, match="row 1: column 'text' is null, not a string"):
+        load_documents(str(tmp_path / "ds"))
+
+
+def test_an_empty_split_says_so_instead_of_0_of_0(smollm2: LoadedModel) -> None:
+    """Issue 9: the message read "only 0 of 0 documents"."""
+    docs = load_documents("wiki-en")
+    prompts_only = [d for d in docs[:200] if document_split(d.source, d.text) == "prompts"]
+    with pytest.raises(PPMechError) as exc:
+        select_prompts(prompts_only, smollm2.tokenizer, n=2, split="heldout")
+    assert "0 of 0" not in exc.value.problem
+    assert (
+        f"none of the corpus's {len(prompts_only)} documents falls in its 'heldout' part" in exc.value.problem
+    )
+
+
+def test_the_length_rule_names_the_fields_that_set_it(smollm2: LoadedModel, tmp_path: Path) -> None:
+    """Issue 9: teacher decoding's need for `new_tokens` more tokens was never mentioned."""
+    path = tmp_path / "docs.txt"
+    path.write_text(" ".join(["word"] * 60), encoding="utf-8")
+    with pytest.raises(PPMechError) as exc:
+        select_prompts(
+            load_documents(str(path)),
+            smollm2.tokenizer,
+            n=1,
+            context_tokens=50,
+            continuation_tokens=100,
+            continuation_field="new_tokens",
+            purpose="teacher decoding scores the article's own next `new_tokens` tokens",
+        )
+    assert "150 tokens a prompt needs (`context_tokens` 50 + `new_tokens` 100; teacher decoding" in str(
+        exc.value
+    )
+    assert "fewer `prompts`, `context_tokens` or `new_tokens`" in exc.value.fix
+    # On the command line each field reads as its flag.
+    flags = {"prompts": "--prompts", "context_tokens": "--context-tokens", "new_tokens": "--new-tokens"}
+    assert "(--context-tokens 50 + --new-tokens 100;" in exc.value.for_cli(flags)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ppmech.engine.recorder import Recorder
+from ppmech.engine.sampling import Decoding
 from ppmech.errors import PPMechError
 from ppmech.models.identity import LoadedModel
 from ppmech.monitor.calibration import MonitorConfig
 from ppmech.monitor.stream import EnergyMonitor, text_ids, trace_batch
-from ppmech.recording import Decoding, Recorder
 
 pytestmark = pytest.mark.slow
 

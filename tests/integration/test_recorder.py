@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from ppmech.corpus import load_documents, select_prompts
+from ppmech.engine.decoder import left_pad
+from ppmech.engine.recorder import Recorder
+from ppmech.engine.sampling import Decoding
 from ppmech.errors import PPMechError
 from ppmech.mechanics import energy_terms
 from ppmech.models.architectures import readout
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import load_model
-from ppmech.recording import Decoding, Recorder, left_pad
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,7 @@ def test_stop_at_eos_truncates(smollm2: LoadedModel, prompts: list[list[int]]) -
 def test_bad_decoding_and_context(smollm2: LoadedModel) -> None:
     with pytest.raises(PPMechError, match="temperature"):
         Decoding(strategy="sample", temperature=0.0)
-    with pytest.raises(PPMechError, match="top-p"):
+    with pytest.raises(PPMechError, match="`top_p`"):
         Decoding(strategy="sample", top_p=1.5)
     with pytest.raises(PPMechError, match="exceeds the model's 8192 positions"):
         Recorder(smollm2, Decoding()).record([[1] * 8190], new_tokens=10)

@@ -37,6 +37,7 @@ def test_run_directory_contents(tiny: str, tmp_path: Path) -> None:
     result = measure(_config(tiny, save_hidden=True), tmp_path / "run", progress=False)
     run = load_run(result.path)
     assert sorted(p.name for p in result.path.iterdir()) == [
+        ".ppmech-run",
         "hidden",
         "steps.parquet",
         "summary.json",

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from ppmech.corpus import special_prefix
+from ppmech.engine.hooks import FINAL_NORM, capture
+from ppmech.engine.recorder import Recorder
+from ppmech.engine.sampling import Decoding
 from ppmech.errors import PPMechError
-from ppmech.hooks import FINAL_NORM, capture
 from ppmech.models.architectures import readout
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import load_model
-from ppmech.recording import Decoding, Recorder
 from ppmech.steering.algorithm import SteeringConfig, analytic_direction, autograd_direction, steer
 from ppmech.steering.generation import steered_generation
 from ppmech.steering.judges.base import JudgeItem
@@ -138,6 +139,23 @@ def test_layer_steering_without_work_reproduces_the_natural_trace(smollm2: Loade
     assert pair.steered.token_ids[0].tolist() == greedy
     assert (pair.steered.steer_steps[0] == 0).all()
     torch.testing.assert_close(pair.steered.logp[0], natural.logp[0].double(), atol=1e-4, rtol=0)
+
+
+def test_natural_and_steered_samplers_filter_identically(smollm2: LoadedModel) -> None:
+    """One chooser for both traces: with nothing to steer, the steered trace draws what the natural
+    one draws, top-k and top-p included (a sampler that ignored them would wander off)."""
+    prompts = [prompt_ids(smollm2), prompt_ids(smollm2, "Water boils at")]
+    decoding = Decoding(strategy="sample", temperature=1.5, top_k=4, top_p=0.7)
+    nothing = [[-1] * 10, [-1] * 10]
+    pair = steered_generation(smollm2, prompts, nothing, 10, decoding=decoding, seeds=[3, 4])
+    assert torch.equal(pair.steered.token_ids, pair.natural.token_ids)
+    torch.testing.assert_close(pair.steered.logp, pair.natural.logp, atol=1e-4, rtol=0)
+    # The filter bites: without top-k/top-p the same seeds draw other tokens at this temperature.
+    loose = steered_generation(
+        smollm2, prompts, nothing, 10, decoding=Decoding(strategy="sample", temperature=1.5), seeds=[3, 4]
+    )
+    assert not torch.equal(loose.natural.token_ids, pair.natural.token_ids)
+    assert torch.equal(loose.steered.token_ids, loose.natural.token_ids)
 
 
 def test_layer_out_of_range_is_a_user_error(smollm2: LoadedModel) -> None:

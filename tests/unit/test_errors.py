@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ppmech.cli import build_parser, command_flags
+from ppmech.engine.sampling import Decoding
 from ppmech.errors import PPMechError
-from ppmech.recording import Decoding
 
 
 def test_config_errors_name_the_field_not_the_flag() -> None:

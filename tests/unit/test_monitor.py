@@ -191,6 +191,44 @@ def test_corrupt_calibration_is_refused(tmp_path: Path, mutate: object) -> None:
         Calibration.load(path)
 
 
+def _set_signal(name: str, field_name: str, value: float) -> object:
+    return lambda d: d["signals"][name].__setitem__(field_name, value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field_name"),
+    [
+        (_set_signal("H", "token_std", 0.0), "signals.H.token_std is 0.0"),
+        (_set_signal("V", "token_std", -1.0), "signals.V.token_std is -1.0"),
+        (_set_signal("K", "token_std", float("nan")), "signals.K.token_std is nan"),
+        (_set_signal("H", "seq_mean_std", 0.0), "signals.H.seq_mean_std is 0.0"),
+        (_set_signal("H", "cusum_threshold", float("nan")), "signals.H.cusum_threshold"),
+        (lambda d: d.__setitem__("feature_cov", [[0.0] * 3] * 3), "feature_cov has no positive variance"),
+        (
+            lambda d: d.__setitem__("feature_cov", [[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+            "feature_cov is not positive semi-definite",
+        ),
+        (
+            lambda d: d.__setitem__("feature_cov", [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+            "feature_cov is not symmetric",
+        ),
+    ],
+)
+def test_calibrations_with_unusable_spreads_are_refused_naming_the_field(
+    tmp_path: Path, mutate: object, field_name: str
+) -> None:
+    """Issue 9: zero, negative or NaN spreads, or an all-zero covariance, were accepted."""
+    cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=30, tokens=20))
+    data = cal.to_dict()
+    mutate(data)  # type: ignore[operator]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))  # NaN and inf as JSON's NaN/Infinity, as a careless writer would
+    with pytest.raises(PPMechError, match="not a valid ppmech monitor calibration") as exc:
+        Calibration.load(path)
+    assert field_name in exc.value.problem
+    assert len(exc.value.one_line().splitlines()) == 1
+
+
 def test_truncated_json_is_refused(tmp_path: Path) -> None:
     cal = fit_calibration(_traces(), IDENTITY, MonitorConfig(model="toy", sequences=60, tokens=20))
     path = cal.save(tmp_path / "cal.json")

@@ -71,8 +71,28 @@ def test_default_reference_is_the_other_embedded_model() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"eta": 1.0}, "--eta"), ({"targets": "oracle"}, "--targets"), ({"top_k": 0}, "--top-k")],
+    [({"eta": 1.0}, "`eta`"), ({"targets": "oracle"}, "`targets`"), ({"top_k": 0}, "`top_k`")],
 )
 def test_eval_config_refuses_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(PPMechError, match=match):
         SteeringEvalConfig(**kwargs)
+
+
+def test_a_judge_that_rates_nothing_is_an_error_quoting_its_first_reply() -> None:
+    """Issue 9: a judge answering non-JSON left evaluate-steering at exit 0 with N = 0."""
+    from ppmech.errors import PPMechError
+    from ppmech.steering.evaluation import judge_failures
+    from ppmech.steering.judges.base import JudgeScore
+
+    bad = JudgeScore(score=None, raw="<html>502 Bad Gateway</html>", error="malformed reply body")
+    with pytest.raises(PPMechError) as exc:
+        judge_failures([(bad, bad), (bad, bad)], "openai")
+    assert "no usable rating for any of the 4 lists (malformed reply body)" in exc.value.problem
+    assert "'<html>502 Bad Gateway</html>'" in exc.value.problem
+    good = JudgeScore(score=6.0, raw="Score: 6")
+    refused = JudgeScore(score=None, raw="I would rather not.", error="no score in reply")
+    counts = judge_failures([(good, refused), (good, good), (bad, good)], "openai")
+    assert counts["missing"] == 2 and counts["ratings"] == 6
+    assert counts["reasons"] == {"no score in reply": 1, "malformed reply body": 1}
+    assert counts["first_reply"] == "I would rather not."
+    assert judge_failures([(good, good)], "openai")["missing"] == 0

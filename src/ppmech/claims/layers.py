@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ppmech.hooks import capture, resid_post
+from ppmech.engine.decoder import left_pad
+from ppmech.engine.hooks import capture, resid_post
 from ppmech.mechanics import speed_squared
 from ppmech.models.architectures import decoder_layers, final_norm, readout
 from ppmech.models.identity import LoadedModel
-from ppmech.recording import left_pad
 
 
 @dataclass

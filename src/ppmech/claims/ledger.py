@@ -608,7 +608,8 @@ CLAIMS: list[Claim] = [
         Rule(
             "untestable",
             reason="needs ≥ 3 sizes of one family; the embedded models are one size each of "
-            "two families (use `ppmech analyze --correlate` on your own runs)",
+            "two families (add `--sweep DIR` with a `ppmech sweep` of 3+ sizes, or use "
+            "`ppmech analyze --correlate` on your own runs)",
         ),
         per_model=False,
     ),

@@ -36,8 +36,8 @@ from ppmech import nulls as N
 from ppmech.claims import analyses as A
 from ppmech.claims.ledger import evaluate
 from ppmech.claims.render import ledger_json, render_markdown, verdict_counts
-from ppmech.errors import PPMechError
-from ppmech.measure import MeasureConfig, measure
+from ppmech.errors import PPMechError, check_seed
+from ppmech.measure import EXECUTION_KEYS, MeasureConfig, measure
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import EMBEDDED_MODELS, load_model
 from ppmech.provenance import versions
@@ -129,6 +129,10 @@ class VerifyConfig:
         n_boot: bootstrap replicates of every CI.
         seed: prompt choice, random init, sampling, bootstrap.
         custom_sizes: override the run and analysis sizes (for tests).
+        sweep: a ``ppmech sweep`` study directory whose families of 3 or more
+            sizes give the Table 5 row a measured verdict (see :mod:`ppmech.sweep.ledger`).
+        device: where every run and analysis runs (``auto``: CUDA when available); an
+            execution setting, so runs recorded elsewhere are reused.
     """
 
     out: str = "runs/verify"
@@ -138,8 +142,11 @@ class VerifyConfig:
     n_boot: int = 1000
     seed: int = 0
     custom_sizes: Sizes | None = None
+    sweep: str | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.n_boot < MIN_BOOT_FOR_VERDICTS:
             raise PPMechError(
                 f"`n_boot` must be at least {MIN_BOOT_FOR_VERDICTS} for the ledger (got {self.n_boot}): "
@@ -165,15 +172,20 @@ def plan_runs(config: VerifyConfig) -> list[RunPlan]:
     """Every run the verification needs, in the order they are recorded (model by model)."""
     s = config.sizes
     plans: list[RunPlan] = []
-    for model in config.models:
-        base = MeasureConfig(
+
+    def base_for(model: str, prompts: int, **more: Any) -> MeasureConfig:
+        return MeasureConfig(
             model=model,
-            prompts=s.core_prompts,
+            prompts=prompts,
             new_tokens=s.core_tokens,
             seed=config.seed,
-            save_hidden=True,
             n_boot=config.n_boot,
+            device=config.device,
+            **more,
         )
+
+    for model in config.models:
+        base = base_for(model, s.core_prompts, save_hidden=True)
         plans.append(RunPlan(model, "pretrained", base, "paper protocol (§D.3.1)"))
         plans.append(
             RunPlan(model, "random", replace(base, weights="random"), "paper protocol, random weights")
@@ -196,10 +208,7 @@ def plan_runs(config: VerifyConfig) -> list[RunPlan]:
     if not config.extras:
         return plans
     for model in config.models:
-        n = s.extra_prompts[model]
-        base = MeasureConfig(
-            model=model, prompts=n, new_tokens=s.core_tokens, seed=config.seed, n_boot=config.n_boot
-        )
+        base = base_for(model, s.extra_prompts[model])
         plans.append(RunPlan(model, "pretrained-wiki-es", replace(base, corpus="wiki-es"), "multilingual"))
         plans.append(RunPlan(model, "pretrained-wiki-fr", replace(base, corpus="wiki-fr"), "multilingual"))
         plans.append(
@@ -217,10 +226,7 @@ def plan_runs(config: VerifyConfig) -> list[RunPlan]:
         )
     # Context length and precision on the cheaper model only (budget: 30 min on 2 cores).
     model = "smollm2-135m" if "smollm2-135m" in config.models else config.models[0]
-    n = s.extra_prompts[model]
-    base = MeasureConfig(
-        model=model, prompts=n, new_tokens=s.core_tokens, seed=config.seed, n_boot=config.n_boot
-    )
+    base = base_for(model, s.extra_prompts[model])
     plans.append(RunPlan(model, "pretrained-ctx25", replace(base, context_tokens=25), "context length"))
     plans.append(RunPlan(model, "pretrained-ctx100", replace(base, context_tokens=100), "context length"))
     plans.append(
@@ -247,7 +253,7 @@ def ensure_run(plan: RunPlan, root: Path, progress: bool = True) -> Run:
     expected = plan.config.to_dict()
     if (path / "summary.json").is_file():
         run = load_run(path)
-        keys = (set(run.config) | set(expected)) - set(SUMMARY_ONLY_KEYS)
+        keys = (set(run.config) | set(expected)) - set(SUMMARY_ONLY_KEYS) - set(EXECUTION_KEYS)
         diff = sorted(k for k in keys if run.config.get(k) != expected.get(k))
         if diff:
             raise PPMechError(
@@ -276,11 +282,15 @@ def check_model(run: Run, lm: LoadedModel) -> None:
         )
 
 
-def model_for_run(run: Run) -> LoadedModel:
-    """Load the model a run was recorded with, and check it is the same one."""
+def model_for_run(run: Run, device: str = "auto") -> LoadedModel:
+    """Load the model a run was recorded with (on ``device``), and check it is the same one."""
     cfg = run.config
     lm = load_model(
-        cfg["model"], weights=cfg.get("weights", "pretrained"), seed=cfg.get("seed", 0), dtype="float32"
+        cfg["model"],
+        weights=cfg.get("weights", "pretrained"),
+        seed=cfg.get("seed", 0),
+        dtype="float32",
+        device=device,
     )
     check_model(run, lm)
     return lm
@@ -539,6 +549,11 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
         raise PPMechError(
             f"`out` {out} is a file, not a directory", "pass a directory (it is created if missing)"
         )
+    table5: dict[str, A.Estimate] = {}
+    if config.sweep:  # read first: a bad --sweep fails before any run is recorded
+        from ppmech.sweep.ledger import table5_measurements
+
+        table5 = table5_measurements(config.sweep, config.n_boot, config.seed)
     runs_root = out / "runs"
     cache_root = out / "analyses"
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -590,7 +605,7 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
                 extra_tables["scale"] = scale
                 est.update(curvature_analysis(run, config.n_boot, config.seed))
             if core:
-                lm = model_for_run(run)
+                lm = model_for_run(run, config.device)
                 est.update(hidden_analyses(run, lm, sizes, config.n_boot, config.seed))
                 layers = layer_analysis(run, lm, sizes.layer_trajectories[plan.model])
                 diff = layers.attrs.get("last_layer_max_abs_diff")
@@ -633,7 +648,16 @@ def verify(config: VerifyConfig, progress: bool = True, command: str = "ppmech v
                 h, A.pooled_cv, config.n_boot, config.seed, "float32 core run, same prompts"
             )
 
-    rows = evaluate(measurements, list(config.models))
+    claims = None
+    models = list(config.models)
+    if table5:
+        from ppmech.claims.ledger import CLAIMS
+        from ppmech.sweep.ledger import T5_SWEEP, ledger_models
+
+        measurements.update(table5)
+        models += ledger_models(table5)
+        claims = [T5_SWEEP if c.id == "T5" else c for c in CLAIMS]
+    rows = evaluate(measurements, models, claims)
     ledger = pd.DataFrame([r.to_dict() for r in rows])
     wall = time.perf_counter() - started
     meta = {

@@ -8,10 +8,13 @@ function; :data:`COMMAND_MODULES` lists them. Every user-fixable problem is a
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
+import functools
 import importlib
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ppmech import __version__
 from ppmech.errors import PPMechError
@@ -21,14 +24,111 @@ COMMAND_MODULES = [
     "ppmech.cli.verify",
     "ppmech.cli.monitor",
     "ppmech.cli.steer",
+    "ppmech.cli.sweep",
+    "ppmech.cli.report",
 ]
 
 
+@functools.cache
+def config_defaults(spec: str) -> dict[str, Any]:
+    """Field defaults of a config dataclass named ``"module:Class"`` (imported only for --help)."""
+    from dataclasses import MISSING, fields
+
+    module, name = spec.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the layout of descriptions and examples, and shows every flag's default.
+
+    A flag that sets a config field has no argparse default (``SUPPRESS``: the config
+    dataclass owns it); its default is read from the dataclass when help is printed
+    (only then: importing a config can import torch).
+    """
+
+    config: str | None = None
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is argparse.SUPPRESS and self.config:
+            default = config_defaults(self.config).get(action.dest, argparse.SUPPRESS)
+        # Identity, not equality: a default of 0 must still be shown (0 == False).
+        shown = not any(default is v for v in (None, False, True, argparse.SUPPRESS))
+        if shown and action.option_strings and "default:" not in text:
+            text += f" (default: {str(default).replace('%', '%%')})"
+        return text
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports usage errors on one line, with exit status 2."""
+    """argparse that reports usage errors on one line, with exit status 2.
+
+    Args:
+        config: ``"module:Class"`` of the config dataclass behind the command, whose
+            defaults ``--help`` shows.
+    """
+
+    def __init__(self, *args: Any, config: str | None = None, **kwargs: Any) -> None:
+        self.config = config
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        formatter = super()._get_formatter()
+        if isinstance(formatter, HelpFormatter):
+            formatter.config = self.config
+        return formatter
+
+    def defaults(self) -> dict[str, Any]:
+        """Each flag's default as ``--help`` shows it (dest -> value; SUPPRESS resolved)."""
+        config = config_defaults(self.config) if self.config else {}
+        return {
+            a.dest: config.get(a.dest, a.default) if a.default is argparse.SUPPRESS else a.default
+            for a in self._actions
+        }
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+    def flags(self) -> list[str]:
+        """This command's own long flags, in the order of its help."""
+        return [
+            opt
+            for action in self._actions
+            for opt in action.option_strings
+            if opt.startswith("--") and opt not in ("--help", "--version")
+        ]
+
+    def unknown(self, extras: list[str]) -> NoReturn:
+        """Refuse flags this command does not have, naming the ones it does."""
+        unknown = [e for e in extras if e.startswith("-")] or extras
+        own = self.flags()
+        hints = []
+        for flag in unknown:
+            close = difflib.get_close_matches(flag.split("=")[0], own, n=1, cutoff=0.75)
+            if close:
+                hints.append(f"{flag}: did you mean {close[0]}?")
+        takes = f"this command takes {', '.join(own)}" if own else "this command takes no flags"
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        self.error(f"unrecognized {', '.join(unknown)}{hint}; {takes}")
+
+
+def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that ``args`` were parsed by."""
+    current = parser
+    while True:
+        action = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, action.dest, None) if action is not None else None
+        if action is None or name is None:
+            return current
+        current = action.choices[name]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        chosen = chosen_parser(parser, args)
+        if isinstance(chosen, OneLineParser):
+            chosen.unknown(extras)
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return int(args.func(args) or 0)
     except PPMechError as exc:
@@ -72,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         # A path the user gave cannot be read or written (a file where a directory
         # should be, no permission, a full disk): one line, not a traceback.
         where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(
+                f"ppmech: error: no space left on device{where}; free some disk space, or write "
+                "to another disk",
+                file=sys.stderr,
+            )
+            return 2
         print(
             f"ppmech: error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
             file=sys.stderr,

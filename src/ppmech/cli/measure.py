@@ -23,12 +23,64 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="embedded name (see `ppmech models`), .gguf path, local directory or hub id",
     )
-    parser.add_argument("--weights", choices=["pretrained", "random"], default=argparse.SUPPRESS)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=argparse.SUPPRESS)
     parser.add_argument(
-        "--seed", type=int, default=argparse.SUPPRESS, help="prompt choice, random init, sampling"
+        "--weights",
+        choices=["pretrained", "random"],
+        default=argparse.SUPPRESS,
+        help="the trained weights, or the same architecture freshly initialised (seeded by --seed)",
     )
-    parser.add_argument("--trust-remote-code", action="store_true", default=argparse.SUPPRESS)
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default=argparse.SUPPRESS, help="weight dtype"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="seed (0 to 2**32-1) of the prompt choice, random init, sampling",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="let transformers run code shipped with the model",
+    )
+    add_device_arg(parser)
+
+
+def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--device``: shared by every command that runs a model (a config field: SUPPRESS by default)."""
+    parser.add_argument(
+        "--device",
+        default=argparse.SUPPRESS if default is None else default,
+        help="auto (CUDA when available), cpu, cuda, cuda:N or mps",
+    )
+
+
+def add_decode_args(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size`` (a number or auto) and ``--compile``: commands that decode batches."""
+    parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=argparse.SUPPRESS,
+        help="trajectories per batch, or auto: the largest that fits, halved on out-of-memory (CPU: 50)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default=argparse.SUPPRESS,
+        help="static KV cache + compiled decode step (CUDA graphs on CUDA); auto: only when it repays "
+        "its warm-up (never on the CPU, where it does not pay)",
+    )
+
+
+def _batch_size(value: str) -> int | str:
+    """``auto`` or a whole number (the config checks that it is at least 1)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number, not {value!r}") from exc
 
 
 def _measure_config(args: argparse.Namespace) -> Any:
@@ -38,18 +90,19 @@ def _measure_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
+    from ppmech.artifacts import output_path
     from ppmech.measure import measure
     from ppmech.tables import run_row
 
     config = _measure_config(args)
-    out = Path(args.out or f"runs/{Path(config.model).name}-{config.weights}-{config.decoding}")
+    out = output_path(args.out, f"runs/{Path(config.model).name}-{config.weights}-{config.decoding}")
     result = measure(config, out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     row = run_row(result.summary)
     import pandas as pd
 
     table = pd.DataFrame({"statistic": list(row), "value": [fmt(v) for v in row.values()]})
     print(text_table(table, title=f"\nEnergy statistics ({result.path})"))
-    print(f"\nwrote {result.path}/trajectories.parquet, steps.parquet, summary.json")
+    print(f"\nwrote {result.path}: {', '.join(result.files)}")
     return 0
 
 
@@ -85,39 +138,97 @@ def cmd_compare(args: argparse.Namespace) -> int:
     frame = compare_frame([r.summary for r in runs])
     print(text_table(frame))
     if args.markdown:
-        Path(args.markdown).write_text(markdown_table(frame) + "\n")
+        from ppmech.artifacts import write_text
+
+        write_text(args.markdown, markdown_table(frame) + "\n")
         print(f"\nwrote {args.markdown}")
     return 0
 
 
+MEASURE_DESCRIPTION = """\
+Record trajectories of a causal LM from corpus prompts and measure, per generated
+token, K = ln(1/2 |h_t - h_(t-1)|^2), V = -ln p(x_t) and H = K + V; writes a run
+directory (steps.parquet, trajectories.parquet, summary.json) and prints the
+energy statistics.
+
+Decoding: greedy takes the most probable token at every step, and sample draws it
+from the model's distribution (--temperature, --top-k, --top-p apply to sample
+only). teacher feeds the document's own next --new-tokens tokens after the prompt
+and scores them, so each prompt's document needs --context-tokens + --new-tokens
+tokens.
+
+Safety: --overwrite replaces only a run ppmech wrote, and only once the new one is
+complete; one process at a time writes a run directory; an interrupted run is
+continued with --resume."""
+
+
 def register(sub: Any) -> None:
-    p = sub.add_parser("measure", help="record trajectories and measure the energy statistics")
-    add_model_args(p)
-    p.add_argument("--corpus", default=argparse.SUPPRESS, help="wiki-en, wiki-es, wiki-fr, or a path")
-    p.add_argument("--text-field", default=argparse.SUPPRESS, help="text field of JSONL/datasets")
-    p.add_argument("--prompts", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--context-tokens", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--new-tokens", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--decoding", choices=["greedy", "sample", "teacher"], default=argparse.SUPPRESS)
-    p.add_argument("--temperature", type=float, default=argparse.SUPPRESS)
-    p.add_argument("--top-k", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--top-p", type=float, default=argparse.SUPPRESS)
-    p.add_argument("--stop-at-eos", action="store_true", default=argparse.SUPPRESS)
-    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS)
-    p.add_argument(
-        "--save-hidden", action="store_true", default=argparse.SUPPRESS, help="also store h_t (hidden/*.npy)"
+    p = sub.add_parser(
+        "measure",
+        help="record trajectories and measure the energy statistics",
+        config="ppmech.measure:MeasureConfig",
+        description=MEASURE_DESCRIPTION,
+        epilog="example:\n  ppmech measure --model smollm2-135m --prompts 20 --new-tokens 50 --out runs/smol",
     )
-    p.add_argument("--n-boot", type=int, default=argparse.SUPPRESS, help="bootstrap replicates for CIs")
+    add_model_args(p)
+    d = argparse.SUPPRESS  # defaults: MeasureConfig's (shown by --help, see ppmech.cli.HelpFormatter)
+    p.add_argument("--corpus", default=d, help="wiki-en, wiki-es, wiki-fr, a .txt/.jsonl file or dataset")
+    p.add_argument("--text-field", default=d, help="text field of JSONL records and dataset rows")
+    p.add_argument("--prompts", type=int, default=d, help="number of trajectories (prompts)")
+    p.add_argument("--context-tokens", type=int, default=d, help="prompt length in tokens")
+    p.add_argument("--new-tokens", type=int, default=d, help="steps recorded per trajectory (at least 2)")
+    p.add_argument(
+        "--decoding",
+        choices=["greedy", "sample", "teacher"],
+        default=d,
+        help="how each next token is chosen (see above)",
+    )
+    p.add_argument("--temperature", type=float, default=d, help="sampling temperature (sample only)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=d,
+        help="sample from the k most probable tokens (sample only; default: all)",
+    )
+    p.add_argument(
+        "--top-p", type=float, default=d, help="nucleus mass in (0, 1] (sample only; default: 1, no cut)"
+    )
+    p.add_argument(
+        "--stop-at-eos",
+        action="store_true",
+        default=d,
+        help="end a trajectory at EOS (default: fixed length)",
+    )
+    add_decode_args(p)
+    p.add_argument(
+        "--save-hidden", action="store_true", default=d, help="also store h_t (hidden/*.npy, float32)"
+    )
+    p.add_argument("--n-boot", type=int, default=d, help="bootstrap replicates for the CIs (0: none)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<weights>-<decoding>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run ppmech wrote at --out (the old one stays until the new one is complete)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_measure)
 
-    p = sub.add_parser("models", help="list the embedded models")
+    p = sub.add_parser(
+        "models",
+        help="list the embedded models",
+        description="List the embedded models, whether each is installed, and where it came from.",
+        epilog="example:\n  ppmech models",
+    )
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("compare", help="Table-1-style comparison of run directories")
-    p.add_argument("runs", nargs="+", help="run directories")
-    p.add_argument("--markdown", default=None, help="also write the table as markdown")
+    p = sub.add_parser(
+        "compare",
+        help="Table-1-style comparison of run directories",
+        description="Print the energy statistics of run directories side by side (each run is checked "
+        "against the sizes and SHA-256 hashes its summary.json records).",
+        epilog="example:\n  ppmech compare runs/smol-pretrained runs/smol-random --markdown table1.md",
+    )
+    p.add_argument("runs", nargs="+", help="run directories written by `ppmech measure`")
+    p.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
     p.set_defaults(func=cmd_compare)

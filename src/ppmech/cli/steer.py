@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ppmech.artifacts import output_path, write_text
 from ppmech.cli.config import config_from_args
 from ppmech.cli.measure import add_model_args
 from ppmech.tables import markdown_table, text_table
@@ -44,7 +45,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from ppmech.steering.run import SteerConfig, run_steer
 
     config = config_from_args(SteerConfig, args)
-    out = Path(args.out or f"runs/steer-{Path(config.model).name}")
+    out = output_path(args.out, f"runs/steer-{Path(config.model).name}")
     result = run_steer(config, out, overwrite=args.overwrite)
     where = "final norm (paper)" if config.layer is None else f"residual after block {config.layer}"
     print(f"prompt:   {_one_line(config.prompt)}")
@@ -52,7 +53,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     print(f"steered:  {_one_line(result.steered_text)}")
     print(f"steering at: {where}; η = {config.eta}, K = {config.max_steps}")
     print(text_table(result.comparison, title="\nEnergy comparison (K, V, H in nats; steps with a velocity)"))
-    print(f"\nwrote {out}/steps.parquet, summary.json")
+    print(f"\nwrote {out}: {', '.join(result.files)}")
     return 0
 
 
@@ -66,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ppmech.steering.evaluation import evaluate_steering
 
     config = _eval_config(args)
-    out = Path(args.out or f"runs/steering-eval-{Path(config.model).name}-{config.judge}")
+    out = output_path(args.out, f"runs/steering-eval-{Path(config.model).name}-{config.judge}")
     result = evaluate_steering(config, out, overwrite=args.overwrite, progress=not args.no_progress)
     print(text_table(result.table, digits=2, title=f"\nTable 3 ({config.judge} judge, η = {config.eta})"))
     s = result.statistics
@@ -82,20 +83,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"steered {m['steered_mean']:.2f} ± {m['steered_sd']:.2f}, p = {m['p_value']:.3g}, "
         f"d_z = {m['cohens_dz']:.2f}"
     )
+    failures = s.get("judge_failures", {})
+    if failures.get("missing"):
+        reasons = ", ".join(f"{why} ×{n}" for why, n in failures["reasons"].items())
+        reply = " ".join(str(failures["first_reply"]).split())[:120]
+        print(
+            f"judge: {failures['missing']} of {failures['ratings']} ratings missing ({reasons}); "
+            f"first reply without a rating: {reply!r}"
+        )
     if len(result.baselines):
         print(text_table(result.baselines, title="\nBaselines at the same target probability (same states)"))
     if args.markdown:
         text = markdown_table(result.table, digits=2)
         if len(result.baselines):
             text += "\n\n" + markdown_table(result.baselines)
-        Path(args.markdown).write_text(text + "\n")
+        write_text(args.markdown, text + "\n")
         print(f"\nwrote {args.markdown}")
-    print(f"\nwrote {out}/items.csv, baselines.csv, summary.json")
+    print(f"\nwrote {out}: {', '.join(result.files)}")
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("steer", help="generate with Jacobian steering next to a natural generation")
+    p = sub.add_parser(
+        "steer",
+        help="generate with Jacobian steering next to a natural generation",
+        config="ppmech.steering.run:SteerConfig",
+        description="Generate from a prompt twice, naturally and with minimal-action Jacobian steering "
+        "toward target tokens (Algorithm 1: move h_t until the target has probability eta), and "
+        "compare K, V and H of the two traces; writes steps.parquet and summary.json.",
+        epilog='example:\n  ppmech steer --prompt "The capital of France is" --target-text "a small village"',
+    )
     add_model_args(p)
     p.add_argument("--prompt", required=True, help="prompt text")
     target = p.add_mutually_exclusive_group(required=True)
@@ -125,44 +142,91 @@ def register(sub: Any) -> None:
         help="'final' (default, the paper: h_t after the final norm) or a block index L: steer the "
         "residual after block L, which enters the KV cache (beyond the paper)",
     )
-    p.add_argument("--decoding", choices=["greedy", "sample"], default=argparse.SUPPRESS)
-    p.add_argument("--temperature", type=float, default=argparse.SUPPRESS)
+    p.add_argument(
+        "--decoding",
+        choices=["greedy", "sample"],
+        default=argparse.SUPPRESS,
+        help="greedy: the most probable token; sample: drawn with --temperature",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=argparse.SUPPRESS, help="sampling temperature (sample only)"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=argparse.SUPPRESS, help="sample: keep the k most probable (default: all)"
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="sample: nucleus mass in (0, 1] (default: 1, no cut)",
+    )
     p.add_argument("--out", default=None, help="output directory (default runs/steer-<model>)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a steer output ppmech wrote at --out (once the new one is complete)",
+    )
     p.set_defaults(func=cmd_steer)
 
-    p = sub.add_parser("evaluate-steering", help="the paper's Table 3: judge natural vs steered top-10 lists")
+    p = sub.add_parser(
+        "evaluate-steering",
+        help="the paper's Table 3: judge natural vs steered top-10 lists",
+        config="ppmech.steering.evaluation:SteeringEvalConfig",
+        description="The paper's steering-quality evaluation (Table 3): steer each prompt's last state "
+        "toward a target token, and have a judge rate the natural and the steered top-k next-token "
+        "lists from 1 to 10; writes items.csv, baselines.csv and summary.json.",
+        epilog="example:\n  ppmech evaluate-steering --prompts 20 --judge reference-lm --out runs/table3",
+    )
     add_model_args(p)
-    p.add_argument("--corpus", default=argparse.SUPPRESS)
-    p.add_argument("--text-field", default=argparse.SUPPRESS)
-    p.add_argument("--prompts", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--context-tokens", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--top-k", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--eta", type=float, default=argparse.SUPPRESS)
-    p.add_argument("--max-steps", type=int, default=argparse.SUPPRESS)
+    d = argparse.SUPPRESS  # defaults: SteeringEvalConfig's (shown by --help)
+    p.add_argument("--corpus", default=d, help="prompt source: wiki-en, wiki-es, wiki-fr or a path")
+    p.add_argument("--text-field", default=d, help="text field of JSONL records and dataset rows")
+    p.add_argument("--prompts", type=int, default=d, help="number of prompts (the paper: 50)")
+    p.add_argument("--context-tokens", type=int, default=d, help="prompt length in tokens")
+    p.add_argument("--top-k", type=int, default=d, help="length of the rated next-token lists")
+    p.add_argument("--eta", type=float, default=d, help="target probability threshold η in (0, 1)")
+    p.add_argument("--max-steps", type=int, default=d, help="K, gradient steps per state")
     p.add_argument(
         "--targets",
         choices=["ground-truth", "sampled"],
         default=argparse.SUPPRESS,
         help="steer toward the article's next token (paper) or a token sampled from the model",
     )
-    p.add_argument("--judge", choices=["reference-lm", "embedding", "openai"], default=argparse.SUPPRESS)
+    p.add_argument(
+        "--judge",
+        choices=["reference-lm", "embedding", "openai"],
+        default=argparse.SUPPRESS,
+        help="who rates the lists: a reference LM (offline), a sentence-embedding proxy (offline), "
+        "or an OpenAI-compatible chat model",
+    )
     p.add_argument(
         "--judge-model",
         default=argparse.SUPPRESS,
         help="reference-lm: the reference model (default: the other embedded model); openai: the model name",
     )
     p.add_argument(
-        "--judge-url", default=argparse.SUPPRESS, help="openai: base URL, e.g. http://127.0.0.1:8000/v1"
+        "--judge-url",
+        default=argparse.SUPPRESS,
+        help="openai: base URL, e.g. http://127.0.0.1:8000/v1 (default: none; required for openai)",
     )
     p.add_argument("--judge-key-env", default=argparse.SUPPRESS, help="openai: env variable holding the key")
-    p.add_argument("--judge-cache", default=argparse.SUPPRESS, help="openai: directory caching the replies")
+    p.add_argument(
+        "--judge-cache",
+        default=argparse.SUPPRESS,
+        help="openai: directory caching the replies (default: no cache)",
+    )
     p.add_argument(
         "--judge-retries", type=int, default=argparse.SUPPRESS, help="openai: retries on 429/5xx/unreachable"
     )
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines table")
-    p.add_argument("--markdown", default=None, help="also write the tables as markdown")
-    p.add_argument("--out", default=None, help="output directory")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--markdown", default=None, help="also write the tables as markdown to this file")
+    p.add_argument(
+        "--out", default=None, help="output directory (default runs/steering-eval-<model>-<judge>)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an evaluation ppmech wrote at --out (once the new one is complete)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

@@ -12,21 +12,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ppmech.cli.measure import add_device_arg
 from ppmech.errors import PPMechError
 from ppmech.provenance import json_safe
 from ppmech.tables import fmt, markdown_table, text_table
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ppmech.artifacts import output_path
     from ppmech.claims.verify import EMBEDDED, VerifyConfig, summary_frame, verify
 
     config = VerifyConfig(
-        out=args.out,
+        out=str(output_path(args.out, "runs/verify")),
         models=tuple(args.models or EMBEDDED),
         quick=args.quick,
         extras=not args.no_extras,
         n_boot=args.n_boot,
         seed=args.seed,
+        sweep=args.sweep,
+        device=args.device,
     )
     argv = sys.argv[1:]
     command = (
@@ -71,8 +75,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         scaling_from_runs,
         steps_analyses,
     )
+    from ppmech.errors import check_seed
     from ppmech.runs import load_run
 
+    check_seed(args.seed)
     for flag, value, least in (
         ("--n-boot", args.n_boot, 0),
         ("--trajectories", args.trajectories, 1),
@@ -124,7 +130,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 est.update(curvature_analysis(run, args.n_boot, args.seed))
         layers = None
         if args.hidden or args.layers:
-            lm = model_for_run(run)
+            lm = model_for_run(run, args.device)
             if args.hidden:
                 est.update(hidden_analyses(run, lm, sizes, args.n_boot, args.seed))
             if args.layers:
@@ -151,47 +157,75 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         write_json(Path(args.json), json_safe(out_json))
         print(f"\nwrote {args.json}")
     if args.markdown:
-        Path(args.markdown).write_text(markdown_table(frame, digits=4) + "\n")
+        from ppmech.artifacts import write_text
+
+        write_text(args.markdown, markdown_table(frame, digits=4) + "\n")
         print(f"wrote {args.markdown}")
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("verify", help="test every claim of the paper and write the claims ledger")
+    p = sub.add_parser(
+        "verify",
+        help="test every claim of the paper and write the claims ledger",
+        description="Record (or reuse) the runs every claim of the paper needs on the embedded models, "
+        "test each claim, and write the ledger (claims.md, claims.json) with a verdict per claim.",
+        epilog="example:\n  ppmech verify --quick --out runs/verify-quick",
+    )
     p.add_argument("--out", default="runs/verify", help="output directory (runs are reused from here)")
     p.add_argument(
         "--models", nargs="+", default=None, help="embedded models (default: smollm2-135m gemma3-270m)"
     )
     p.add_argument("--quick", action="store_true", help="tiny runs: a smoke test, verdicts not meaningful")
     p.add_argument("--no-extras", action="store_true", help="skip the open-question runs")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for every CI")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--sweep",
+        default=None,
+        metavar="DIR",
+        help="a `ppmech sweep` study directory: families with 3+ sizes give Table 5 a measured verdict "
+        "(default: none)",
+    )
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for every CI (at least 40)")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompts and bootstrap (0 to 2**32-1)")
+    add_device_arg(p, "auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("analyze", help="the claim-testing analyses on existing run directories")
-    p.add_argument("runs", nargs="+", help="run directories")
+    p = sub.add_parser(
+        "analyze",
+        help="the claim-testing analyses on existing run directories",
+        description="Run the claim-testing analyses (CVs, K-V coupling, drift, and with --hidden the "
+        "interpolation and Euler-Lagrange tests) on run directories, with trajectory-bootstrap CIs.",
+        epilog="example:\n  ppmech analyze runs/smol-pretrained --window 10 --json analyses.json",
+    )
+    p.add_argument("runs", nargs="+", help="run directories written by `ppmech measure`")
     p.add_argument("--hidden", action="store_true", help="§C.5 and Euler–Lagrange (needs --save-hidden runs)")
-    p.add_argument("--layers", type=int, default=0, metavar="N", help="per-layer mechanics on N trajectories")
-    p.add_argument("--window", type=int, default=0, metavar="STEPS", help="CV of H by position, per window")
+    p.add_argument(
+        "--layers", type=int, default=0, metavar="N", help="per-layer mechanics on N trajectories (0: off)"
+    )
+    p.add_argument(
+        "--window", type=int, default=0, metavar="STEPS", help="CV of H by position, per window (0: off)"
+    )
     p.add_argument("--trajectories", type=int, default=20, help="trajectories for --hidden analyses")
     p.add_argument("--pairs", type=int, default=20, help="interpolation pairs per trajectory")
+    add_device_arg(p, "auto")
     p.add_argument(
         "--correlate",
         default=None,
         metavar="METRIC",
-        help="Pearson r of a summary statistic (e.g. drift) with parameter count across runs of one family",
+        help="Pearson r of a summary statistic (e.g. drift) with parameter count across runs of one family "
+        "(default: off)",
     )
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the CIs")
     p.add_argument("--n-perm", type=int, default=1000, help="permutations of the pairing-shuffle null")
     p.add_argument(
         "--no-nulls",
         action="store_true",
         help="skip the null models and confounder controls (null_*, curvature_deg)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write the results as JSON")
-    p.add_argument("--markdown", default=None, help="also write the table as markdown")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0 to 2**32-1)")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    p.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
     p.set_defaults(func=cmd_analyze)
 
 

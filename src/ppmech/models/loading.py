@@ -307,7 +307,7 @@ def load_model(
     seed: int = 0,
     dtype: str = "float32",
     trust_remote_code: bool = False,
-    device: str = "cpu",
+    device: str | torch.device = "auto",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode.
 
@@ -318,13 +318,17 @@ def load_model(
         seed: init seed for random weights (ignored for pretrained).
         dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
         trust_remote_code: passed to transformers; off unless asked for.
-        device: torch device string.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
+            (see :func:`ppmech.engine.device.resolve_device`).
 
     Raises:
         PPMechError: unknown model, missing or corrupt file, unsupported dtype.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from ppmech.engine.device import resolve_device
+
+    target = resolve_device(device)  # before any loading: a missing device is a one-line error
     if weights not in ("pretrained", "random"):
         raise PPMechError(f"unknown weights '{weights}'", "use pretrained or random")
     if dtype not in DTYPES:
@@ -358,7 +362,7 @@ def load_model(
             f"could not load model '{spec}': {str(exc).splitlines()[0]}",
             "check that it is a complete causal-LM checkpoint",
         ) from exc
-    model.to(device)
+    model.to(target)
     model.eval()
     model.requires_grad_(False)
     from ppmech.models.architectures import arch_spec
@@ -387,47 +391,13 @@ def load_model(
 
 
 def load_configured(config: Any) -> LoadedModel:
-    """:func:`load_model` from any config carrying ``model``, ``weights``, ``seed``, ``dtype``
-    and ``trust_remote_code`` (``MeasureConfig``, ``MonitorConfig``, ``SteerConfig``, ...)."""
+    """:func:`load_model` from any config carrying ``model``, ``weights``, ``seed``, ``dtype``,
+    ``trust_remote_code`` and ``device`` (``MeasureConfig``, ``MonitorConfig``, ``SteerConfig``, ...)."""
     return load_model(
         config.model,
         weights=config.weights,
         seed=config.seed,
         dtype=config.dtype,
         trust_remote_code=config.trust_remote_code,
+        device=getattr(config, "device", "auto"),
     )
-
-
-def _cache_kwarg(model: Any) -> str:
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def forward_step(
-    model: Any,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    cache: Any = None,
-    logits_to_keep: int = 1,
-) -> tuple[torch.Tensor, Any]:
-    """One cached forward pass, across the transformers 5.x rename of ``past_key_values``.
-
-    Returns:
-        ``(logits [B, logits_to_keep, V], cache)``.
-    """
-    kwargs = {_cache_kwarg(model): cache}
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=True,
-        logits_to_keep=logits_to_keep,
-        **kwargs,
-    )
-    new_cache = out.get("cache", None)
-    if new_cache is None:
-        new_cache = out.get("past_key_values", None)
-    return out.logits, new_cache

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ppmech.errors import PPMechError
+from ppmech.errors import PPMechError, check_seed
 from ppmech.models.identity import LoadedModel
 from ppmech.monitor.calibration import Calibration, MonitorConfig, calibration_split, fit_calibration
 from ppmech.monitor.scoring import TokenTrace, cusum_path, first_alarm, mahalanobis
@@ -262,6 +262,7 @@ class BenchmarkConfig:
         alpha, holdout_fraction, cusum_k, z_clip: the monitor's thresholds
             (see :class:`ppmech.monitor.calibration.MonitorConfig`).
         batch_size: texts per forward pass.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     """
 
     model: str = "smollm2-135m"
@@ -278,8 +279,10 @@ class BenchmarkConfig:
     cusum_k: float = 0.5
     z_clip: float = 5.0
     batch_size: int = 16
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.sequences < 10:
             raise PPMechError(f"`sequences` must be at least 10 (got {self.sequences})", "use e.g. 100")
         if self.calibration_sequences < 4:
@@ -304,6 +307,7 @@ class BenchmarkConfig:
         return MonitorConfig(
             model=self.model,
             dtype=self.dtype,
+            device=self.device,
             seed=self.seed,
             sequences=self.calibration_sequences,
             tokens=self.tokens,
@@ -419,8 +423,9 @@ def _random_model_texts(
     lm: LoadedModel, config: BenchmarkConfig, prompts: list[list[int]], progress: bool
 ) -> list[list[int]]:
     """Greedy continuations by the random-weight model (seed 0) of ``prompts``."""
+    from ppmech.engine.recorder import Recorder
+    from ppmech.engine.sampling import Decoding
     from ppmech.models.loading import load_model
-    from ppmech.recording import Decoding, Recorder
 
     rand = load_model(
         lm.identity.spec,
@@ -428,6 +433,7 @@ def _random_model_texts(
         seed=0,
         dtype=config.dtype,
         trust_remote_code=config.trust_remote_code,
+        device=lm.device,
     )
     new = config.tokens - 4
     recorder = Recorder(rand, Decoding("greedy"))
@@ -632,7 +638,11 @@ def run_benchmark(
     start = time.perf_counter()
     if lm is None:
         lm = load_model(
-            config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code, seed=config.seed
+            config.model,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+            seed=config.seed,
+            device=config.device,
         )
     sets = build_sets(lm, config, progress)
     cal_traces = trace_many(lm, sets.calibration, config.batch_size, "calibration" if progress else None)

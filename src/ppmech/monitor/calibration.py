@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ppmech.errors import PPMechError
+from ppmech.errors import PPMechError, check_seed
 from ppmech.models.identity import ModelIdentity
 from ppmech.monitor.scoring import (
     F64,
@@ -54,6 +54,7 @@ class MonitorConfig:
         cusum_k: CUSUM slack, in standard deviations.
         z_clip: |z| is clipped to this before the CUSUM (heavy-tailed surprisal).
         batch_size: texts per forward pass.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     """
 
     model: str = "smollm2-135m"
@@ -70,8 +71,10 @@ class MonitorConfig:
     cusum_k: float = 0.5
     z_clip: float = 5.0
     batch_size: int = 16
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.sequences < 4:
             raise PPMechError(
                 f"`sequences` must be at least 4 (got {self.sequences}): 3 to fit, 1 held out", "use e.g. 200"
@@ -90,6 +93,45 @@ class MonitorConfig:
             raise PPMechError(f"`batch_size` must be >= 1 (got {self.batch_size})", "use e.g. 16")
         if self.split not in ("heldout", "prompts", "all"):
             raise PPMechError(f"unknown split '{self.split}'", "use heldout, prompts or all")
+
+
+def _calibration_problem(
+    signals: dict[str, SignalCalibration], cov: list[list[float]], config: dict[str, Any]
+) -> str | None:
+    """What makes a calibration unusable, naming the field; ``None`` when it is usable.
+
+    Spreads scale every z-score: one that is zero, negative or NaN raises alarms on
+    normal text or silences the monitor. The feature covariance is inverted for the
+    anomaly score: it must be symmetric and positive semi-definite, and every feature
+    must vary (an all-zero covariance makes every text an outlier).
+    """
+    for name, sig in signals.items():
+        for field_name in ("token_std", "seq_mean_std"):
+            value = getattr(sig, field_name)
+            if not (math.isfinite(value) and value > 0):
+                return f"signals.{name}.{field_name} is {value}: spreads must be finite and positive"
+        values = [sig.token_mean, sig.seq_mean_mean, *sig.quantiles.values()]
+        if not all(math.isfinite(v) for v in values):
+            return f"signals.{name} has a non-finite mean or quantile"
+        # +inf (stored as null) is legitimate: too few held-out texts switch that alarm off.
+        if math.isnan(sig.cusum_threshold) or sig.cusum_threshold < 0:
+            return f"signals.{name}.cusum_threshold is {sig.cusum_threshold}: it must be >= 0"
+    alpha, k, clip = (float(config[key]) for key in ("alpha", "cusum_k", "z_clip"))
+    if not (0 < alpha < 1 and k >= 0 and clip > 0):
+        return (
+            f"config alpha={alpha}, cusum_k={k}, z_clip={clip}: need 0 < alpha < 1, cusum_k >= 0, z_clip > 0"
+        )
+    matrix = np.asarray(cov, dtype=np.float64)
+    scale = float(np.abs(matrix).max())
+    if not np.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-12 * max(scale, 1e-300)):
+        return "feature_cov is not symmetric"
+    diagonal = np.diag(matrix)
+    if not (diagonal > 0).all():
+        bad = [FEATURES[i] for i in np.flatnonzero(~(diagonal > 0))]
+        return f"feature_cov has no positive variance for {', '.join(bad)}"
+    if float(np.linalg.eigvalsh(matrix).min()) < -1e-9 * float(diagonal.max()):
+        return "feature_cov is not positive semi-definite"
+    return None
 
 
 @dataclass
@@ -235,6 +277,9 @@ class Calibration:
             raise corrupt("feature statistics have the wrong shape")
         if not ref or not all(math.isfinite(x) for x in [*mean, *ref, *(v for r in cov for v in r)]):
             raise corrupt("non-finite or empty feature statistics")
+        problem = _calibration_problem(signals, cov, config)
+        if problem:
+            raise corrupt(problem)
         if math.isnan(threshold) or n_fit + n_holdout != n:
             raise corrupt("thresholds or split sizes do not add up")
         return cls(

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from ppmech.engine.decoder import Engine, Session
+from ppmech.engine.hooks import FINAL_NORM
+from ppmech.engine.sampling import Decoding, TokenChooser
 from ppmech.errors import PPMechError
-from ppmech.hooks import FINAL_NORM, capture
 from ppmech.mechanics import (
     entropy_from_logprobs,
     log_energy,
@@ -22,7 +23,6 @@ from ppmech.mechanics import (
     step_speed_squared,
 )
 from ppmech.models.identity import LoadedModel
-from ppmech.models.loading import forward_step
 from ppmech.monitor.calibration import Calibration, MonitorConfig, MonitorScore, fit_calibration, score_trace
 from ppmech.monitor.scoring import F64, MIN_TOKENS, TokenTrace, cusum_step
 
@@ -86,18 +86,13 @@ def check_ids(lm: LoadedModel, ids: Sequence[int]) -> None:
 def trace_batch(lm: LoadedModel, sequences: Sequence[Sequence[int]]) -> list[TokenTrace]:
     """Teacher-force a batch of id sequences (left-padded, one forward pass) into traces."""
     from ppmech.models.architectures import readout
-    from ppmech.recording import left_pad
 
     for ids in sequences:
         check_ids(lm, ids)
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids_t, mask, positions = (t.to(lm.device) for t in left_pad([list(s) for s in sequences], int(pad or 0)))
     read = readout(lm.model)
-    with capture(lm.model, [FINAL_NORM]) as store:
-        forward_step(lm.model, ids_t, mask, positions, None, logits_to_keep=1)
-        states = store[FINAL_NORM][0]
-    width = ids_t.shape[1]
+    with Engine(lm).start(sequences) as session:
+        states = session.run_pending().states[FINAL_NORM]
+    width = states.shape[1]
     out = []
     for row, seq in enumerate(sequences):
         n = len(seq)
@@ -191,7 +186,8 @@ class MonitorStream:
 
         self.monitor = monitor
         self.lm = monitor.lm
-        self._cache: Any = None
+        self.engine = monitor.engine
+        self.session: Session | None = None
         self.ids: list[int] = []
         self.next_logits: torch.Tensor | None = None
         self._h_last: torch.Tensor | None = None  # h at the last fed position
@@ -218,62 +214,71 @@ class MonitorStream:
         ids = [int(t) for t in token_ids]
         if not ids:
             return []
-        if len(self.ids) + len(ids) > self.lm.max_context:
+        self._check_room(len(ids))
+        if self.session is None:
+            self.session = self.engine.start([ids])
+        else:
+            self.session.feed(torch.tensor([ids], dtype=torch.long, device=self.engine.device))
+        # The model's own logits at every fed position: no second unembedding pass.
+        out = self.session.run_pending(logits_to_keep=len(ids))
+        logits = out.logits[0].float()
+        states = out.states[FINAL_NORM][0]  # [len, d]
+        scored = []
+        for i, tok in enumerate(ids):
+            row = self._score(tok)
+            if row is not None:
+                scored.append(row)
+            self._advance(logits[i], states[i])
+        return scored
+
+    def _check_room(self, extra: int) -> None:
+        if len(self.ids) + extra > self.lm.max_context:
             raise PPMechError(
-                f"the stream would reach {len(self.ids) + len(ids)} tokens, more than the model's "
+                f"the stream would reach {len(self.ids) + extra} tokens, more than the model's "
                 f"{self.lm.max_context}-token context",
                 "start a new stream (the monitor does not window)",
             )
-        device = self.lm.device
-        past = len(self.ids)
-        inp = torch.tensor([ids], dtype=torch.long, device=device)
-        mask = torch.ones((1, past + len(ids)), dtype=torch.long, device=device)
-        pos = torch.arange(past, past + len(ids), device=device)[None, :]
-        with capture(self.lm.model, [FINAL_NORM]) as store:
-            # The model's own logits at every fed position: no second unembedding pass.
-            out_logits, self._cache = forward_step(
-                self.lm.model, inp, mask, pos, self._cache, logits_to_keep=len(ids)
-            )
-            states = store[FINAL_NORM][0][0]  # [len, d]
-        logits = out_logits[0].float()
+
+    def _advance(self, logits: torch.Tensor, h: torch.Tensor) -> None:
+        """The model ran one more position: its next-token logits ``[V]`` and state ``[d]``."""
+        self.next_logits = logits
+        self._h_before, self._h_last = self._h_last, h
+
+    def _score(self, tok: int) -> TokenScore | None:
+        """Score token ``tok`` against the current next-token logits and states; it joins :attr:`ids`."""
+        self.ids.append(tok)
+        if self.next_logits is None or self._h_last is None:
+            return None
         cal = self.monitor.calibration
         sig = cal.signals
-        threshold = sig["H"].cusum_threshold
-        out = []
-        for i, tok in enumerate(ids):
-            if self.next_logits is not None and self._h_last is not None:
-                terms = distribution_terms(self.next_logits[None, :], torch.tensor([tok]))
-                v = float(terms["V"][0])
-                k = (
-                    float(log_kinetic(step_speed_squared(self._h_before, self._h_last)))
-                    if self._h_before is not None
-                    else float("nan")
-                )
-                h = float(log_energy(np.array(k), np.array(v)))
-                zh = float(sig["H"].z(np.array([h]))[0])
-                self._cusum = cusum_step(self._cusum, zh, cal.cusum_k, cal.z_clip)
-                c = max(self._cusum)
-                row = TokenScore(
-                    index=len(self._rows),
-                    token_id=tok,
-                    V=v,
-                    K=k,
-                    H=h,
-                    z_V=float(sig["V"].z(np.array([v]))[0]),
-                    z_K=float(sig["K"].z(np.array([k]))[0]),
-                    z_H=zh,
-                    cusum=c,
-                    alarm=c > threshold,
-                    entropy=float(terms["entropy"][0]),
-                    msp=float(terms["msp"][0]),
-                    neg_lse=float(terms["neg_lse"][0]),
-                )
-                self._rows.append(row)
-                out.append(row)
-            self.next_logits = logits[i]
-            self._h_before, self._h_last = self._h_last, states[i]
-            self.ids.append(tok)
-        return out
+        terms = distribution_terms(self.next_logits[None, :], torch.tensor([tok]))
+        v = float(terms["V"][0])
+        k = (
+            float(log_kinetic(step_speed_squared(self._h_before, self._h_last)))
+            if self._h_before is not None
+            else float("nan")
+        )
+        h = float(log_energy(np.array(k), np.array(v)))
+        zh = float(sig["H"].z(np.array([h]))[0])
+        self._cusum = cusum_step(self._cusum, zh, cal.cusum_k, cal.z_clip)
+        c = max(self._cusum)
+        row = TokenScore(
+            index=len(self._rows),
+            token_id=tok,
+            V=v,
+            K=k,
+            H=h,
+            z_V=float(sig["V"].z(np.array([v]))[0]),
+            z_K=float(sig["K"].z(np.array([k]))[0]),
+            z_H=zh,
+            cusum=c,
+            alarm=c > sig["H"].cusum_threshold,
+            entropy=float(terms["entropy"][0]),
+            msp=float(terms["msp"][0]),
+            neg_lse=float(terms["neg_lse"][0]),
+        )
+        self._rows.append(row)
+        return row
 
     def trace(self) -> TokenTrace:
         """The streamed tokens as a :class:`TokenTrace`."""
@@ -314,6 +319,7 @@ class EnergyMonitor:
         calibration.check_model(lm.identity)
         self.lm = lm
         self.calibration = calibration
+        self.engine = Engine(lm)
 
     @classmethod
     def calibrate(
@@ -394,12 +400,27 @@ class EnergyMonitor:
         if not rest:
             raise PPMechError("the prompt is empty", "give at least one token")
         stream.feed(rest)
-        for _ in range(new_tokens):
-            assert stream.next_logits is not None
-            token = int(stream.next_logits.argmax())
-            score = stream.step(token)
-            assert score is not None
-            yield token, score
+        stream._check_room(new_tokens)
+        session = stream.session
+        assert session is not None
+        chooser = TokenChooser(Decoding(), 1, self.engine.device)
+        last: int | None = None
+        try:
+            # (No grad-mode context around the yields: it would leak into the caller's frame.)
+            for step in self.engine.steps(session, new_tokens, chooser):
+                if step.t > 0:  # the engine ran the previous token: the stream moves on
+                    stream._advance(step.logits[0], step.states[FINAL_NORM][0])
+                last = int(step.tokens[0])
+                score = stream._score(last)
+                assert score is not None
+                yield last, score
+        finally:
+            if last is not None and session.pending is None and len(stream.ids) > session.length:
+                # The last token was scored but not run: run it, as :meth:`MonitorStream.step` would.
+                session.feed(torch.tensor([[last]], dtype=torch.long, device=self.engine.device))
+                with torch.no_grad():
+                    out = session.run_pending()
+                stream._advance(out.logits[0, -1].float(), out.states[FINAL_NORM][0, -1])
 
 
 def calibration_sequences(lm: LoadedModel, config: MonitorConfig, offset: int = 0) -> list[list[int]]:

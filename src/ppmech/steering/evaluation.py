@@ -19,16 +19,17 @@ Protocol (:func:`evaluate_steering`), defaults as in the paper:
 
 Everything is written to ``out``: ``items.csv`` (one row per prompt with both
 lists, both scores and the steering numbers), ``baselines.csv`` (per state and
-method), ``summary.json`` (config, model, judge, versions, statistics, tables;
-written last, so a directory without it is incomplete).
+method, when baselines were run), ``summary.json`` (config, model, judge,
+versions, statistics, tables, and each file's rows and SHA-256; written last).
+The output is locked, staged and swapped in whole by :class:`ppmech.artifacts.Output`.
+A judge that rates none of the lists is an error; missing ratings otherwise are
+counted in ``statistics["judge_failures"]``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +41,8 @@ import torch
 from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
-from ppmech.errors import PPMechError
+from ppmech.artifacts import Output, describe_file, write_csv, write_json
+from ppmech.errors import PPMechError, check_seed
 from ppmech.provenance import json_safe
 from ppmech.steering.judges.base import Judge, JudgeItem, JudgeScore
 from ppmech.steering.judges.registry import make_judge
@@ -76,6 +78,8 @@ class SteeringEvalConfig:
             embedded model), chat model for ``openai``.
         judge_url, judge_key_env, judge_cache, judge_retries: ``openai`` settings.
         baselines: also compare logit bias / random direction / unembedding row.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
+            (the steered model and a reference-lm judge run there).
     """
 
     model: str = "smollm2-135m"
@@ -98,6 +102,7 @@ class SteeringEvalConfig:
     judge_cache: str | None = None
     judge_retries: int = 5
     baselines: bool = True
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         from ppmech.steering.algorithm import SteeringConfig
@@ -109,6 +114,9 @@ class SteeringEvalConfig:
             )
         if self.top_k < 1:
             raise PPMechError(f"`top_k` must be >= 1 (got {self.top_k})", "use e.g. 10")
+        check_seed(self.seed)
+        if self.prompts < 1:
+            raise PPMechError(f"`prompts` must be at least 1 (got {self.prompts})", "use e.g. 50")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +133,7 @@ class SteeringEvalResult:
         table: the Table-3 row(s) as a frame.
         baselines: the baselines summary table (empty if not run).
         summary: everything written to ``summary.json``.
+        files: the files written under ``path`` (none when ``path`` is ``None``).
     """
 
     path: Path | None
@@ -133,6 +142,7 @@ class SteeringEvalResult:
     table: pd.DataFrame
     baselines: pd.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -235,7 +245,10 @@ def build_judge(config: SteeringEvalConfig, reference_lm: Any = None) -> Judge:
     if config.judge == "reference-lm":
         from ppmech.steering.judges.reference import default_reference
 
-        options: dict[str, Any] = {"model": config.judge_model or default_reference(config.model)}
+        options: dict[str, Any] = {
+            "model": config.judge_model or default_reference(config.model),
+            "device": config.device,
+        }
         if reference_lm is not None:
             options["lm"] = reference_lm
         return make_judge("reference-lm", **options)
@@ -262,22 +275,37 @@ def build_judge(config: SteeringEvalConfig, reference_lm: Any = None) -> Judge:
 # --------------------------------------------------------------------------- protocol
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise PPMechError(f"{out} exists and is not empty", "pass --overwrite or choose another --out")
-        (out / "summary.json").unlink(missing_ok=True)
-        if out.is_dir():
-            shutil.rmtree(out)
-        else:
-            out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+def judge_failures(scores: list[tuple[JudgeScore, JudgeScore]], judge_name: str) -> dict[str, Any]:
+    """Count the ratings a judge could not give, and refuse a judge that gave none.
 
+    Returns:
+        ``{"missing": n, "ratings": 2 * items, "reasons": {error: count}, "first_reply": str,
+        "first_error": str}`` (the last two ``None`` when nothing is missing).
 
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    Raises:
+        PPMechError: every rating is missing (quoting the first reply).
+    """
+    flat = [s for pair in scores for s in pair]
+    failed = [s for s in flat if s.score is None]
+    reasons: dict[str, int] = {}
+    for s in failed:
+        reasons[s.error or "no score"] = reasons.get(s.error or "no score", 0) + 1
+    first = failed[0] if failed else None
+    if flat and len(failed) == len(flat):
+        assert first is not None
+        reply = " ".join(str(first.raw).split())[:200]
+        raise PPMechError(
+            f"the {judge_name} judge gave no usable rating for any of the {len(flat)} lists "
+            f"({first.error or 'no score'}); its first reply was {reply!r}",
+            "check the judge's model and endpoint (`judge_model`, `judge_url`), or use another `judge`",
+        )
+    return {
+        "missing": len(failed),
+        "ratings": len(flat),
+        "reasons": reasons,
+        "first_reply": None if first is None else str(first.raw),
+        "first_error": None if first is None else first.error,
+    }
 
 
 def evaluate_steering(
@@ -293,25 +321,49 @@ def evaluate_steering(
     Args:
         config: the evaluation settings.
         out: output directory (nothing is written when ``None``).
-        overwrite: replace a non-empty ``out``.
+        overwrite: replace an evaluation ppmech wrote at ``out`` (once the new one is complete).
         progress: tqdm bars on stderr.
         lm: an already loaded steered model (else loaded from ``config``).
         judge: a judge to use instead of the one ``config`` names.
+
+    Raises:
+        PPMechError: bad settings, a taken ``out`` (see :class:`~ppmech.artifacts.Output`),
+            or a judge that rated none of the lists.
     """
+    from ppmech.steering.algorithm import SteeringConfig
+
+    steering_config = SteeringConfig(eta=config.eta, max_steps=config.max_steps)
+    out_path = Path(out) if out is not None else None
+    if out_path is None:
+        return _evaluate(config, steering_config, None, progress, lm, judge)
+    # The output is locked (and staged) for the whole evaluation: a second writer is refused
+    # at once, and an existing evaluation is replaced only when the new one is complete.
+    with Output(out_path, "steering-evaluation", overwrite=overwrite) as output:
+        result = _evaluate(config, steering_config, output, progress, lm, judge)
+    result.path = out_path
+    return result
+
+
+def _evaluate(
+    config: SteeringEvalConfig,
+    steering_config: Any,
+    output: Output | None,
+    progress: bool,
+    lm: Any,
+    judge: Judge | None,
+) -> SteeringEvalResult:
+    """:func:`evaluate_steering` once its output (if any) is open."""
     from ppmech.corpus import load_documents, select_prompts
-    from ppmech.hooks import FINAL_NORM, capture
+    from ppmech.engine.decoder import Engine
+    from ppmech.engine.device import device_record
+    from ppmech.engine.hooks import FINAL_NORM
     from ppmech.models.architectures import readout
     from ppmech.models.loading import load_configured
     from ppmech.provenance import versions
-    from ppmech.recording import left_pad
-    from ppmech.steering.algorithm import SteeringConfig, steer
+    from ppmech.steering.algorithm import steer
     from ppmech.steering.baselines import baseline_comparison, baseline_table
 
     started = time.time()
-    steering_config = SteeringConfig(eta=config.eta, max_steps=config.max_steps)
-    out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        _prepare_out(out_path, overwrite)
     if lm is None:
         lm = load_configured(config)
     judge = judge if judge is not None else build_judge(config)
@@ -326,11 +378,9 @@ def evaluate_steering(
         seed=config.seed,
         split="prompts",
     )
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    ids, mask, positions = (t.to(lm.device) for t in left_pad([p.ids for p in prompts], int(pad)))
-    with torch.no_grad(), capture(lm.model, [FINAL_NORM]) as store:
-        lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-        states = store[FINAL_NORM][0].float()
+    engine = Engine(lm)
+    with torch.no_grad(), engine.start([p.ids for p in prompts]) as session:
+        states = session.run_pending().states[FINAL_NORM].float()
     h = states[:, -1, :]
     h_prev = states[:, -2, :]
     read = readout(lm.model)
@@ -356,6 +406,7 @@ def evaluate_steering(
     for nat_item, st_item in tqdm(judge_items, desc=f"judge ({judge.name})", disable=not progress):
         a, b = judge.score([nat_item, st_item])
         scores.append((a, b))
+    failures = judge_failures(scores, judge.name)
 
     frame = result.frame()
     rows = []
@@ -392,6 +443,7 @@ def evaluate_steering(
     statistics = paired_statistics(items["natural_score"], items["steered_score"])
     statistics["target_in_natural_topk"] = int(items["target_in_natural_topk"].sum())
     statistics["target_in_steered_topk"] = int(items["target_in_steered_topk"].sum())
+    statistics["judge_failures"] = failures
     statistics["n_reached"] = int(items["reached"].sum())
     statistics["n_steered"] = int((items["steps"] > 0).sum())
     statistics["mean_steps"] = float(items["steps"].mean())
@@ -417,18 +469,26 @@ def evaluate_steering(
         "model": lm.identity.to_dict(),
         "judge": judge.describe(),
         "versions": versions(),
+        "execution": device_record(lm.device),
         "statistics": statistics,
         "table3": table.to_dict(orient="records"),
         "baselines": baselines.to_dict(orient="records"),
         "seconds": time.time() - started,
     }
-    if out_path is not None:
-        from ppmech.runs import write_json
-
-        _write_csv(out_path / "items.csv", items)
-        if len(long):
-            _write_csv(out_path / "baselines.csv", long)
-        write_json(out_path / "summary.json", json_safe(summary))
+    files: list[str] = []
+    if output is not None:
+        tables = {"items.csv": items, **({"baselines.csv": long} if len(long) else {})}
+        for name, frame in tables.items():
+            write_csv(output.path / name, frame)
+        summary["files"] = {name: describe_file(output.path, name, rows=len(f)) for name, f in tables.items()}
+        write_json(output.path / "summary.json", json_safe(summary))
+        files = output.commit()
     return SteeringEvalResult(
-        path=out_path, items=items, statistics=statistics, table=table, baselines=baselines, summary=summary
+        path=None,
+        items=items,
+        statistics=statistics,
+        table=table,
+        baselines=baselines,
+        summary=summary,
+        files=files,
     )

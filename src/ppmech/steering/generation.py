@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ppmech.engine.decoder import Engine, Session
+from ppmech.engine.hooks import FINAL_NORM, hook_module, resid_post
+from ppmech.engine.recorder import Recorder
+from ppmech.engine.sampling import Decoding, TokenChooser
 from ppmech.errors import PPMechError
-from ppmech.hooks import FINAL_NORM, capture, hook_module, resid_post
 from ppmech.mechanics import entropy_from_logprobs, speed_squared
-from ppmech.models.architectures import decoder_layers
 from ppmech.models.identity import LoadedModel
-from ppmech.models.loading import forward_step
-from ppmech.recording import Decoding, Recorder, left_pad
-from ppmech.steering.algorithm import LogProbFn, SteeringConfig, steer, steer_states
+from ppmech.steering.algorithm import SteeringConfig, steer, steer_states
 
 __all__ = ["GenerationPair", "Trace", "steered_generation", "trace_frame"]
 
@@ -56,63 +56,6 @@ class GenerationPair:
     layer: int | None
 
 
-class _LayerPatch:
-    """Forward hook on decoder block ``L``: captures its output at the newest position,
-    or replaces it with a given residual (with gradient flowing to it)."""
-
-    def __init__(self) -> None:
-        self.replace: torch.Tensor | None = None
-        self.captured: torch.Tensor | None = None
-
-    def __call__(self, _m: torch.nn.Module, _i: Any, output: Any) -> Any:
-        hidden = output if isinstance(output, torch.Tensor) else output[0]
-        self.captured = hidden[:, -1, :].detach()
-        if self.replace is None:
-            return None
-        new = torch.cat([hidden[:, :-1, :], self.replace[:, None, :].to(hidden.dtype)], dim=1)
-        if isinstance(output, torch.Tensor):
-            return new
-        return (new, *output[1:])
-
-
-def _rollback(cache: Any) -> None:
-    """Remove the newest position from a KV cache and drop any autograd history."""
-    cache.crop(-1)
-    for layer in getattr(cache, "layers", []):
-        for attr in ("keys", "values"):
-            value = getattr(layer, attr, None)
-            if isinstance(value, torch.Tensor):
-                setattr(layer, attr, value.detach())
-
-
-def _layer_log_prob_fn(
-    model: Any,
-    patch: _LayerPatch,
-    store: dict[str, list[torch.Tensor]],
-    step_input: torch.Tensor,
-    mask: torch.Tensor,
-    positions: torch.Tensor,
-    cache: Any,
-) -> LogProbFn:
-    """``r -> log p`` through the blocks above ``L``, the final norm and the unembedding.
-
-    Each call runs one cached forward of the newest token with block ``L``'s output
-    replaced by ``r`` ``[B, d]``, then rolls the cache back, so trials leave no trace.
-    """
-
-    def fn(r: torch.Tensor) -> torch.Tensor:
-        patch.replace = r
-        try:
-            out, c = forward_step(model, step_input, mask, positions, cache)
-        finally:
-            patch.replace = None
-        store[FINAL_NORM].clear()
-        _rollback(c)
-        return torch.log_softmax(out[:, -1, :].float(), -1)
-
-    return fn
-
-
 def _empty_trace(batch: int, steps: int) -> Trace:
     def nan() -> torch.Tensor:
         return torch.full((batch, steps), float("nan"), dtype=torch.float64)
@@ -128,13 +71,6 @@ def _empty_trace(batch: int, steps: int) -> Trace:
         p_target_before=nan(),
         p_target_after=nan(),
     )
-
-
-def _choose(lp: torch.Tensor, decoding: Decoding, generators: list[torch.Generator] | None) -> torch.Tensor:
-    if decoding.strategy != "sample" or generators is None:
-        return lp.argmax(-1)
-    probs = torch.softmax(lp / decoding.temperature, -1)
-    return torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
 
 
 def steered_generation(
@@ -159,8 +95,9 @@ def steered_generation(
         layer: ``None`` steers ``h_t`` after the final norm (the paper); an index
             ``L`` steers the residual after block ``L`` (beyond the paper), so the
             change enters the KV cache.
-        decoding: ``greedy`` (default) or ``sample`` (temperature only), applied to
-            the natural and to the steered distribution alike.
+        decoding: ``greedy`` (default) or ``sample`` (temperature, top-k, top-p),
+            applied to the natural and to the steered distribution alike (one chooser,
+            :class:`~ppmech.engine.sampling.TokenChooser`).
         seeds: per-row sampling seeds (``sample`` only).
     """
     config = config or SteeringConfig()
@@ -188,7 +125,7 @@ def steered_generation(
     natural.entropy[:] = rec.entropy.double()
     natural.speed_sq[:] = rec.speed_sq
 
-    steered = _steered_trace(lm, prompts, sched, new_tokens, config, layer, decoding, seeds, recorder.pad_id)
+    steered = _steered_trace(lm, prompts, sched, new_tokens, config, layer, decoding, seeds)
     return GenerationPair(natural=natural, steered=steered, layer=layer)
 
 
@@ -201,84 +138,75 @@ def _steered_trace(
     layer: int | None,
     decoding: Decoding,
     seeds: list[int] | None,
-    pad_id: int,
 ) -> Trace:
+    """The steered trace, decoded by the engine with steering as its per-step intervention.
+
+    Every step feeds exactly one token (``hold_last``), so a trial pass at layer ``L``
+    can be rolled back. At the final norm the steered ``ĥ_t`` is read out in float32 and
+    the next token is chosen from those logits; at layer ``L`` the steered residual is
+    patched into a committed forward pass, whose logits and ``h_t`` are used.
+    """
     from ppmech.models.architectures import readout as get_readout
 
-    model = lm.model
-    device = lm.device
-    read = get_readout(model)
+    read = get_readout(lm.model)
     batch = len(prompts)
     trace = _empty_trace(batch, new_tokens)
-    generators = None
-    if decoding.strategy == "sample":
-        seeds = seeds if seeds is not None else list(range(batch))
-        generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    ids, mask, positions = (t.to(device) for t in left_pad(prompts, pad_id))
-    states = torch.empty((batch, new_tokens, read.hidden_size), dtype=torch.float32)
-    cache = None
-    # Prefill all but the last prompt token, so every step feeds exactly one token
-    # and a trial evaluation can be rolled back by cropping one cache position.
-    if ids.shape[1] > 1:
-        with torch.no_grad():
-            _, cache = forward_step(model, ids[:, :-1], mask[:, :-1], positions[:, :-1], None)
-    step_input, step_pos = ids[:, -1:], positions[:, -1:]
-    patch = _LayerPatch()
-    handle = decoder_layers(model)[layer].register_forward_hook(patch) if layer is not None else None
-    try:
-        with capture(model, [FINAL_NORM]) as store:
-            for t in range(new_tokens):
-                targets = sched[:, t].to(device)
-                patch.replace = None
-                with torch.no_grad():
-                    logits, new_cache = forward_step(model, step_input, mask, step_pos, cache)
-                h_nat = store[FINAL_NORM][-1][:, -1, :].float()
-                store[FINAL_NORM].clear()
-                steer_now = bool((targets >= 0).any())
-                if not steer_now:
-                    cache = new_cache
-                    h_t = h_nat
-                    lp = torch.log_softmax(logits[:, -1, :].float(), -1)
-                elif layer is None:
-                    cache = new_cache
-                    res = steer(read, h_nat, targets, config)
-                    h_t = res.hidden
-                    lp = read.log_probs(h_t)
-                else:
-                    _rollback(new_cache)
-                    cache = new_cache
-                    r_nat = patch.captured
-                    assert r_nat is not None
+    point = resid_post(layer) if layer is not None else None
+    engine = Engine(
+        lm,
+        capture=[FINAL_NORM] if point is None else [FINAL_NORM, point],
+        patch_points=[] if point is None else [point],
+    )
+    device = engine.device
+    nan = torch.full((batch,), float("nan"), dtype=torch.float64)
 
-                    fn = _layer_log_prob_fn(model, patch, store, step_input, mask, step_pos, cache)
-                    res = steer_states(r_nat.float(), targets, fn, config, method="autograd")
-                    patch.replace = res.hidden
-                    with torch.no_grad():
-                        logits, cache = forward_step(model, step_input, mask, step_pos, cache)
-                    patch.replace = None
-                    h_t = store[FINAL_NORM][-1][:, -1, :].float()
-                    store[FINAL_NORM].clear()
-                    lp = torch.log_softmax(logits[:, -1, :].float(), -1)
-                if steer_now:
-                    on = (targets >= 0).cpu()
-                    nan = torch.full((batch,), float("nan"), dtype=torch.float64)
-                    trace.target_ids[:, t] = torch.where(on, targets.cpu(), -1)
-                    trace.steer_steps[:, t] = torch.where(on, res.steps.cpu(), 0)
-                    trace.delta_norm[:, t] = torch.where(on, res.delta_norm.cpu(), nan)
-                    trace.p_target_before[:, t] = torch.where(on, res.p_before.cpu(), nan)
-                    trace.p_target_after[:, t] = torch.where(on, res.p_after.cpu(), nan)
-                x = _choose(lp, decoding, generators)
-                trace.token_ids[:, t] = x.cpu()
-                trace.logp[:, t] = lp.gather(-1, x[:, None])[:, 0].double().cpu()
-                trace.entropy[:, t] = entropy_from_logprobs(lp).double().cpu()
-                states[:, t] = h_t.cpu()
-                step_input = x[:, None]
-                step_pos = step_pos + 1
-                mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
-    finally:
-        if handle is not None:
-            handle.remove()
-    trace.speed_sq[:] = speed_squared(states)
+    def intervene(
+        t: int, session: Session, logits: torch.Tensor, states: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        on = sched[:, t] >= 0
+        if not bool(on.any()):  # the schedule lives on the host: no device read
+            return logits, states
+        targets = sched[:, t].to(device)
+        if point is None:
+            res = steer(read, states[FINAL_NORM].float(), targets, config)
+            h_t = res.hidden
+            logits = read.logits(h_t)
+        else:
+            session.rollback()
+
+            def log_probs(r: torch.Tensor) -> torch.Tensor:
+                out = session.run_pending(patch={point: lambda _r: r})
+                session.rollback()
+                return torch.log_softmax(out.logits[:, -1, :].float(), -1)
+
+            res = steer_states(states[point].float(), targets, log_probs, config, method="autograd")
+            with torch.no_grad():
+                out = session.run_pending(patch={point: lambda _r: res.hidden})
+            h_t = out.states[FINAL_NORM][:, -1, :]
+            logits = out.logits[:, -1, :].float()
+        trace.target_ids[:, t] = torch.where(on, sched[:, t], -1)
+        trace.steer_steps[:, t] = torch.where(on, res.steps.cpu(), 0)
+        trace.delta_norm[:, t] = torch.where(on, res.delta_norm.cpu(), nan)
+        trace.p_target_before[:, t] = torch.where(on, res.p_before.cpu(), nan)
+        trace.p_target_after[:, t] = torch.where(on, res.p_after.cpu(), nan)
+        return logits, {**states, FINAL_NORM: h_t}
+
+    states = torch.empty((batch, new_tokens, read.hidden_size), dtype=torch.float32, device=device)
+    token_ids = torch.empty((batch, new_tokens), dtype=torch.long, device=device)
+    logp = torch.empty((batch, new_tokens), dtype=torch.float64, device=device)
+    entropy = torch.empty((batch, new_tokens), dtype=torch.float64, device=device)
+    with engine.start(prompts, new_tokens, hold_last=True) as session:
+        chooser = TokenChooser(decoding, batch, device, seeds)
+        for step in engine.steps(session, new_tokens, chooser, intervene=intervene):
+            lp = torch.log_softmax(step.logits, -1)
+            token_ids[:, step.t] = step.tokens
+            logp[:, step.t] = lp.gather(-1, step.tokens[:, None])[:, 0].double()
+            entropy[:, step.t] = entropy_from_logprobs(lp).double()
+            states[:, step.t] = step.states[FINAL_NORM].float()
+    trace.token_ids[:] = token_ids.cpu()
+    trace.logp[:] = logp.cpu()
+    trace.entropy[:] = entropy.cpu()
+    trace.speed_sq[:] = speed_squared(states).cpu()
     return trace
 
 

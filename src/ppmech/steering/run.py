@@ -5,19 +5,18 @@ prompt, the energy comparison of the two traces, and the files written.
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ppmech.errors import PPMechError
-from ppmech.hooks import hook_module, resid_post
+from ppmech.engine.hooks import hook_module, resid_post
+from ppmech.engine.sampling import Decoding
+from ppmech.errors import PPMechError, check_seed
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import load_configured
-from ppmech.recording import Decoding
 from ppmech.steering.algorithm import SteeringConfig
 from ppmech.steering.generation import steered_generation, trace_frame
 
@@ -40,7 +39,9 @@ class SteerConfig:
         eta, max_steps: Algorithm 1's η and K.
         layer: ``None`` steers ``h_t`` after the final norm (the paper); ``L``
             steers the residual after decoder block ``L`` (beyond the paper).
-        decoding: ``greedy`` or ``sample``; temperature for ``sample``.
+        decoding: ``greedy`` or ``sample``; temperature, top_k and top_p for ``sample``
+            (the same sampler draws the natural and the steered trace).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     """
 
     prompt: str
@@ -57,9 +58,13 @@ class SteerConfig:
     layer: int | None = None
     decoding: str = "greedy"
     temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         SteeringConfig(eta=self.eta, max_steps=self.max_steps)
+        self.decoding_config()  # validates the sampling parameters
         if (self.target_text is None) == (self.target_ids is None):
             raise PPMechError("give exactly one of `target_text` and `target_ids`", "pass one of them")
         if not self.prompt.strip():
@@ -68,6 +73,21 @@ class SteerConfig:
             raise PPMechError(f"`decoding` {self.decoding!r} cannot be steered", "use greedy or sample")
         if self.new_tokens is not None and self.new_tokens < 1:
             raise PPMechError(f"`new_tokens` must be >= 1 (got {self.new_tokens})", "use e.g. 20")
+        check_seed(self.seed)
+        if self.decoding == "greedy" and self.temperature != 1.0:
+            # Refused rather than ignored: the summary would record a temperature that never acted.
+            raise PPMechError(
+                "`temperature` only applies to `decoding` sample, not greedy",
+                "drop `temperature`, or use `decoding` sample",
+            )
+
+    def decoding_config(self) -> Decoding:
+        return Decoding(
+            strategy=self.decoding,  # type: ignore[arg-type]
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,6 +106,7 @@ class SteerRunResult:
         natural_text, steered_text: the two generations.
         comparison: :func:`energy_comparison` of the two traces.
         summary: what ``summary.json`` holds.
+        files: the files written under ``path``.
     """
 
     path: Path | None
@@ -94,6 +115,7 @@ class SteerRunResult:
     steered_text: str
     comparison: pd.DataFrame
     summary: dict[str, Any]
+    files: list[str] = field(default_factory=list)
 
 
 def target_schedule(tokenizer: Any, prompt: str, config: SteerConfig) -> list[int]:
@@ -154,22 +176,28 @@ def run_steer(
     """Load the model, generate naturally and with steering, and write ``out``.
 
     ``out`` receives ``steps.parquet`` (both traces, :func:`trace_frame`) and then
-    ``summary.json`` (config, model, versions, texts, comparison), each written atomically.
+    ``summary.json`` (config, model, versions, texts, comparison, the file's rows and
+    SHA-256), each written atomically; the output is locked, staged and swapped in whole
+    (:class:`ppmech.artifacts.Output`), and ``overwrite`` replaces only a steer output.
     """
-    import shutil
+    from contextlib import nullcontext
 
-    from ppmech.corpus import special_prefix
-    from ppmech.provenance import versions
-    from ppmech.runs import write_json
+    from ppmech.artifacts import Output
 
     out_path = Path(out) if out is not None else None
-    if out_path is not None and out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
-        if not overwrite:
-            raise PPMechError(
-                f"{out_path} exists and is not empty", "pass --overwrite or choose another --out"
-            )
-        (out_path / "summary.json").unlink(missing_ok=True)
-        shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
+    # Locked and staged for the whole run: see ppmech.artifacts.Output.
+    output = Output(out_path, "steer", overwrite=overwrite) if out_path is not None else None
+    with output if output is not None else nullcontext():
+        return _run_steer(config, output, lm)
+
+
+def _run_steer(config: SteerConfig, output: Any, lm: LoadedModel | None) -> SteerRunResult:
+    """:func:`run_steer` once its output (an open :class:`~ppmech.artifacts.Output`, or ``None``) is ready."""
+    from ppmech.artifacts import describe_file, write_json, write_parquet
+    from ppmech.corpus import special_prefix
+    from ppmech.engine.device import device_record
+    from ppmech.provenance import versions
+
     if lm is None:
         lm = load_configured(config)
     if config.layer is not None:
@@ -178,7 +206,7 @@ def run_steer(
     prompt_ids = special_prefix(tok) + list(tok(config.prompt, add_special_tokens=False)["input_ids"])
     schedule = target_schedule(tok, config.prompt, config)
     new_tokens = config.new_tokens if config.new_tokens is not None else len(schedule) + 5
-    decoding = Decoding(strategy=config.decoding, temperature=config.temperature)  # type: ignore[arg-type]
+    decoding = config.decoding_config()
     pair = steered_generation(
         lm,
         [prompt_ids],
@@ -206,15 +234,17 @@ def run_steer(
         "comparison": json.loads(comparison.to_json(orient="records")),
         "model": lm.identity.to_dict(),
         "versions": versions(),
+        "execution": device_record(lm.device),
     }
-    if out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
-        tmp = out_path / ".steps.parquet.tmp"
-        steps.to_parquet(tmp, index=False)
-        os.replace(tmp, out_path / "steps.parquet")
-        write_json(out_path / "summary.json", summary)
+    files: list[str] = []
+    if output is not None:
+        write_parquet(output.path / "steps.parquet", steps)
+        summary["files"] = {"steps.parquet": describe_file(output.path, "steps.parquet", rows=len(steps))}
+        write_json(output.path / "summary.json", summary)
+        files = output.commit()
     return SteerRunResult(
-        path=out_path,
+        path=output.target if output is not None else None,
+        files=files,
         steps=steps,
         natural_text=natural_text,
         steered_text=steered_text,

@@ -41,9 +41,10 @@ from typing import Any
 import torch
 
 from ppmech.corpus import special_prefix
+from ppmech.engine.decoder import Engine
 from ppmech.errors import PPMechError
 from ppmech.models.identity import LoadedModel
-from ppmech.models.loading import forward_step, load_model
+from ppmech.models.loading import load_model
 from ppmech.steering.judges.base import SCORE_MAX, SCORE_MIN, JudgeItem, JudgeScore
 
 __all__ = ["ReferenceLMJudge", "default_reference"]
@@ -62,6 +63,7 @@ class ReferenceLMJudge:
         lo: mean log-probability (nats) that maps to score 1.
         hi: mean log-probability (nats) that maps to score 10; must exceed ``lo``.
         dtype: reference model dtype.
+        device: where the reference model runs (``auto``: CUDA when available).
         lm: an already loaded reference model to use instead of loading ``model``.
     """
 
@@ -75,6 +77,7 @@ class ReferenceLMJudge:
         lo: float = LO,
         hi: float = HI,
         dtype: str = "float32",
+        device: str = "auto",
         lm: LoadedModel | None = None,
     ) -> None:
         if not hi > lo:
@@ -86,7 +89,9 @@ class ReferenceLMJudge:
         self.lo = float(lo)
         self.hi = float(hi)
         self.dtype = dtype
+        self.device = device
         self._lm = lm
+        self._engine: Engine | None = None
 
     def describe(self) -> dict[str, Any]:
         """Configuration for provenance."""
@@ -103,7 +108,7 @@ class ReferenceLMJudge:
 
     def _load(self) -> LoadedModel:
         if self._lm is None:
-            self._lm = load_model(self.model, dtype=self.dtype)
+            self._lm = load_model(self.model, dtype=self.dtype, device=self.device)
         return self._lm
 
     def map_logprob(self, m: float) -> float:
@@ -120,10 +125,12 @@ class ReferenceLMJudge:
         pieces = [list(tok(s, add_special_tokens=False)["input_ids"]) for s in strings]
         # The context runs once; its KV cache is then shared by one row per distinct
         # multi-piece prefix, which runs only the prefix pieces.
-        positions0 = torch.arange(len(ctx), device=lm.device)[None, :]
-        ctx_ids = torch.tensor([ctx], dtype=torch.long, device=lm.device)
-        ones = torch.ones_like(ctx_ids)
-        logits0, cache = forward_step(lm.model, ctx_ids, ones, positions0, None, logits_to_keep=1)
+        if self._engine is None:
+            self._engine = Engine(lm, capture=[])
+        engine = self._engine
+        session = engine.start([ctx])
+        logits0 = session.run_pending().logits
+        cache = session.cache
         first = torch.log_softmax(logits0[0, -1].float(), dim=-1)  # [V]
         prefixes: list[tuple[int, ...]] = []
         for p in pieces:
@@ -141,7 +148,7 @@ class ReferenceLMJudge:
                 mask[r, len(ctx) : len(ctx) + len(pre)] = 1
             positions = (len(ctx) + torch.arange(width, device=lm.device))[None, :].expand(rows, width)
             cache.batch_repeat_interleave(rows)
-            logits, _ = forward_step(lm.model, ids, mask, positions, cache, logits_to_keep=0)
+            logits, _ = engine.forward(ids, mask, positions, cache, logits_to_keep=0)
             later = torch.log_softmax(logits.float(), dim=-1)
         result = []
         for p in pieces:

@@ -1,4 +1,4 @@
-"""Named capture points on a model's forward pass.
+"""Named hook points on a model's forward pass: read them, and optionally write them.
 
 Hook names say what they capture:
 
@@ -8,12 +8,16 @@ Hook names say what they capture:
   before any final norm.
 
 :func:`capture` is a context manager; hooks are always removed in ``finally``.
+A *patch* is the write side (used by steering): a callable that receives the
+state at the newest position, ``[B, d]``, and returns a replacement (or ``None``
+to leave it); the rest of the forward pass, KV cache included, then sees the
+replacement, with gradients flowing into it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -23,6 +27,9 @@ from ppmech.errors import PPMechError
 from ppmech.models.architectures import decoder_layers, final_norm
 
 FINAL_NORM = "final_norm"
+
+#: ``state [B, d] at the newest position -> replacement [B, d]`` (or ``None``: leave it).
+Patch = Callable[[torch.Tensor], torch.Tensor | None]
 
 
 def resid_post(layer: int) -> str:
@@ -57,21 +64,47 @@ def _first_tensor(output: Any) -> torch.Tensor:
     raise TypeError(f"hook output of type {type(output).__name__} holds no tensor")
 
 
+def _replace_newest(output: Any, new_last: torch.Tensor) -> Any:
+    """``output`` with its first tensor's newest position replaced by ``new_last`` ``[B, d]``."""
+    hidden = _first_tensor(output)
+    new = torch.cat([hidden[:, :-1, :], new_last[:, None, :].to(hidden.dtype)], dim=1)
+    if isinstance(output, torch.Tensor):
+        return new
+    return (new, *output[1:])
+
+
 @contextlib.contextmanager
-def capture(model: nn.Module, names: list[str]) -> Iterator[dict[str, list[torch.Tensor]]]:
+def capture(
+    model: nn.Module, names: list[str], patches: Mapping[str, Patch | None] | None = None
+) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Record the forward outputs of the named points while the block runs.
 
+    Args:
+        model: the model.
+        names: hook points to record.
+        patches: hook points that may be written, read *live* at every forward
+            (mutate the mapping between forwards; a ``None`` entry patches nothing).
+
     Yields:
-        ``{name: [tensor per forward call]}``, each tensor ``[B, L, d]``, detached.
+        ``{name: [tensor per forward call]}``, each tensor ``[B, L, d]``, detached
+        (after any patch).
     """
     store: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    live = patches if patches is not None else {}
     handles = []
     try:
-        for name in names:
+        for name in dict.fromkeys([*names, *live]):
             module = hook_module(model, name)
 
-            def hook(_m: nn.Module, _i: Any, output: Any, _name: str = name) -> None:
-                store[_name].append(_first_tensor(output).detach())
+            def hook(_m: nn.Module, _i: Any, output: Any, _name: str = name) -> Any:
+                fn = live.get(_name)
+                if fn is not None:
+                    new_last = fn(_first_tensor(output)[:, -1, :])
+                    if new_last is not None:
+                        output = _replace_newest(output, new_last)
+                if _name in store:
+                    store[_name].append(_first_tensor(output).detach())
+                return output if fn is not None else None
 
             handles.append(module.register_forward_hook(hook))
         yield store

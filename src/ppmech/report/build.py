@@ -1,0 +1,354 @@
+"""``build_report``: inputs on disk → figures → one self-contained HTML file (and PNGs).
+
+Data flows one way: the inputs are read (never written), the figures are built
+in memory, and only then is anything written. The HTML goes to a temporary file
+beside ``out`` that is renamed at the end, so a failed report leaves no partial
+HTML behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from ppmech.errors import PPMechError
+from ppmech.report import figures as F
+from ppmech.report.html import Section, figure_block, page, paragraph, table_block
+from ppmech.report.sources import (
+    MonitorBenchmarkSource,
+    MonitorScoreSource,
+    RunSource,
+    Source,
+    SteeringEvalSource,
+    SteerSource,
+    SweepSource,
+    VerifySource,
+    load_sources,
+)
+from ppmech.runs import Run
+from ppmech.tables import run_row
+
+#: Most runs whose tokens are shown (one figure each), and most monitored texts drawn.
+MAX_TOKEN_FIGURES = 6
+MAX_MONITOR_TEXTS = 8
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` made.
+
+    Attributes:
+        out: the HTML file.
+        size_bytes: its size.
+        figures: every figure by id, in page order (plotly ``Figure`` objects).
+        sources: the inputs as read.
+        pngs: the PNG files written (empty without ``png_dir``).
+    """
+
+    out: Path
+    size_bytes: int
+    figures: dict[str, go.Figure]
+    sources: list[Source]
+    pngs: list[Path] = field(default_factory=list)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+class _Page:
+    """Collects sections and figures with unique ids."""
+
+    def __init__(self) -> None:
+        self.sections: list[Section] = []
+        self.figures: dict[str, go.Figure] = {}
+
+    def section(self, title: str) -> Section:
+        base = _slug(title)
+        sid = base
+        n = 2
+        while any(s.id == sid for s in self.sections):
+            sid, n = f"{base}-{n}", n + 1
+        s = Section(id=sid, title=title)
+        self.sections.append(s)
+        return s
+
+    def figure(self, section: Section, name: str, fig: go.Figure) -> None:
+        fid = f"fig-{len(self.figures) + 1:02d}-{_slug(name)}"
+        self.figures[fid] = fig
+        section.blocks.append(figure_block(fig, fid))
+
+
+def table1_rows(runs: dict[str, Run]) -> list[dict[str, Any]]:
+    """Table-1 rows (:func:`ppmech.tables.run_row`) with the run's label first."""
+    return [{"run": name} | run_row(run.summary) for name, run in runs.items()]
+
+
+def _runs_section(pg: _Page, runs: dict[str, Run], trajectory: int, term: str) -> None:
+    s = pg.section("Runs")
+    s.blocks.append(
+        table_block(
+            table1_rows(runs),
+            "table1",
+            "Table 1 style, from each run's summary.json: CV = std/mean of H (ddof 0); CIs are 95% "
+            "percentile "
+            "bootstrap over trajectories; mean H, K, V in their units (V in nats); <dH>, <|dH|> the "
+            "mean step "
+            "change of H and of its size; drift = ΣΔH/Σ|ΔH|; v=0 steps = zero-velocity steps left out.",
+        )
+    )
+    pg.figure(s, "table1", F.comparison(runs))
+    pg.figure(s, "energy-vs-step", F.energy_vs_step(runs))
+    pg.figure(s, "phase-portrait", F.phase_portrait(runs))
+    pg.figure(s, "distributions", F.distributions(runs))
+    shown = list(runs.items())[:MAX_TOKEN_FIGURES]
+    for name, run in shown:
+        fig = F.trajectory_tokens(run, trajectory, term)
+        fig.update_layout(title=dict(text=f"{name}: trajectory {trajectory}, tokens shaded by {term}"))
+        pg.figure(s, f"tokens-{name}", fig)
+    if len(runs) > len(shown):
+        s.blocks.append(paragraph(f"Tokens are shown for the first {len(shown)} of {len(runs)} runs."))
+
+
+STUDY_COLUMNS = (
+    "run",
+    "name",
+    "run_name",
+    "model",
+    "weights",
+    "family",
+    "model_type",
+    "params",
+    "parameters",
+    "num_parameters",
+    "status",
+    "error",
+    "global_cv",
+    "mean_trajectory_cv",
+    "mean_energy",
+    "kv_ratio",
+    "device_used",
+    "wall_seconds",
+)
+
+
+def _sweep_section(pg: _Page, sweep: SweepSource) -> None:
+    s = pg.section(f"Sweep: {sweep.name}")
+    table = sweep.table
+    if len(table):
+        cols = [c for c in STUDY_COLUMNS if c in table.columns] or list(table.columns)
+        rows = [{c: _plain(v) for c, v in r.items()} for r in table[cols].to_dict(orient="records")]
+        status = [f"status-{_slug(str(r.get('status', '')))}" for r in rows]
+        s.blocks.append(
+            table_block(rows, f"study-{_slug(sweep.name)}", "study.parquet, one row per run.", status)
+        )
+    if sweep.skipped:
+        s.blocks.append(
+            paragraph(
+                "Runs under runs/ left out (not complete): "
+                + "; ".join(f"{k}: {v}" for k, v in sweep.skipped.items())
+            )
+        )
+    pg.figure(s, f"table1-{sweep.name}", F.comparison(sweep.runs))
+    pg.figure(s, f"scaling-{sweep.name}", F.scaling(sweep.runs))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python ones, lists/dicts as short text, for table cells."""
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        try:
+            return value.item()
+        except (ValueError, AttributeError):
+            return str(value)
+    return value
+
+
+def _verify_section(pg: _Page, source: VerifySource) -> None:
+    s = pg.section(f"Claims ledger: {source.name}")
+    claims = source.claims
+    meta = claims.get("meta", {})
+    counts = claims.get("verdicts", {})
+    s.blocks.append(
+        '<p class="counts">'
+        + "".join(
+            f'<span class="verdict-{_slug(k)}" style="background:{c}">{v} {k}</span>'
+            for k, v, c in (
+                ("supported", counts.get("supported", 0), "#d4f4dd"),
+                ("not supported", counts.get("not supported", 0), "#f9d2d2"),
+                ("inconclusive", counts.get("inconclusive", 0), "#fcefc7"),
+            )
+        )
+        + "</p>"
+    )
+    if meta.get("quick"):
+        s.blocks.append(paragraph("QUICK MODE: tiny runs, the verdicts are not meaningful."))
+    cols = ("id", "model", "source", "claim", "paper", "measured", "verdict", "rule", "why")
+    rows = [{c: r.get(c, "") for c in cols} for r in claims.get("claims", [])]
+    s.blocks.append(
+        table_block(
+            rows,
+            f"claims-{_slug(source.name)}",
+            f"Every claim of the paper with its measured value and 95% CI, from {source.path}/claims.json "
+            f"(models: {', '.join(meta.get('models', []))}). Verdict colours: green supported, red not "
+            "supported, amber inconclusive. Type in the box to filter rows.",
+            [f"verdict-{_slug(str(r['verdict']))}" for r in rows],
+            filter_box=True,
+        )
+    )
+
+
+def _monitor_benchmark_section(pg: _Page, source: MonitorBenchmarkSource) -> None:
+    s = pg.section(f"Monitor benchmark: {source.name}")
+    pg.figure(s, f"monitor-{source.name}", F.monitor_detection(source.data))
+    delays = source.data.get("delays", [])
+    if delays:
+        s.blocks.append(
+            table_block(
+                delays,
+                f"delays-{_slug(source.name)}",
+                "Spliced texts (English, then a foreign passage): per-token CUSUM alarms on the "
+                "z-score of each "
+                "signal; the share of normal texts with an alarm, of spliced texts alarmed before / "
+                "after the "
+                "splice, and the delay in tokens from the splice to the alarm.",
+            )
+        )
+
+
+def _monitor_score_section(pg: _Page, source: MonitorScoreSource) -> None:
+    s = pg.section(f"Monitor scores: {source.name}")
+    for record in source.records[:MAX_MONITOR_TEXTS]:
+        pg.figure(s, f"monitor-trace-{record.get('source', '')}", F.monitor_trace(record))
+    if len(source.records) > MAX_MONITOR_TEXTS:
+        s.blocks.append(paragraph(f"The first {MAX_MONITOR_TEXTS} of {len(source.records)} texts are drawn."))
+
+
+def _steer_section(pg: _Page, source: SteerSource) -> None:
+    s = pg.section(f"Steering: {source.name}")
+    pg.figure(s, f"steer-{source.name}", F.steering_traces(source.summary, source.steps))
+    comparison = source.summary.get("comparison", [])
+    if comparison:
+        s.blocks.append(
+            table_block(
+                comparison,
+                f"steer-comparison-{_slug(source.name)}",
+                "Per trace, over steps with a velocity: mean K, V (nats), H; CV of E = exp(H); mean "
+                "|ΔH|; and "
+                "the steering totals (ppmech steer's summary.json).",
+            )
+        )
+
+
+def _steering_eval_section(pg: _Page, source: SteeringEvalSource) -> None:
+    s = pg.section(f"Steering evaluation: {source.name}")
+    pg.figure(s, f"table3-{source.name}", F.table3_pairs(source.summary, source.items))
+    rows = source.summary.get("table3", [])
+    if rows:
+        s.blocks.append(
+            table_block(
+                rows,
+                f"table3-{_slug(source.name)}",
+                "Table 3 as ppmech evaluate-steering wrote it.",
+                digits=3,
+            )
+        )
+
+
+def _unique(names: Sequence[str], taken: set[str]) -> list[str]:
+    out = []
+    for name in names:
+        label, n = name, 2
+        while label in taken:
+            label, n = f"{name} ({n})", n + 1
+        taken.add(label)
+        out.append(label)
+    return out
+
+
+def build_figures(
+    sources: Sequence[Source], trajectory: int = 0, term: str = "H"
+) -> tuple[list[Section], dict[str, go.Figure]]:
+    """Every section and figure of the report of ``sources`` (nothing is written)."""
+    pg = _Page()
+    runs: dict[str, Run] = {}
+    taken: set[str] = set()
+    for source in sources:
+        if isinstance(source, RunSource):
+            (label,) = _unique([source.name], taken)
+            runs[label] = source.run
+        elif isinstance(source, VerifySource):
+            labels = _unique(list(source.runs), taken)
+            runs.update(zip(labels, source.runs.values(), strict=True))
+    if runs:
+        _runs_section(pg, runs, trajectory, term)
+    for source in sources:
+        if isinstance(source, SweepSource):
+            _sweep_section(pg, source)
+        elif isinstance(source, VerifySource):
+            _verify_section(pg, source)
+        elif isinstance(source, MonitorBenchmarkSource):
+            _monitor_benchmark_section(pg, source)
+        elif isinstance(source, MonitorScoreSource):
+            _monitor_score_section(pg, source)
+        elif isinstance(source, SteerSource):
+            _steer_section(pg, source)
+        elif isinstance(source, SteeringEvalSource):
+            _steering_eval_section(pg, source)
+    return pg.sections, pg.figures
+
+
+def _check_out(out: Path) -> None:
+    if out.is_dir():
+        raise PPMechError(f"--out {out} is a directory", "name the HTML file to write, e.g. report.html")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise PPMechError(f"--out {out} does not end in .html", "name the HTML file, e.g. report.html")
+
+
+def build_report(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    png_dir: str | Path | None = None,
+    trajectory: int = 0,
+    term: str = "H",
+    title: str = "ppmech report",
+) -> ReportResult:
+    """Read ``paths``, build every figure, write ``out`` (and one PNG per figure in ``png_dir``).
+
+    Args:
+        paths: run, sweep, verify, steer or steering-evaluation directories, and
+            monitor benchmark / score files (see :mod:`ppmech.report.sources`).
+        out: the HTML file to write (replaced if it exists).
+        png_dir: also write each figure as ``<figure id>.png`` here (matplotlib).
+        trajectory: the trajectory whose tokens are shown, per run.
+        term: what shades the tokens: ``H``, ``K`` or ``V``.
+        title: the page title.
+
+    Raises:
+        PPMechError: no inputs, an unreadable or interrupted input, a bad ``out``.
+    """
+    out_path = Path(out)
+    _check_out(out_path)
+    sources = load_sources(paths)
+    sections, figures = build_figures(sources, trajectory, term)
+    text = page(title, sections, [str(p) for p in paths])
+    pngs: list[Path] = []
+    if png_dir is not None:
+        from ppmech.report.png import write_pngs
+
+        pngs = write_pngs(figures, Path(png_dir))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ReportResult(
+        out=out_path, size_bytes=out_path.stat().st_size, figures=figures, sources=sources, pngs=pngs
+    )

@@ -1,0 +1,109 @@
+"""The report's pure parts: per-step and per-trajectory numbers, input detection, the page, the PNG redraw."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from ppmech.errors import PPMechError
+from ppmech.report import figures as F
+from ppmech.report.html import table_block
+from ppmech.report.png import plain, to_matplotlib
+from ppmech.report.sources import detect, load_sources
+from ppmech.statistics import energy_statistics
+
+
+def _steps(k: list[list[float]], v: list[list[float]]) -> pd.DataFrame:
+    rows = []
+    for traj, (ks, vs) in enumerate(zip(k, v, strict=True)):
+        for step, (kk, vv) in enumerate(zip(ks, vs, strict=True)):
+            rows.append(
+                {"trajectory": traj, "step": step, "token": f"t{step}", "K": kk, "V": vv, "H": kk + vv}
+            )
+    return pd.DataFrame(rows)
+
+
+NAN = math.nan
+K = [[NAN, 1.0, 2.0, 3.0], [NAN, 2.0, -math.inf, 4.0], [NAN, 0.5, 0.5, 0.5]]
+V = [[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0], [0.0, 1.0, 3.0, 5.0]]
+
+
+def test_step_quantiles_by_hand() -> None:
+    q = F.step_quantiles(_steps(K, V), "H")
+    # Step 0 has no H; step 2 has H = 3 and 1 (the zero-velocity step is left out).
+    assert q["step"].tolist() == [1, 2, 3]
+    assert q.loc[q["step"] == 1, "median"].item() == 2.0  # H = 2, 4, 1.5
+    assert q.loc[q["step"] == 2, "n"].item() == 2
+    assert q.loc[q["step"] == 2, "median"].item() == 3.25  # H = 3, 3.5
+    assert q.loc[q["step"] == 3, "q25"].item() == pytest.approx(np.quantile([4.0, 6.0, 5.5], 0.25))
+    v = F.step_quantiles(_steps(K, V), "V")
+    assert v["step"].tolist() == [0, 1, 2, 3] and v.loc[0, "median"] == 1.0
+
+
+def test_per_trajectory_agrees_with_the_statistics() -> None:
+    steps = _steps(K, V)
+    per = F.per_trajectory(steps)
+    stats = energy_statistics(steps["trajectory"], steps["K"], steps["V"], n_boot=0)
+    assert per["n_valid"].tolist() == [3, 2, 3]
+    assert per["mean_H"].tolist() == pytest.approx([3.0, 5.0, 10.5 / 3])
+    assert per["cv_H"].mean() == pytest.approx(stats.mean_trajectory_cv, rel=1e-12)
+    means = per["mean_H"].to_numpy()
+    assert means.std() / means.mean() == pytest.approx(stats.trajectory_mean_cv, rel=1e-12)
+
+
+def test_constant_h_levels_are_round_and_inside_the_data() -> None:
+    h = np.linspace(6.3, 9.7, 500)
+    levels = F._constant_h_levels(h)
+    lo, hi = np.quantile(h, [0.05, 0.95])
+    assert all(lo <= x <= hi for x in levels) and len(levels) >= 3
+    assert all(abs(x * 2 - round(x * 2)) < 1e-9 for x in levels)  # multiples of 0.5
+
+
+def test_detect_tells_the_kinds_apart(tmp_path: Path) -> None:
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"scores": [], "delays": [], "sizes": {}}))
+    assert detect(bench) == "monitor-benchmark"
+    steer = tmp_path / "steer"
+    steer.mkdir()
+    (steer / "summary.json").write_text(json.dumps({"kind": "steer"}))
+    assert detect(steer) == "steer"
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "study.json").write_text("{}")
+    assert detect(sweep) == "sweep"
+    other = tmp_path / "other.json"
+    other.write_text("[1, 2]")
+    with pytest.raises(PPMechError, match="not a report input"):
+        detect(other)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(PPMechError, match="not valid JSON"):
+        detect(broken)
+    with pytest.raises(PPMechError, match="no complete run"):
+        load_sources([sweep])
+    with pytest.raises(PPMechError, match="no inputs"):
+        load_sources([])
+
+
+def test_table_cells_are_escaped_and_named() -> None:
+    html = table_block([{"claim": "<b>x</b> & y", "value": 0.123456, "n": 3}], "t")
+    assert "&lt;b&gt;x&lt;/b&gt; &amp; y" in html
+    assert '<td class="num" data-col="value">0.123</td>' in html
+    assert '<td class="num" data-col="n">3</td>' in html
+
+
+def test_png_redraw_draws_every_trace_and_refuses_unknown_kinds() -> None:
+    fig = go.Figure(go.Scatter(x=[0, 1, None, 2], y=[1, 2, None, 3], mode="lines+markers", name="a"))
+    fig.add_trace(go.Histogram(x=[1, 2, 2, 3], name="b"))
+    drawn = to_matplotlib(fig)
+    ax = drawn.axes[0]
+    assert len(ax.lines) == 2 and len(ax.patches) > 0  # two line segments, histogram bars
+    with pytest.raises(TypeError, match="cannot draw a pie"):
+        to_matplotlib(go.Figure(go.Pie(values=[1, 2])))
+    assert plain("H<sub>t</sub> = K<sub>t</sub><br>x") == "H_t = K_t x"

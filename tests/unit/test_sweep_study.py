@@ -1,0 +1,206 @@
+"""The study schema of `ppmech sweep`: parsing, the grid, run names, and every bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ppmech.errors import PPMechError
+from ppmech.measure import MeasureConfig
+from ppmech.sweep.study import PAPER_TABLE1_MODELS, load_study, parse_study, preset_study, run_name
+
+HAS_DEVICE = "device" in {f.name for f in dataclasses.fields(MeasureConfig)}
+
+
+def test_the_short_form_expands_models_times_weights() -> None:
+    text = (
+        'models = ["smollm2-135m", "gemma3-270m"]\nweights = ["pretrained", "random"]\n'
+        "prompts = 100\nnew_tokens = 100\n[resources]\ngpus = 0.25\n"
+    )
+    if not HAS_DEVICE:
+        # This measure records on the CPU only: reserving GPUs would be a silent lie.
+        with pytest.raises(PPMechError, match=r"resources.gpus = 0.25.*no device option"):
+            parse_study(text, "short.toml")
+        text = text.replace("gpus = 0.25", "gpus = 0")
+    study = parse_study(text, "short.toml")
+    assert [r.name for r in study.runs] == [
+        "smollm2-135m-pretrained",
+        "smollm2-135m-random",
+        "gemma3-270m-pretrained",
+        "gemma3-270m-random",
+    ]
+    assert all(r.config.prompts == 100 and r.config.new_tokens == 100 for r in study.runs)
+    assert study.name == "short" and study.resources.cpus == 1 and study.resources.max_retries == 3
+    if HAS_DEVICE and study.resources.gpus:
+        assert all(r.config.device == "cuda" for r in study.runs)  # type: ignore[attr-defined]
+
+
+def test_axes_conditions_and_model_overrides() -> None:
+    text = """
+models = ["smollm2-135m", { model = "gemma3-270m", weights = "pretrained", name = "gemma" }]
+weights = ["pretrained", "random"]
+seed = [0, 1]
+prompts = 10
+[[conditions]]
+decoding = "greedy"
+[[conditions]]
+decoding = "sample"
+temperature = 0.7
+"""
+    study = parse_study(text, "axes.toml")
+    names = [r.name for r in study.runs]
+    assert len(names) == 2 * 2 * 2 + 1 * 2 * 2
+    assert names[:4] == [
+        "smollm2-135m-pretrained-n10",
+        "smollm2-135m-pretrained-n10-seed1",
+        "smollm2-135m-random-n10",
+        "smollm2-135m-random-n10-seed1",
+    ]
+    assert "smollm2-135m-random-n10-sample-t0.7-seed1" in names
+    assert {r.config.weights for r in study.runs if r.config.model == "gemma3-270m"} == {"pretrained"}
+    assert all(n.startswith("gemma-pretrained") for n in names if "gemma" in n)
+    sample = [r.config for r in study.runs if r.config.decoding == "sample"]
+    assert sample and all(c.temperature == 0.7 for c in sample)
+    assert all(r.config.temperature == 1.0 for r in study.runs if r.config.decoding == "greedy")
+
+
+def test_adding_an_axis_keeps_the_names_of_the_runs_already_there() -> None:
+    one = parse_study('models = ["smollm2-135m"]\nprompts = 5\n', "a.toml")
+    two = parse_study(
+        'models = ["smollm2-135m"]\nprompts = 5\nseed = [0, 1]\ncorpus = ["wiki-en", "wiki-fr"]\n'
+    )
+    assert one.runs[0].name in {r.name for r in two.runs}
+    assert one.runs[0].config == next(r.config for r in two.runs if r.name == one.runs[0].name)
+    assert "smollm2-135m-pretrained-wiki-fr-n5-seed1" in {r.name for r in two.runs}
+
+
+def test_every_measure_option_is_a_top_level_key() -> None:
+    """Keys come from MeasureConfig's fields: each one, at a non-default value, reaches the run's config."""
+    changed = {
+        "weights": "random",
+        "dtype": "bfloat16",
+        "corpus": "wiki-es",
+        "text_field": "body",
+        "prompts": 3,
+        "context_tokens": 20,
+        "new_tokens": 7,
+        "decoding": "sample",
+        "temperature": 0.5,
+        "top_k": 5,
+        "top_p": 0.9,
+        "stop_at_eos": True,
+        "seed": 4,
+        "batch_size": 2,
+        "save_hidden": True,
+        "n_boot": 10,
+        "trust_remote_code": True,
+    }
+    fields = [f.name for f in dataclasses.fields(MeasureConfig) if f.name != "model"]
+    lines = ['models = ["smollm2-135m"]']
+    for name in fields:
+        value = changed.get(name, getattr(MeasureConfig(), name))
+        if isinstance(value, bool):
+            lines.append(f"{name} = {str(value).lower()}")
+        elif isinstance(value, str):
+            lines.append(f'{name} = "{value}"')
+        elif value is not None:
+            lines.append(f"{name} = {value}")
+    config = parse_study("\n".join(lines), "all.toml").runs[0].config
+    for name in fields:
+        if name in changed:
+            assert getattr(config, name) == changed[name], name
+
+
+def test_hyphenated_keys_and_set_overrides() -> None:
+    text = 'models = ["smollm2-135m"]\nnew-tokens = 12\n'
+    study = parse_study(
+        text, "s.toml", ["prompts=7", "resources.cpus=2", "corpus=wiki-es", 'weights=["pretrained","random"]']
+    )
+    assert [r.config.prompts for r in study.runs] == [7, 7]
+    assert study.runs[0].config.new_tokens == 12 and study.runs[0].config.corpus == "wiki-es"
+    assert study.resources.cpus == 2.0 and study.resources.threads() == 2
+    assert study.overrides == (
+        "prompts=7",
+        "resources.cpus=2",
+        "corpus=wiki-es",
+        'weights=["pretrained","random"]',
+    )
+
+
+def test_the_paper_preset_names_the_ten_models_twice() -> None:
+    study = preset_study("paper-table1")
+    assert len(PAPER_TABLE1_MODELS) == 10 and len(study.runs) == 20
+    assert [r.config.model for r in study.runs[::2]] == list(PAPER_TABLE1_MODELS)
+    assert {r.config.weights for r in study.runs} == {"pretrained", "random"}
+    first = study.runs[0].config
+    assert (first.prompts, first.context_tokens, first.new_tokens, first.decoding) == (100, 50, 100, "greedy")
+    assert study.runs[0].name == "Qwen2.5-1.5B-pretrained" and study.runs[1].name == "Qwen2.5-1.5B-random"
+    small = preset_study("paper-table1", ["prompts=2"])
+    assert all(r.config.prompts == 2 for r in small.runs)
+
+
+def test_two_models_with_one_readable_name_are_told_apart(tmp_path: Path) -> None:
+    for parent in ("a", "b"):
+        (tmp_path / parent / "model").mkdir(parents=True)
+    text = f'models = ["{tmp_path / "a" / "model"}", "{tmp_path / "b" / "model"}"]\n'
+    names = [r.name for r in parse_study(text).runs]
+    assert len(set(names)) == 2 and all(n.startswith("model-") for n in names)
+    assert names == [r.name for r in parse_study(text).runs]  # deterministic
+
+
+def test_run_name_leaves_out_settings_that_do_not_change_the_measurement() -> None:
+    config = MeasureConfig(model="x", batch_size=7, n_boot=5, save_hidden=True, dtype="bfloat16")
+    assert run_name("x", config) == "x-pretrained-bf16"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('models = ["a"]\nprompts = 4\n[resources\n', r"not valid TOML: .*\(at line 3, column 11\)"),
+        ('models = ["a"]\nprompts = ', r"not valid TOML: .*line 2, column 11"),
+        (
+            'models = ["a"]\npromts = 4\n',
+            r"unknown key 'promts' at the top level \(line 2, column 1\); did you mean 'prompts'",
+        ),
+        (
+            'models = ["a"]\n[resources]\ngpu = 1\n',
+            r"unknown key 'gpu' in \[resources\].*did you mean 'gpus'",
+        ),
+        (
+            'models = [{ model = "a", wieghts = "random" }]\n',
+            r"unknown key 'wieghts' in a model entry.*'weights'",
+        ),
+        ('models = ["a"]\n[[conditions]]\ntemprature = 0.5\n', r"unknown key 'temprature'.*'temperature'"),
+        ('models = ["a"]\nprompts = "ten"\n', r"'prompts' must be an integer \(got 'ten'\) \(line 2"),
+        ('models = ["a"]\nstop_at_eos = 1\n', r"'stop_at_eos' must be true or false"),
+        ("models = []\n", r"the grid is empty: models = \[\]"),
+        ('models = ["a"]\nseed = []\n', r"the grid is empty: 'seed' = \[\]"),
+        ('models = ["a"]\nconditions = []\n', r"the grid is empty: conditions = \[\]"),
+        ("prompts = 4\n", r"names no models"),
+        ('models = ["a"]\nprompts = 0\n', r"a: `?prompts`? must be at least 1"),
+        ('models = ["a"]\nweights = "trained"\n', r"unknown weights 'trained'"),
+        ('models = ["a"]\ndtype = "int8"\n', r"unknown dtype 'int8'"),
+        ('models = ["a", "a"]\n', r"two runs with identical settings \(a-pretrained\)"),
+        ('models = ["a"]\nseed = [0, 1]\n[[conditions]]\nseed = 2\n', r"'seed' is both an axis"),
+        ('models = ["a"]\n[resources]\ncpus = -1\n', r"resources.cpus must be 0 or more"),
+        ('model = "a"\nmodels = ["b"]\n', r"both 'model' and 'models'"),
+    ],
+)
+def test_bad_studies_are_one_line_errors(text: str, message: str) -> None:
+    with pytest.raises(PPMechError, match=message) as info:
+        parse_study(text, "bad.toml")
+    assert "\n" not in info.value.one_line() and info.value.one_line().startswith("bad.toml")
+
+
+def test_bad_overrides_presets_and_files(tmp_path: Path) -> None:
+    with pytest.raises(PPMechError, match="is not KEY=VALUE"):
+        parse_study('models = ["a"]', "s.toml", ["prompts"])
+    with pytest.raises(PPMechError, match="did you mean 'paper-table1'"):
+        preset_study("paper-table")
+    with pytest.raises(PPMechError, match="not found"):
+        load_study(tmp_path / "missing.toml")
+    (tmp_path / "latin1.toml").write_bytes(b'models = ["caf\xe9"]\n')
+    with pytest.raises(PPMechError, match="not UTF-8"):
+        load_study(tmp_path / "latin1.toml")
