@@ -240,6 +240,8 @@ class Method:
     run: Callable[[], float]
     warmup_s: float = 0.0
     times: list[float] | None = None
+    #: First line of the exception that stopped this method, if one did (the others go on).
+    error: str | None = None
 
     @property
     def best(self) -> float:
@@ -252,14 +254,28 @@ def alternate(methods: list[Method], repeats: int, deadline: float, between: Cal
         m.times = []
         if time.perf_counter() > deadline:
             continue  # not even warmed: reported as not measured
-        m.warmup_s = m.run()
+        m.warmup_s = _guarded(m)
     for _ in range(repeats):
         between()
         for m in methods:
             assert m.times is not None
-            if (time.perf_counter() > deadline and m.times) or not m.warmup_s:
+            if (time.perf_counter() > deadline and m.times) or not m.warmup_s or m.error:
                 continue
-            m.times.append(m.run())
+            took = _guarded(m)
+            if not m.error:
+                m.times.append(took)
+
+
+def _guarded(m: Method) -> float:
+    """Run one method; a failure is recorded on it (one line) so the other methods still run."""
+    try:
+        return m.run()
+    except Exception as exc:  # a benchmark on a lent machine must bring back what it can
+        m.error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        print(f"{m.name} failed: {m.error}", file=sys.stderr)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return 0.0
 
 
 # --------------------------------------------------------------------------- CPU
@@ -396,7 +412,15 @@ def random_model(shape: dict[str, Any], device: torch.device, dtype: torch.dtype
     return LoadedModel(model=model, tokenizer=_Ids(), identity=identity)
 
 
-def gpu_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def gpu_benchmark(
+    args: argparse.Namespace, device: torch.device, checkpoint: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Every GPU figure; ``checkpoint`` is called with the results so far after each stage.
+
+    Stages run in the order of what the issue needs most: the CUDA-vs-CPU check, the
+    135M and 3B shapes, the default protocol end to end, the 1.7B shape, then the large
+    job. Past ``--budget`` seconds the rest is skipped and named in ``skipped``.
+    """
     started = time.perf_counter()
     deadline = started + args.budget
     dtype = torch.bfloat16
@@ -413,62 +437,103 @@ def gpu_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
         "prompt_tokens": args.context_tokens,
         "new_tokens": args.new_tokens,
         "workloads": {},
+        "end_to_end": {},
         "skipped": [],
+        "errors": [],
     }
-    out["cuda_vs_cpu"] = cuda_vs_cpu(args, device)
-    gen = torch.Generator().manual_seed(0)
-    for name, (shape, batch) in GPU_SHAPES.items():
+
+    def stage(name: str, fn: Callable[[], None]) -> None:
+        if args.only and not any(part.strip() and part.strip() in name for part in args.only.split(",")):
+            return
         if time.perf_counter() > deadline:
             out["skipped"].append(f"{name} (time budget)")
-            continue
-        lm = random_model(shape, device, dtype)
-        ids = torch.randint(100, 49152, (batch, args.context_tokens), generator=gen).tolist()
-        batches = [ids]
-        eager = Recorder(lm, Decoding(), compile="off")
-        fast = Recorder(lm, Decoding(), compile="on")
-        methods = [
-            Method("recorder (eager)", lambda r=eager, b=batches: run_recorder(r, b, args.new_tokens)),
-            Method("recorder (compiled)", lambda r=fast, b=batches: run_recorder(r, b, args.new_tokens)),
-            Method(
-                "generate(output_hidden_states, scores)",
-                lambda m=lm.model, b=batches: run_generate(m, _Ids.pad_token_id, b, args.new_tokens),
-            ),
-            Method(
-                "generate(static cache, compiled), no states",
-                lambda m=lm.model, b=batches: run_generate(m, _Ids.pad_token_id, b, args.new_tokens, True),
-            ),
-        ]
-        alternate(methods, args.repeats, deadline, between=lambda: None)
-        tokens = batch * args.new_tokens
-        config = lm.model.config
-        flops = forward_flops(config, [args.context_tokens] * batch, args.new_tokens)
-        params = lm.identity.num_parameters
-        moved = decode_bytes(config, params, 2, batch, args.context_tokens, args.new_tokens)
-        floor = max(flops / peak, moved / bandwidth)
-        out["workloads"][name] = {
-            "batch": batch,
-            "parameters": lm.identity.num_parameters,
-            "flops": flops,
-            "bytes": moved,
-            "roofline_seconds": floor,
-            "roofline_tokens_per_s": tokens / floor,
-            "compile_fallback": None if fast.engine.fast else "eager (see note on stderr)",
-            "methods": {
-                m.name: {
-                    "seconds": m.best,
-                    "all_seconds": m.times,
-                    "warmup_seconds": m.warmup_s,
-                    "tokens_per_s": tokens / m.best,
-                    "roofline_fraction": floor / m.best,
-                }
-                for m in methods
-            },
-        }
-        del lm, eager, fast, methods
-        torch.cuda.empty_cache()
-    out["end_to_end"] = end_to_end(args, device, deadline, out["skipped"])
-    out["wall_seconds"] = time.perf_counter() - started
+        else:
+            try:
+                fn()
+            except Exception as exc:  # bring back the other stages' figures
+                out["errors"].append(f"{name}: {type(exc).__name__}: {str(exc).strip()[:300]}")
+                print(f"stage {name} failed: {exc!r}", file=sys.stderr)
+        out["wall_seconds"] = time.perf_counter() - started
+        checkpoint(out)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def cuda_cpu() -> None:
+        out["cuda_vs_cpu"] = cuda_vs_cpu(args, device)
+
+    stage("CUDA vs CPU", cuda_cpu)
+    gen = torch.Generator().manual_seed(0)
+
+    def workload(name: str) -> Callable[[], None]:
+        return lambda: out["workloads"].__setitem__(name, shape_workload(args, device, name, gen, deadline))
+
+    def job(name: str, prompts: int, new_tokens: int) -> Callable[[], None]:
+        return lambda: out["end_to_end"].__setitem__(
+            name, end_to_end(args, device, deadline, out["skipped"], name, prompts, new_tokens)
+        )
+
+    stage("SmolLM2-135M", workload("SmolLM2-135M"))
+    stage("Qwen2.5-3B", workload("Qwen2.5-3B"))
+    stage("end to end, default protocol", job("default protocol (100 x 100)", 100, 100))
+    stage("SmolLM2-1.7B", workload("SmolLM2-1.7B"))
+    large = f"large job ({args.large_prompts} x {args.large_tokens})"
+    stage("end to end, large job", job(large, args.large_prompts, args.large_tokens))
     return out
+
+
+def shape_workload(
+    args: argparse.Namespace, device: torch.device, name: str, gen: torch.Generator, deadline: float
+) -> dict[str, Any]:
+    """The four methods on one random model shape at its batch, warmed then alternated."""
+    dtype = torch.bfloat16
+    shape, batch = GPU_SHAPES[name]
+    lm = random_model(shape, device, dtype)
+    ids = torch.randint(100, 49152, (batch, args.context_tokens), generator=gen).tolist()
+    batches = [ids]
+    eager = Recorder(lm, Decoding(), compile="off")
+    fast = Recorder(lm, Decoding(), compile="on")
+    methods = [
+        Method("recorder (eager)", lambda: run_recorder(eager, batches, args.new_tokens)),
+        Method("recorder (compiled)", lambda: run_recorder(fast, batches, args.new_tokens)),
+        Method(
+            "generate(output_hidden_states, scores)",
+            lambda: run_generate(lm.model, _Ids.pad_token_id, batches, args.new_tokens),
+        ),
+        Method(
+            "generate(static cache, compiled), no states",
+            lambda: run_generate(lm.model, _Ids.pad_token_id, batches, args.new_tokens, True),
+        ),
+    ]
+    alternate(methods, args.repeats, deadline, between=lambda: None)
+    tokens = batch * args.new_tokens
+    config = lm.model.config
+    peak = matmul_peak(device, dtype, 8192, repeats=3)
+    flops = forward_flops(config, [args.context_tokens] * batch, args.new_tokens)
+    params = lm.identity.num_parameters
+    moved = decode_bytes(config, params, 2, batch, args.context_tokens, args.new_tokens)
+    floor = max(flops / peak, moved / copy_bandwidth(device, gib=1.0, repeats=3))
+    compiled = fast.engine.compiled
+    return {
+        "batch": batch,
+        "parameters": params,
+        "flops": flops,
+        "bytes": moved,
+        "roofline_seconds": floor,
+        "roofline_tokens_per_s": tokens / floor,
+        "compile_fallback": None if fast.engine.fast else "eager (see note on stderr)",
+        "compile_failed_reason": getattr(compiled, "failed_reason", None),
+        "methods": {
+            m.name: {
+                "seconds": m.best,
+                "all_seconds": m.times,
+                "warmup_seconds": m.warmup_s,
+                "tokens_per_s": tokens / m.best,
+                "roofline_fraction": floor / m.best,
+                "error": m.error,
+            }
+            for m in methods
+        },
+    }
 
 
 def cuda_vs_cpu(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -501,36 +566,39 @@ def cuda_vs_cpu(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     return {"max_abs_K": diffs["K"], "max_abs_V": diffs["V"], "rows": len(prompts), "steps": args.new_tokens}
 
 
-def end_to_end(args: argparse.Namespace, device: torch.device, deadline: float, skipped: list[str]) -> dict:
-    """``compile=auto`` against eager, warm-up included, on a fresh engine per job (135M shape)."""
+def end_to_end(
+    args: argparse.Namespace,
+    device: torch.device,
+    deadline: float,
+    skipped: list[str],
+    job: str,
+    prompts: int,
+    new_tokens: int,
+) -> dict[str, Any]:
+    """``compile=auto`` against eager on one job, warm-up included, a fresh engine each (135M shape).
+
+    The ``auto`` run goes only if the eager run's pace says it fits in the budget.
+    """
     shape, batch = GPU_SHAPES["SmolLM2-135M"]
-    results: dict[str, Any] = {}
     lm = random_model(shape, device, torch.bfloat16)
     gen = torch.Generator().manual_seed(1)
-    for job, (prompts, new_tokens) in {
-        "default protocol (100 x 100)": (100, 100),
-        "large job": (args.large_prompts, args.large_tokens),
-    }.items():
-        row: dict[str, Any] = {"prompts": prompts, "new_tokens": new_tokens}
-        ids = torch.randint(100, 49152, (prompts, args.context_tokens), generator=gen).tolist()
-        for mode in ("off", "auto"):
-            # The large job runs only if the default one's pace says it fits in the budget.
-            pace = results.get("default protocol (100 x 100)", {}).get("compile off", {}).get("seconds")
-            needed = pace * prompts * new_tokens / 10_000 if pace else 0.0
-            if time.perf_counter() + needed > deadline:
-                skipped.append(f"end to end: {job}, compile {mode} (time budget)")
-                continue
-            recorder = Recorder(lm, Decoding(), compile=mode)
-            recorder.rows_left = prompts
-            chunk = min(batch, prompts)
-            t = run_recorder(recorder, [ids[i : i + chunk] for i in range(0, prompts, chunk)], new_tokens)
-            row[f"compile {mode}"] = {
-                "seconds": t,
-                "tokens_per_s": prompts * new_tokens / t,
-                "took_fast_path": recorder.engine.fast,
-            }
-        results[job] = row
-    return results
+    row: dict[str, Any] = {"prompts": prompts, "new_tokens": new_tokens}
+    ids = torch.randint(100, 49152, (prompts, args.context_tokens), generator=gen).tolist()
+    for mode in ("off", "auto"):
+        eager = row.get("compile off", {}).get("seconds", 0.0)
+        if time.perf_counter() + eager > deadline:
+            skipped.append(f"end to end: {job}, compile {mode} (time budget)")
+            continue
+        recorder = Recorder(lm, Decoding(), compile=mode)
+        recorder.rows_left = prompts
+        chunk = min(batch, prompts)
+        t = run_recorder(recorder, [ids[i : i + chunk] for i in range(0, prompts, chunk)], new_tokens)
+        row[f"compile {mode}"] = {
+            "seconds": t,
+            "tokens_per_s": prompts * new_tokens / t,
+            "took_fast_path": recorder.engine.fast,
+        }
+    return row
 
 
 # --------------------------------------------------------------------------- reporting
@@ -638,8 +706,9 @@ def gpu_section(r: dict[str, Any], command: str) -> list[str]:
             f"weights, {cc['rows']} rows x {cc['steps']} steps): max |ΔK| = {cc['max_abs_K']:.2e}, "
             f"max |ΔV| = {cc['max_abs_V']:.2e} (target <= 1e-3: {_met(ok)}).",
         ]
-    lines += ["", "End to end, warm-up included (SmolLM2-135M shape, fresh engine per job):", ""]
-    lines += ["| job | compile | seconds | tok/s | took the fast path |", "|---|---|---|---|---|"]
+    if r.get("end_to_end"):
+        lines += ["", "End to end, warm-up included (SmolLM2-135M shape, fresh engine per job):", ""]
+        lines += ["| job | compile | seconds | tok/s | took the fast path |", "|---|---|---|---|---|"]
     for job, row in r.get("end_to_end", {}).items():
         for mode in ("off", "auto"):
             v = row.get(f"compile {mode}")
@@ -648,9 +717,49 @@ def gpu_section(r: dict[str, Any], command: str) -> list[str]:
                     f"| {job} | {mode} | {v['seconds']:.1f} | {v['tokens_per_s']:,.0f} "
                     f"| {v['took_fast_path']} |"
                 )
+    lines += gpu_targets(r)
     if r.get("skipped"):
         lines += ["", "Skipped (time budget): " + "; ".join(r["skipped"]) + "."]
+    failed = list(r.get("errors", [])) + [
+        f"{name}, {m}: {v['error']}"
+        for name, w in r["workloads"].items()
+        for m, v in w["methods"].items()
+        if v.get("error")
+    ]
+    if failed:
+        lines += ["", "Failed (reported as they were): " + "; ".join(failed) + "."]
     return lines
+
+
+def gpu_targets(r: dict[str, Any]) -> list[str]:
+    """The issue's GPU targets against what this run measured (only those it measured)."""
+    rows = []
+    static = "generate(static cache, compiled), no states"
+    for name in ("SmolLM2-135M", "Qwen2.5-3B"):
+        w = r["workloads"].get(name)
+        if not w:
+            continue
+        if static not in w["methods"]:
+            continue
+        ours = max(w["methods"][m]["tokens_per_s"] for m in ("recorder (eager)", "recorder (compiled)"))
+        theirs = w["methods"][static]["tokens_per_s"]
+        if ours == ours and theirs == theirs:  # both measured (not NaN)
+            rows.append(
+                f"| {name}: best recorder / compiled `generate` without states | {ours / theirs:.2f}x "
+                f"| >= 1.0x | {_met(ours >= theirs)} |"
+            )
+    e2e = r.get("end_to_end", {})
+    for job, row in e2e.items():
+        off, auto = row.get("compile off"), row.get("compile auto")
+        if off and auto:
+            rows.append(
+                f"| {job}: `--compile auto` time / eager time, warm-up included "
+                f"| {auto['seconds'] / off['seconds']:.2f} | <= 1.0 "
+                f"| {_met(auto['seconds'] <= off['seconds'])} |"
+            )
+    if not rows:
+        return []
+    return ["", "Targets (issue #11):", "", "| target | measured | goal | met |", "|---|---|---|---|", *rows]
 
 
 def publish(name: str, lines: list[str]) -> None:
@@ -705,25 +814,43 @@ def main() -> None:
     parser.add_argument("--large-prompts", type=int, default=1000, help="GPU end to end: the large job")
     parser.add_argument("--large-tokens", type=int, default=1000)
     parser.add_argument("--no-publish", action="store_true", help="write JSON only")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="GPU: run only the stages whose names contain one of these comma-separated parts "
+        "(SmolLM2-135M, Qwen2.5-3B, SmolLM2-1.7B, CUDA vs CPU, default protocol, large job)",
+    )
     args = parser.parse_args()
     if args.publish:
         publish_result(json.loads(Path(args.publish).read_text()))
         return
     device = resolve_device(args.device)
     command = "python benchmarks/bench_recorder.py " + " ".join(sys.argv[1:])
-    result = gpu_benchmark(args, device) if device.type == "cuda" else cpu_benchmark(args, device)
-    result.update(
+    stamp = dict(
         command=command.strip(),
         date=time.strftime("%Y-%m-%d"),
         versions=_versions(),
         platform=platform.platform(),
     )
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    path = None
     if args.json:
         path = Path(args.json)
-        if path.is_dir() or str(path).endswith("/"):
-            path = path / f"recorder-{result['kind']}.json"
+        if path.is_dir() or str(path).endswith("/") or not path.suffix:
+            path = path / f"recorder-{kind}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
+
+    def checkpoint(partial: dict[str, Any]) -> None:
+        # Written after every stage, so a run cut short still brings its finished figures back.
+        if path is not None:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**partial, **stamp}, indent=1))
+            tmp.replace(path)
+
+    result = gpu_benchmark(args, device, checkpoint) if kind == "gpu" else cpu_benchmark(args, device)
+    result.update(stamp)
+    if path is not None:
+        checkpoint(result)
         print(f"wrote {path}")
     if not args.no_publish:
         publish_result(result)

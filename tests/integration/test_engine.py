@@ -52,6 +52,12 @@ def test_compiled_decoding_equals_eager_on_a_tiny_llama(
         np.testing.assert_allclose(b["K"][1:], a["K"][1:], atol=1e-3)
         np.testing.assert_allclose(b["V"], a["V"], atol=1e-3)
     np.testing.assert_allclose(_kv(smaller, 1)["V"], _kv(eager, 1)["V"], atol=1e-3)
+    # Its hooks stay registered but switched off: another user's forward leaves nothing in them.
+    with torch.no_grad():
+        lm.model(input_ids=torch.tensor([PROMPTS[0]]))
+    assert all(not values for values in compiled.engine.compiled.store.values())
+    again = compiled.record(PROMPTS, 12)
+    assert torch.equal(again.token_ids, eager.token_ids)
 
 
 def test_architecture_without_a_compilable_step_falls_back_with_a_note(

@@ -134,12 +134,15 @@ def test_other_errors_are_not_swallowed() -> None:
 
 
 def test_compile_rule_by_hand() -> None:
-    # CUDA, credited 2x: saves half the eager time; pays when that exceeds twice the warm-up (60 s).
-    assert not compile_pays("cuda", eager_step_s=0.02, steps_left=200, warmup_s=30.0)  # saves 2 s
-    assert not compile_pays("cuda", eager_step_s=0.02, steps_left=5999, warmup_s=30.0)  # saves 59.99 s
-    assert compile_pays("cuda", eager_step_s=0.02, steps_left=6001, warmup_s=30.0)  # saves 60.01 s
+    # CUDA, credited 1.6x: saves 1 - 1/1.6 = 0.375 of the eager time; pays when that exceeds the warm-up.
+    assert not compile_pays("cuda", eager_step_s=0.02, steps_left=200, warmup_s=30.0)  # saves 1.5 s
+    assert not compile_pays("cuda", eager_step_s=0.02, steps_left=3999, warmup_s=30.0)  # saves 29.99 s
+    assert compile_pays("cuda", eager_step_s=0.02, steps_left=4001, warmup_s=30.0)  # saves 30.01 s
     # A remembered short warm-up (compile cache warm) lowers the bar.
     assert compile_pays("cuda", eager_step_s=0.02, steps_left=1000, warmup_s=4.0)
+    # Nothing remembered: the default warm-up (45 s) is the bar.
+    assert not compile_pays("cuda", eager_step_s=0.02, steps_left=5999)  # saves 44.99 s
+    assert compile_pays("cuda", eager_step_s=0.02, steps_left=6001)  # saves 45.01 s
     # The CPU is credited no speed-up: never.
     assert not compile_pays("cpu", eager_step_s=10.0, steps_left=10**6, warmup_s=1.0)
 

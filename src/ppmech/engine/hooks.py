@@ -73,9 +73,34 @@ def _replace_newest(output: Any, new_last: torch.Tensor) -> Any:
     return (new, *output[1:])
 
 
+class Switch:
+    """Turns long-lived hooks on only while their owner runs the model.
+
+    The compiled decode path keeps its hooks registered for as long as its engine
+    lives (a new registration would retrace the compiled step). Gated by a switch,
+    those hooks do nothing while anyone else runs the same model: they neither
+    keep tensors alive nor sit in another ``torch.compile`` trace (transformers'
+    compiled ``generate``), where a growing store would retrace at every step.
+    """
+
+    def __init__(self) -> None:
+        self.on = False
+
+    @contextlib.contextmanager
+    def enabled(self) -> Iterator[None]:
+        self.on = True
+        try:
+            yield
+        finally:
+            self.on = False
+
+
 @contextlib.contextmanager
 def capture(
-    model: nn.Module, names: list[str], patches: Mapping[str, Patch | None] | None = None
+    model: nn.Module,
+    names: list[str],
+    patches: Mapping[str, Patch | None] | None = None,
+    switch: Switch | None = None,
 ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Record the forward outputs of the named points while the block runs.
 
@@ -84,6 +109,7 @@ def capture(
         names: hook points to record.
         patches: hook points that may be written, read *live* at every forward
             (mutate the mapping between forwards; a ``None`` entry patches nothing).
+        switch: if given, the hooks act only while it is on (see :class:`Switch`).
 
     Yields:
         ``{name: [tensor per forward call]}``, each tensor ``[B, L, d]``, detached
@@ -97,6 +123,8 @@ def capture(
             module = hook_module(model, name)
 
             def hook(_m: nn.Module, _i: Any, output: Any, _name: str = name) -> Any:
+                if switch is not None and not switch.on:
+                    return None
                 fn = live.get(_name)
                 if fn is not None:
                     new_last = fn(_first_tensor(output)[:, -1, :])
