@@ -119,6 +119,19 @@ def require_trajectories(n: int, what: str) -> None:
         )
 
 
+def resample_trajectories(n: int, n_boot: int, seed: int) -> NDArray[np.int64]:
+    """The one bootstrap resampler of ppmech: trajectory indices drawn with replacement.
+
+    Every CI over trajectories in ppmech (:func:`trajectory_bootstrap`, and the
+    vectorised moments in :func:`energy_statistics`) resamples through this, so
+    one seed gives the same replicates everywhere.
+
+    Returns:
+        ``[n_boot, n]`` indices into ``range(n)``; row ``b`` is replicate ``b``.
+    """
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
 def trajectory_bootstrap(
     parts: Sequence[np.ndarray],
     statistic: Callable[[np.ndarray], float],
@@ -140,10 +153,8 @@ def trajectory_bootstrap(
     """
     require_trajectories(len(parts), what)
     value = float(statistic(np.concatenate(list(parts), axis=0)))
-    rng = np.random.default_rng(seed)
     reps = np.empty(n_boot, dtype=np.float64)
-    for b in range(n_boot):
-        pick = rng.integers(0, len(parts), size=len(parts))
+    for b, pick in enumerate(resample_trajectories(len(parts), n_boot, seed)):
         reps[b] = statistic(np.concatenate([parts[i] for i in pick], axis=0))
     reps = reps[np.isfinite(reps)]
     if reps.size < max(10, n_boot // 2):
@@ -265,11 +276,13 @@ def energy_statistics(
     ci_cv: Estimate | None = None
     ci_mean: Estimate | None = None
     if n_boot > 0 and len(order) >= 2:
-        # The trajectory bootstrap of pooled mean and CV, vectorised through per-trajectory
-        # sufficient statistics (count, sum, sum of squares) and multinomial resampling weights.
-        rng = np.random.default_rng(seed)
+        # The trajectory bootstrap of pooled mean and CV (the same replicates as
+        # trajectory_bootstrap), vectorised through per-trajectory sufficient statistics
+        # (count, sum, sum of squares) weighted by how often each trajectory was drawn.
         n = len(order)
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+        picks = resample_trajectories(n, n_boot, seed)
+        weights = np.zeros((n_boot, n), dtype=np.float64)
+        np.add.at(weights, (np.arange(n_boot)[:, None], picks), 1.0)
         c = weights @ np.asarray(counts, dtype=np.float64)
         s = weights @ np.asarray(sums)
         ss = weights @ np.asarray(sumsq)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ppmech.claims.verify import VerifyConfig
 from ppmech.cli import build_parser
 from ppmech.cli.config import config_from_args
 from ppmech.measure import MeasureConfig
@@ -26,6 +27,7 @@ COMMANDS: list[tuple[list[str], type[Any], dict[str, Any]]] = [
     (["evaluate-steering"], SteeringEvalConfig, {}),
     (["monitor", "calibrate", "--out", "cal.json"], MonitorConfig, {}),
     (["monitor", "benchmark"], BenchmarkConfig, {}),
+    (["verify"], VerifyConfig, {}),
 ]
 
 
@@ -48,3 +50,13 @@ def test_given_flags_reach_the_config() -> None:
     assert config_from_args(MonitorConfig, args) == MonitorConfig(z_clip=3.0, model="x")
     args = parser.parse_args(["measure", "--prompts", "7", "--stop-at-eos", "--seed", "3"])
     assert config_from_args(MeasureConfig, args) == MeasureConfig(prompts=7, stop_at_eos=True, seed=3)
+
+
+def test_verify_flags_reach_its_config() -> None:
+    from ppmech.cli.verify import verify_config
+
+    parser = build_parser()
+    assert verify_config(parser.parse_args(["verify"])) == VerifyConfig()
+    args = parser.parse_args(["verify", "--models", "smollm2-135m", "--no-extras", "--n-boot", "50"])
+    assert verify_config(args) == VerifyConfig(models=("smollm2-135m",), extras=False, n_boot=50)
+    assert verify_config(parser.parse_args(["verify", "--out", "x/v"])).out == "x/v"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ppmech.cli import OneLineParser, build_parser, config_defaults, main
+from ppmech.cli import OneLineParser, build_parser, config_defaults, main, show_default
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -68,7 +68,8 @@ def test_every_flag_has_a_description_and_shows_its_default(name: str) -> None:
         default = config.get(action.dest) if action.default is argparse.SUPPRESS else action.default
         assert default is not argparse.SUPPRESS, f"{name} {flag}: no default anywhere"
         if action.option_strings and not isinstance(default, bool) and default is not None:
-            assert f"(default: {default})" in text, f"{name} {flag} does not show its default {default!r}"
+            shown = show_default(default)
+            assert f"(default: {shown})" in text, f"{name} {flag} does not show its default {default!r}"
         takes_value = action.nargs != 0
         if action.option_strings and default is None and takes_value and not action.required:
             # No value to show: the description says what happens without the flag.

@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from ppmech.errors import PPMechError
-from ppmech.statistics import binomial_interval, cv, energy_statistics, rate_estimate, statistics_from_steps
+from ppmech.statistics import (
+    binomial_interval,
+    cv,
+    energy_statistics,
+    rate_estimate,
+    resample_trajectories,
+    statistics_from_steps,
+    trajectory_bootstrap,
+)
 
 
 def _steps(h_by_traj: list[list[float]], v: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,6 +96,25 @@ def test_bootstrap_ci_brackets_the_estimate_and_is_seeded() -> None:
     assert a.global_cv_ci is not None and a.mean_energy_ci is not None
     assert a.global_cv_ci.low < a.global_cv < a.global_cv_ci.high
     assert a.mean_energy_ci.low < a.mean_energy < a.mean_energy_ci.high
+
+
+def test_one_resampler_behind_both_bootstraps() -> None:
+    # energy_statistics' vectorised moments and the general trajectory_bootstrap draw the same
+    # replicates from one seed, so the pooled CV and mean H get the same CI either way.
+    rng = np.random.default_rng(4)
+    hs = [list(7 + rng.normal(0, 0.3 + 0.05 * i, 5 + i % 7)) for i in range(25)]
+    fast = energy_statistics(*_steps(hs), n_boot=300, seed=11)
+    parts = [np.asarray(h) for h in hs]
+    slow_cv = trajectory_bootstrap(parts, cv, n_boot=300, seed=11)
+    slow_mean = trajectory_bootstrap(parts, lambda a: float(a.mean()), n_boot=300, seed=11)
+    assert fast.global_cv_ci is not None and fast.mean_energy_ci is not None
+    assert fast.global_cv_ci.low == pytest.approx(slow_cv.low, rel=1e-9)
+    assert fast.global_cv_ci.high == pytest.approx(slow_cv.high, rel=1e-9)
+    assert fast.mean_energy_ci.low == pytest.approx(slow_mean.low, rel=1e-9)
+    assert fast.mean_energy_ci.high == pytest.approx(slow_mean.high, rel=1e-9)
+    picks = resample_trajectories(25, 300, 11)
+    assert picks.shape == (300, 25) and picks.min() >= 0 and picks.max() <= 24
+    assert np.array_equal(picks, resample_trajectories(25, 300, 11))
 
 
 def test_no_valid_steps_is_an_error() -> None:

@@ -45,6 +45,13 @@ def config_defaults(spec: str) -> dict[str, Any]:
     return out
 
 
+def show_default(default: Any) -> str:
+    """A default as ``--help`` writes it: a list or tuple as its space-separated items (empty: none)."""
+    if isinstance(default, tuple | list):
+        return " ".join(map(str, default)) or "none"
+    return str(default)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the layout of descriptions and examples, and shows every flag's default.
 
@@ -63,7 +70,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         # Identity, not equality: a default of 0 must still be shown (0 == False).
         shown = not any(default is v for v in (None, False, True, argparse.SUPPRESS))
         if shown and action.option_strings and "default:" not in text:
-            text += f" (default: {str(default).replace('%', '%%')})"
+            value = show_default(default)
+            text += f" (default: {value.replace('%', '%%')})"
         return text
 
 

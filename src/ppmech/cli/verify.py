@@ -7,31 +7,40 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from ppmech.cli.config import config_from_args
 from ppmech.cli.measure import add_device_arg
 from ppmech.errors import PPMechError
 from ppmech.provenance import json_safe
 from ppmech.tables import fmt, markdown_table, text_table
 
+if TYPE_CHECKING:
+    from ppmech.claims.verify import VerifyConfig
+
+
+def verify_config(args: argparse.Namespace) -> VerifyConfig:
+    """The :class:`~ppmech.claims.verify.VerifyConfig` of parsed ``verify`` flags (omitted: its defaults)."""
+    from ppmech.artifacts import output_path
+    from ppmech.claims.verify import VerifyConfig
+
+    overrides: dict[str, Any] = {}
+    if "out" in args:
+        overrides["out"] = str(output_path(args.out, VerifyConfig.out))
+    if "models" in args:
+        overrides["models"] = tuple(args.models)
+    if args.no_extras:
+        overrides["extras"] = False
+    return config_from_args(VerifyConfig, args, **overrides)
+
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ppmech.artifacts import output_path
-    from ppmech.claims.verify import EMBEDDED, VerifyConfig, summary_frame, verify
+    from ppmech.claims.verify import summary_frame, verify
 
-    config = VerifyConfig(
-        out=str(output_path(args.out, "runs/verify")),
-        models=tuple(args.models or EMBEDDED),
-        quick=args.quick,
-        extras=not args.no_extras,
-        n_boot=args.n_boot,
-        seed=args.seed,
-        sweep=args.sweep,
-        device=args.device,
-    )
+    config = verify_config(args)
     argv = sys.argv[1:]
     command = (
         "ppmech " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["verify"] else "ppmech verify"
@@ -168,26 +177,28 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "verify",
         help="test every claim of the paper and write the claims ledger",
+        config="ppmech.claims.verify:VerifyConfig",
         description="Record (or reuse) the runs every claim of the paper needs on the embedded models, "
         "test each claim, and write the ledger (claims.md, claims.json) with a verdict per claim.",
         epilog="example:\n  ppmech verify --quick --out runs/verify-quick",
     )
-    p.add_argument("--out", default="runs/verify", help="output directory (runs are reused from here)")
+    d = argparse.SUPPRESS  # defaults: VerifyConfig's (shown by --help, see ppmech.cli.HelpFormatter)
+    p.add_argument("--out", default=d, help="output directory (runs are reused from here)")
+    p.add_argument("--models", nargs="+", default=d, help="embedded models")
     p.add_argument(
-        "--models", nargs="+", default=None, help="embedded models (default: smollm2-135m gemma3-270m)"
+        "--quick", action="store_true", default=d, help="tiny runs: a smoke test, verdicts not meaningful"
     )
-    p.add_argument("--quick", action="store_true", help="tiny runs: a smoke test, verdicts not meaningful")
     p.add_argument("--no-extras", action="store_true", help="skip the open-question runs")
     p.add_argument(
         "--sweep",
-        default=None,
+        default=d,
         metavar="DIR",
         help="a `ppmech sweep` study directory: families with 3+ sizes give Table 5 a measured verdict "
         "(default: none)",
     )
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for every CI (at least 40)")
-    p.add_argument("--seed", type=int, default=0, help="seed of prompts and bootstrap (0 to 2**32-1)")
-    add_device_arg(p, "auto")
+    p.add_argument("--n-boot", type=int, default=d, help="bootstrap replicates for every CI (at least 40)")
+    p.add_argument("--seed", type=int, default=d, help="seed of prompts and bootstrap (0 to 2**32-1)")
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_verify)
 

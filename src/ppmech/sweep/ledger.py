@@ -27,7 +27,7 @@ from ppmech.claims.ledger import Claim
 from ppmech.claims.rules import Rule
 from ppmech.errors import PPMechError
 from ppmech.runs import load_run
-from ppmech.statistics import Estimate
+from ppmech.statistics import Estimate, resample_trajectories
 
 #: The measured form of the ledger's T5 claim; ``{model}`` is a sweep group label.
 T5_SWEEP = Claim(
@@ -67,11 +67,13 @@ def table5_measurements(study_dir: str | Path, n_boot: int = 1000, seed: int = 0
         summary, corr = scaling_from_runs(runs, "drift")
         d_runs = [A.differences([p[:, 0] for p in A.split_by_trajectory(r.steps, ["H"])]) for r in runs]
         params = summary["parameters"].to_numpy(dtype=np.float64)
-        rng = np.random.default_rng(seed)
+        # Each run's trajectories are resampled on their own (seed + run index), by the one resampler.
+        picks = [resample_trajectories(len(d), n_boot, seed + j) for j, d in enumerate(d_runs)]
         reps = []
-        for _ in range(n_boot):
+        for b in range(n_boot):
             values = [
-                A.drift(np.concatenate([d[i] for i in rng.integers(0, len(d), len(d))])) for d in d_runs
+                A.drift(np.concatenate([d[i] for i in pick[b]]))
+                for d, pick in zip(d_runs, picks, strict=True)
             ]
             if np.all(np.isfinite(values)) and np.ptp(values) > 0:
                 reps.append(float(np.corrcoef(params, values)[0, 1]))
