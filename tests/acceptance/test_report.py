@@ -261,6 +261,25 @@ def test_api_returns_plotly_figures_with_captions(reports: dict[str, Report]) ->
     assert any("nats" in figures.caption_of(f) for f in compare.values())
 
 
+def test_monitor_report_draws_roc_curves_from_the_benchmarks_own_scores(
+    inputs: Inputs, reports: dict[str, Report]
+) -> None:
+    from ppmech.monitor.detection import auroc
+
+    data = json.loads(inputs.benchmark.read_text())
+    roc = next(f for f in reports["monitor"].figures.values() if "ROC curves" in f.layout.title.text)
+    scores = data["text_scores"]
+    # Each detector's per-text scores reproduce the AUROC the benchmark tabulated.
+    measured = [r for r in data["scores"] if r["auroc"] is not None]  # JSON null: no AUROC
+    assert len(measured) >= 10
+    for row in measured:
+        by_set = scores[row["method"]]
+        as_float = [[math.nan if x is None else x for x in by_set[k]] for k in ("normal", row["set"])]
+        assert auroc(*as_float) == pytest.approx(row["auroc"]), row
+    drawn = {(t.name, t.hovertemplate.split("<br>")[1].split(",")[0]) for t in roc.data if t.name}
+    assert drawn == {(r["method"], r["set"]) for r in measured}
+
+
 def test_per_trajectory_breakdown_matches_the_run_summary(inputs: Inputs) -> None:
     run = load_run(inputs.pretrained)
     per = figures.per_trajectory(run.steps)

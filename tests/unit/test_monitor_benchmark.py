@@ -13,13 +13,12 @@ from ppmech.monitor.benchmark import (
     DELAY_SIGNALS,
     Baselines,
     BenchmarkConfig,
-    auroc,
     delay_stats,
     false_alarm_table,
     shrunk_covariance,
-    tpr_at_fpr,
 )
 from ppmech.monitor.calibration import MonitorConfig, fit_calibration
+from ppmech.monitor.detection import auroc, roc_curve, tpr_at_fpr
 from ppmech.monitor.scoring import TokenTrace
 
 IDENTITY = ModelIdentity(
@@ -149,3 +148,31 @@ def test_false_alarm_table_counts_alarms_with_intervals() -> None:
     assert row["alarms"] == expected and row["texts"] == 200
     assert row["CI low"] <= row["rate"] <= row["CI high"]
     assert row["nominal in CI"] == (row["CI low"] <= 0.05 <= row["CI high"])
+
+
+def test_roc_curve_by_hand() -> None:
+    # normal 1, 2, 3; shifted 2, 4. Thresholds 4, 3, 2, 1 (flag when score >= threshold):
+    # >= 4: fpr 0, tpr 1/2; >= 3: 1/3, 1/2; >= 2: 2/3, 1; >= 1: 1, 1.
+    fpr, tpr = roc_curve([1, 2, 3], [2, 4])
+    np.testing.assert_allclose(fpr, [0, 0, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1])
+    # Its trapezoid area, 1/6 + 1/4 + 1/3, is the AUROC with ties counted one half:
+    # shifted 2 beats 1, ties 2, loses to 3 (1.5 of 3); shifted 4 beats all three: 4.5 / 6.
+    assert np.trapezoid(tpr, fpr) == pytest.approx(0.75)
+    assert auroc([1, 2, 3], [2, 4]) == pytest.approx(0.75)
+    # NaN dropped; an empty side gives no curve.
+    assert len(roc_curve([np.nan], [1.0])[0]) == 0
+    f2, t2 = roc_curve([1, 2, 3, np.nan], [2, 4])
+    np.testing.assert_allclose(f2, fpr)
+    np.testing.assert_allclose(t2, tpr)
+
+
+def test_roc_area_equals_auroc_on_random_scores_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.integers(0, 8, size=rng.integers(1, 30)).astype(float)
+        b = rng.integers(0, 8, size=rng.integers(1, 30)).astype(float) + rng.integers(0, 3)
+        fpr, tpr = roc_curve(a, b)
+        assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
+        assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+        assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(a, b))

@@ -107,3 +107,26 @@ def test_png_redraw_draws_every_trace_and_refuses_unknown_kinds() -> None:
     with pytest.raises(TypeError, match="cannot draw a pie"):
         to_matplotlib(go.Figure(go.Pie(values=[1, 2])))
     assert plain("H<sub>t</sub> = K<sub>t</sub><br>x") == "H_t = K_t x"
+
+
+def test_monitor_roc_draws_one_curve_per_detector_and_set() -> None:
+    data = {
+        "model": {"spec": "toy"},
+        "text_scores": {
+            "H": {"normal": [1, 2, 3], "shuffled": [2, 4], "wiki-es": [0, None, 1]},
+            "NLL": {"normal": [0, 1, None], "shuffled": [5, 6], "wiki-es": [1, 1, 1]},
+        },
+    }
+    fig = F.monitor_roc(data)
+    curves = [t for t in fig.data if t.name in ("H", "NLL")]
+    assert len(curves) == 4  # 2 detectors x 2 shifted sets; "normal" is the negatives, not a panel
+    assert [a.text for a in fig.layout.annotations][:2] == ["shuffled", "wiki-es"]
+    for curve in curves:
+        assert curve.x[0] == 0 and curve.y[0] == 0 and curve.x[-1] == 1 and curve.y[-1] == 1
+    h_shuffled = next(t for t in curves if t.name == "H" and t.xaxis == "x")
+    np.testing.assert_allclose(h_shuffled.x, [0, 0, 1 / 3, 2 / 3, 1])  # by hand: normal 1,2,3; shifted 2,4
+    assert "AUROC 0.75" in h_shuffled.hovertemplate
+    assert sum(t.showlegend is not False for t in curves) == 2  # one legend entry per detector
+    assert len(to_matplotlib(fig).axes) >= 2  # the PNG redraw handles it
+    with pytest.raises(PPMechError, match="no per-text scores"):
+        F.monitor_roc({"scores": []})

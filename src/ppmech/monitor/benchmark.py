@@ -47,12 +47,11 @@ thresholds it replaces.
 
 from __future__ import annotations
 
-import math
 import random
 import string
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +60,7 @@ import pandas as pd
 from ppmech.errors import PPMechError, check_seed
 from ppmech.models.identity import LoadedModel
 from ppmech.monitor.calibration import Calibration, MonitorConfig, calibration_split, fit_calibration
+from ppmech.monitor.detection import auroc, tpr_at_fpr
 from ppmech.monitor.scoring import TokenTrace, cusum_path, first_alarm, mahalanobis
 from ppmech.monitor.stream import calibration_sequences, trace_many
 from ppmech.statistics import rate_estimate
@@ -79,37 +79,6 @@ DELAY_SIGNALS = {
 
 
 # --------------------------------------------------------------------------- pure metrics
-
-
-def auroc(normal: Sequence[float], shifted: Sequence[float]) -> float:
-    """Area under the ROC curve: ``P(shifted > normal) + ½ P(shifted == normal)``.
-
-    NaN scores are dropped. Returns NaN if either side is empty.
-    """
-    a = np.asarray(normal, dtype=np.float64)
-    b = np.asarray(shifted, dtype=np.float64)
-    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
-    if not len(a) or not len(b):
-        return float("nan")
-    greater = (b[:, None] > a[None, :]).sum()
-    equal = (b[:, None] == a[None, :]).sum()
-    return float((greater + 0.5 * equal) / (len(a) * len(b)))
-
-
-def tpr_at_fpr(normal: Sequence[float], shifted: Sequence[float], fpr: float = 0.05) -> float:
-    """Fraction of shifted scores above the threshold that at most ``fpr`` of normal scores exceed.
-
-    The threshold is the ``(m+1)``-th largest normal score with ``m = floor(fpr * N)``;
-    a shifted text counts only if it scores strictly above it (conservative under ties).
-    """
-    a = np.sort(np.asarray(normal, dtype=np.float64)[~np.isnan(np.asarray(normal, dtype=np.float64))])[::-1]
-    b = np.asarray(shifted, dtype=np.float64)
-    b = b[~np.isnan(b)]
-    if not len(a) or not len(b):
-        return float("nan")
-    m = math.floor(fpr * len(a) + 1e-9)
-    threshold = a[min(m, len(a) - 1)]
-    return float(np.mean(b > threshold))
 
 
 def delay_stats(
@@ -462,6 +431,8 @@ class BenchmarkResult:
         delays: frame ``signal, detected, false_alarm, median_delay, mean_delay``
             for the spliced set, one row per per-token CUSUM alarm.
         false_alarms: :func:`false_alarm_table` on the fresh normal texts.
+        text_scores: ``{method: {set: [score per text]}}``, ``normal`` included: what the
+            ROC curves (:func:`roc_curve`) and every figure in ``scores`` are computed from.
         seconds: wall time of the whole benchmark.
         versions: software versions.
     """
@@ -474,6 +445,7 @@ class BenchmarkResult:
     false_alarms: pd.DataFrame
     seconds: float
     versions: dict[str, str]
+    text_scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def table(self, metric: str = "both") -> pd.DataFrame:
         """Methods as rows, shifted sets as columns; cells ``AUROC / TPR@5%FPR`` (or one metric)."""
@@ -500,11 +472,23 @@ class BenchmarkResult:
             "false_alarms": self.false_alarms.to_dict(orient="records"),
             "seconds": self.seconds,
             "versions": self.versions,
+            "text_scores": self.text_scores,
         }
 
 
 ExtraScores = dict[str, tuple[str, dict[str, list[float]]]]
 """Method name -> (family, set name -> per-text scores), for scores that need more than a trace."""
+
+
+def text_scores(
+    cal: Calibration, traces: dict[str, list[TokenTrace]], extra: ExtraScores | None = None
+) -> ExtraScores:
+    """Every method's score of every text: method -> (family, set -> scores); ``extra`` appended."""
+    scored: ExtraScores = {
+        name: (family, {k: [fn(t) for t in v] for k, v in traces.items()})
+        for name, (family, fn) in methods(cal).items()
+    }
+    return scored | (extra or {})
 
 
 def evaluate(
@@ -513,14 +497,16 @@ def evaluate(
     splice_index: Sequence[int],
     fpr: float = 0.05,
     extra: ExtraScores | None = None,
+    scored: ExtraScores | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score every set with every method (pure given traces); returns ``(scores, delays)``."""
+    """Score every set with every method (pure given traces); returns ``(scores, delays)``.
+
+    ``scored`` is :func:`text_scores` of the same inputs, when the caller already has it.
+    """
     rows = []
-    scored: ExtraScores = {
-        name: (family, {k: [fn(t) for t in v] for k, v in traces.items()})
-        for name, (family, fn) in methods(cal).items()
-    }
-    for name, (family, by_set) in (scored | (extra or {})).items():
+    if scored is None:
+        scored = text_scores(cal, traces, extra)
+    for name, (family, by_set) in scored.items():
         normal = by_set["normal"]
         for set_name in SETS:
             if set_name not in traces or set_name not in by_set:
@@ -657,7 +643,8 @@ def run_benchmark(
     fit_states = np.stack([t.final_state for t in cal_traces[:n_fit] if t.final_state is not None])
     base = Baselines.fit(text_lengths(lm, sets.calibration[:n_fit]), fit_states)
     lengths = {name: text_lengths(lm, seqs) for name, seqs in sets.sets.items()}
-    scores, delays = evaluate(cal, traces, sets.splice_index, extra=baseline_scores(base, lengths, traces))
+    scored = text_scores(cal, traces, baseline_scores(base, lengths, traces))
+    scores, delays = evaluate(cal, traces, sets.splice_index, scored=scored)
     in_sample = fit_calibration(cal_traces, lm.identity, mcfg, versions(), in_sample=True)
     false_alarms = false_alarm_table(
         {
@@ -680,4 +667,5 @@ def run_benchmark(
         false_alarms=false_alarms,
         seconds=time.perf_counter() - start,
         versions=versions(),
+        text_scores={name: by_set for name, (_, by_set) in scored.items()},
     )

@@ -206,6 +206,8 @@ def _verify_section(pg: _Page, source: VerifySource) -> None:
 def _monitor_benchmark_section(pg: _Page, source: MonitorBenchmarkSource) -> None:
     s = pg.section(f"Monitor benchmark: {source.name}")
     pg.figure(s, f"monitor-{source.name}", F.monitor_detection(source.data))
+    if source.data.get("text_scores"):
+        pg.figure(s, f"monitor-roc-{source.name}", F.monitor_roc(source.data))
     delays = source.data.get("delays", [])
     if delays:
         s.blocks.append(

@@ -602,13 +602,91 @@ def monitor_detection(data: Mapping[str, Any]) -> go.Figure:
         "normal texts are the negatives. AUROC = P(score of shifted > score of normal) (ties ½), 0.5 "
         "= chance; "
         "TPR at 5% FPR = share of shifted texts above the score exceeded by at most 5% of normal texts. "
-        f"Texts per set: {', '.join(f'{k} {v}' for k, v in sizes.items())}. ROC curves themselves cannot be "
-        "drawn: `ppmech monitor benchmark --json` stores each curve's area and one point, not the per-text "
-        "scores a curve needs."
+        f"Texts per set: {', '.join(f'{k} {v}' for k, v in sizes.items())}."
     )
+    if not data.get("text_scores"):
+        caption += (
+            " This benchmark file predates per-text scores (`text_scores`), so its ROC curves cannot be "
+            "drawn; rerun `ppmech monitor benchmark --json` for them."
+        )
     return _with_meta(
         fig, "Monitor benchmark: detection per method and shifted set", caption, 190 + 26 * len(methods)
     )
+
+
+def monitor_roc(data: Mapping[str, Any]) -> go.Figure:
+    """ROC curve of each detector on each shifted set (one panel per set), from the per-text scores."""
+    from ppmech.monitor.detection import auroc, roc_curve
+
+    by_method: Mapping[str, Mapping[str, list[float | None]]] = data.get("text_scores") or {}
+    if not by_method:
+        raise PPMechError(
+            "the monitor benchmark holds no per-text scores",
+            "rerun `ppmech monitor benchmark --json` (files from before per-text scores have none)",
+        )
+
+    def values(xs: list[float | None]) -> np.ndarray:
+        return np.array([np.nan if x is None else x for x in xs], dtype=np.float64)
+
+    sets = [name for name in dict.fromkeys(k for m in by_method.values() for k in m) if name != "normal"]
+    cols = min(3, len(sets))
+    rows = math.ceil(len(sets) / cols)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=sets,
+        shared_xaxes=True,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.12,
+    )
+    for k, set_name in enumerate(sets):
+        row, col = k // cols + 1, k % cols + 1
+        fig.add_trace(
+            go.Scatter(
+                x=[0, 1],
+                y=[0, 1],
+                mode="lines",
+                line=dict(color="#999", dash="dot", width=1),
+                hoverinfo="skip",
+                showlegend=False,
+            ),
+            row=row,
+            col=col,
+        )
+        for i, (method, by_set) in enumerate(by_method.items()):
+            if set_name not in by_set or "normal" not in by_set:
+                continue
+            normal, shifted = values(by_set["normal"]), values(by_set[set_name])
+            fpr, tpr = roc_curve(normal, shifted)
+            if not len(fpr):
+                continue
+            area = auroc(normal, shifted)
+            fig.add_trace(
+                go.Scatter(
+                    x=fpr,
+                    y=tpr,
+                    mode="lines",
+                    line=dict(color=color(i), width=1.5, shape="linear"),
+                    name=method,
+                    legendgroup=method,
+                    showlegend=k == 0,
+                    hovertemplate=f"{method}<br>{set_name}, AUROC {area:.2f}<br>"
+                    "FPR %{x:.2f}, TPR %{y:.2f}<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
+    fig.update_xaxes(range=[0, 1], title_text="false-positive rate (normal texts)", row=rows)
+    fig.update_yaxes(range=[0, 1.02], title_text="true-positive rate", col=1)
+    model = data.get("model", {}).get("spec", "?")
+    caption = (
+        f"ROC curves of each detector (colour) on each shifted set (panel), model {model}: each point is "
+        "one threshold on the detector's per-text score, flagging texts at or above it; x = share of "
+        "normal texts flagged, y = share of shifted texts flagged. Dotted: chance. Hover for the AUROC "
+        "(the area under each curve, ties ½). Click a legend entry to hide a detector."
+    )
+    return _with_meta(fig, "Monitor benchmark: ROC curves", caption, 170 + 260 * rows)
 
 
 def monitor_trace(record: Mapping[str, Any]) -> go.Figure:
