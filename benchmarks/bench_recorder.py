@@ -247,6 +247,17 @@ class Method:
     def best(self) -> float:
         return min(self.times or [float("nan")])
 
+    def summary(self, tokens: int, floor_s: float) -> dict[str, Any]:
+        """Its figures for the JSON: ``tokens`` generated per pass, ``floor_s`` the roofline time."""
+        return {
+            "seconds": self.best,
+            "all_seconds": self.times,
+            "warmup_seconds": self.warmup_s,
+            "tokens_per_s": tokens / self.best,
+            "roofline_fraction": floor_s / self.best,
+            "error": self.error,
+        }
+
 
 def alternate(methods: list[Method], repeats: int, deadline: float, between: Callable[[], None]) -> None:
     """Warm each method at full batch (timed), then time them in turn ``repeats`` times."""
@@ -346,16 +357,7 @@ def cpu_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
         "matmul_peak_flops": peak,
         "matmul_peaks_flops": peaks,
         "protocol_seconds": t_protocol,
-        "methods": {
-            m.name: {
-                "seconds": m.best,
-                "all_seconds": m.times,
-                "warmup_seconds": m.warmup_s,
-                "tokens_per_s": tokens / m.best,
-                "roofline_fraction": flops / m.best / peak,
-            }
-            for m in methods
-        },
+        "methods": {m.name: m.summary(tokens, flops / peak) for m in methods},
     }
     if args.compiled and compiled.engine.compiled is not None:
         out["compile_warmup_seconds"] = list(compiled.engine.compiled.warmup_seconds.values())
@@ -522,17 +524,7 @@ def shape_workload(
         "roofline_tokens_per_s": tokens / floor,
         "compile_fallback": None if fast.engine.fast else "eager (see note on stderr)",
         "compile_failed_reason": getattr(compiled, "failed_reason", None),
-        "methods": {
-            m.name: {
-                "seconds": m.best,
-                "all_seconds": m.times,
-                "warmup_seconds": m.warmup_s,
-                "tokens_per_s": tokens / m.best,
-                "roofline_fraction": floor / m.best,
-                "error": m.error,
-            }
-            for m in methods
-        },
+        "methods": {m.name: m.summary(tokens, floor) for m in methods},
     }
 
 
