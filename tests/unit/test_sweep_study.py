@@ -11,19 +11,12 @@ from ppmech.errors import PPMechError
 from ppmech.measure import MeasureConfig
 from ppmech.sweep.study import PAPER_TABLE1_MODELS, load_study, parse_study, preset_study, run_name
 
-HAS_DEVICE = "device" in {f.name for f in dataclasses.fields(MeasureConfig)}
-
 
 def test_the_short_form_expands_models_times_weights() -> None:
     text = (
         'models = ["smollm2-135m", "gemma3-270m"]\nweights = ["pretrained", "random"]\n'
         "prompts = 100\nnew_tokens = 100\n[resources]\ngpus = 0.25\n"
     )
-    if not HAS_DEVICE:
-        # This measure records on the CPU only: reserving GPUs would be a silent lie.
-        with pytest.raises(PPMechError, match=r"resources.gpus = 0.25.*no device option"):
-            parse_study(text, "short.toml")
-        text = text.replace("gpus = 0.25", "gpus = 0")
     study = parse_study(text, "short.toml")
     assert [r.name for r in study.runs] == [
         "smollm2-135m-pretrained",
@@ -33,8 +26,12 @@ def test_the_short_form_expands_models_times_weights() -> None:
     ]
     assert all(r.config.prompts == 100 and r.config.new_tokens == 100 for r in study.runs)
     assert study.name == "short" and study.resources.cpus == 1 and study.resources.max_retries == 3
-    if HAS_DEVICE and study.resources.gpus:
-        assert all(r.config.device == "cuda" for r in study.runs)  # type: ignore[attr-defined]
+    # A reserved card is used: runs that set no device record on CUDA; one that sets its own keeps it.
+    assert study.resources.gpus == 0.25 and all(r.config.device == "cuda" for r in study.runs)
+    own = parse_study(text.replace("prompts = 100", 'prompts = 100\ndevice = "cpu"'), "own.toml")
+    assert all(r.config.device == "cpu" for r in own.runs)
+    cpu_only = parse_study(text.replace("gpus = 0.25", "gpus = 0"), "cpu.toml")
+    assert all(r.config.device == MeasureConfig().device for r in cpu_only.runs)
 
 
 def test_axes_conditions_and_model_overrides() -> None:

@@ -510,7 +510,7 @@ def parse_study(
             for combo in itertools.product(*(axes[k] for k in keys)):
                 kwargs = dict(zip(keys, combo, strict=True))
                 kwargs["model"] = entry["model"]
-                if resources.gpus > 0 and "device" in fields and "device" not in kwargs:
+                if resources.gpus > 0 and "device" not in kwargs:  # a reserved card is used
                     kwargs["device"] = "cuda"
                 config = _config(kwargs, source)
                 rname = run_name(slug_of(entry), config)
@@ -522,12 +522,6 @@ def parse_study(
                     )
                 seen[key] = rname
                 runs.append(PlannedRun(rname, config))
-    if resources.gpus > 0 and "device" not in fields:
-        raise PPMechError(
-            f"{source}: resources.gpus = {resources.gpus:g}, but this ppmech's measure has no device option "
-            "and records on the CPU",
-            "set resources.gpus = 0",
-        )
     names: dict[str, int] = {}
     for run in runs:
         names[run.name] = names.get(run.name, 0) + 1
