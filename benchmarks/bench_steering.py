@@ -67,9 +67,8 @@ def main() -> None:
 
     def steered(at: int | None) -> float:
         t0 = time.perf_counter()
-        trace = _steered_trace(
-            lm, ids, schedule, args.new_tokens, config, at, Decoding(), None, recorder.pad_id
-        )
+        # The steered half of steering.generation.steered_generation alone (its natural half is `plain`).
+        trace = _steered_trace(lm, ids, schedule, args.new_tokens, config, at, Decoding(), None)
         elapsed = time.perf_counter() - t0
         worked = trace.steer_steps > 0
         stats["final" if at is None else "layer"] = (
