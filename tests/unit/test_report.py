@@ -16,6 +16,7 @@ from ppmech.report import figures as F
 from ppmech.report.html import table_block
 from ppmech.report.png import plain, to_matplotlib
 from ppmech.report.sources import detect, load_sources
+from ppmech.runs import Run
 from ppmech.statistics import energy_statistics
 
 
@@ -130,3 +131,40 @@ def test_monitor_roc_draws_one_curve_per_detector_and_set() -> None:
     assert len(to_matplotlib(fig).axes) >= 2  # the PNG redraw handles it
     with pytest.raises(PPMechError, match="no per-text scores"):
         F.monitor_roc({"scores": []})
+
+
+def _synthetic_run(k: np.ndarray, v: np.ndarray) -> Run:
+    """A run whose steps are the given ``[N, T]`` K and V (step 0 has no K, as recorded)."""
+    n, t = k.shape
+    rows = [
+        {"trajectory": i, "step": s, "token": "x", "K": np.nan if s == 0 else k[i, s], "V": v[i, s]}
+        for i in range(n)
+        for s in range(t)
+    ]
+    steps = pd.DataFrame(rows)
+    steps["H"] = steps["K"] + steps["V"]
+    return Run(Path("."), {"statistics": {}}, pd.DataFrame(), steps)
+
+
+def test_kv_parts_splits_by_trajectory_in_step_order() -> None:
+    parts = F.kv_parts(_steps(K, V).sample(frac=1.0, random_state=0))  # shuffled rows
+    assert len(parts) == 3 and all(p.shape == (4, 2) for p in parts)
+    np.testing.assert_array_equal(parts[2][:, 1], [0.0, 1.0, 3.0, 5.0])
+    assert math.isnan(parts[0][0, 0]) and parts[1][2, 0] == -math.inf
+
+
+def test_null_models_separate_compensating_from_independent_k_and_v() -> None:
+    rng = np.random.default_rng(0)
+    v = rng.normal(3.0, 1.0, (20, 30))
+    compensating = _synthetic_run(7.0 - v + rng.normal(0, 0.1, v.shape), v)  # K = −V + noise: R ≪ 1
+    independent = _synthetic_run(rng.normal(7.0, 1.0, v.shape), v)  # R ≈ 1
+    fig = F.null_models({"comp": compensating, "indep": independent}, n_perm=50)
+    observed = {t.name: t.x[0] for t in fig.data if t.name in ("comp", "indep") and t.xaxis == "x"}
+    band = [t for t in fig.data if t.name == "shuffle null (95% band)"]
+    assert observed["comp"] < 0.05 and abs(observed["indep"] - 1.0) < 0.2
+    low = band[0].x[0] - band[0].error_x.arrayminus[0]
+    assert observed["comp"] < low  # flatter than its own null: left of the band
+    # The scale panel: CV falls as c grows (mean H rises by 2 ln c), the same K, V otherwise.
+    cv = next(t for t in fig.data if t.name == "indep" and t.xaxis == "x2")
+    assert list(cv.x) == list(F.REPORT_SCALES) and np.all(np.diff(cv.y) < 0)
+    assert "13%" in F.caption_of(fig) and "50 permutations" in F.caption_of(fig)

@@ -107,6 +107,7 @@ def _runs_section(pg: _Page, runs: dict[str, Run], trajectory: int, term: str) -
     pg.figure(s, "energy-vs-step", F.energy_vs_step(runs))
     pg.figure(s, "phase-portrait", F.phase_portrait(runs))
     pg.figure(s, "distributions", F.distributions(runs))
+    pg.figure(s, "null-models", F.null_models(runs))
     shown = list(runs.items())[:MAX_TOKEN_FIGURES]
     for name, run in shown:
         fig = F.trajectory_tokens(run, trajectory, term)

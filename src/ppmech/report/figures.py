@@ -398,6 +398,131 @@ def comparison(runs: Mapping[str, Run]) -> go.Figure:
     return _with_meta(fig, "Table 1: conservation statistics per run", caption, 160 + 36 * len(names))
 
 
+#: Permutations of the report's pairing-shuffle null (fewer than verify's 1000: the smallest p is 1/201).
+REPORT_PERMUTATIONS = 200
+#: Scales of h drawn in the scale-null panel (log-spaced, the ledger's four among them).
+REPORT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 10.0, 30.0)
+
+
+def kv_parts(steps: pd.DataFrame) -> list[np.ndarray]:
+    """Per trajectory ``[n_i, 2]`` float64 (``K``, ``V``) in step order (nulls as NaN)."""
+    t = terms(steps)
+    cuts = np.flatnonzero(np.diff(t["trajectory"].to_numpy())) + 1
+    return list(np.split(t[["K", "V"]].to_numpy(dtype=np.float64), cuts))
+
+
+def null_models(runs: Mapping[str, Run], n_perm: int = REPORT_PERMUTATIONS, seed: int = 0) -> go.Figure:
+    """Beyond the paper: each run's compensation ratio against its shuffle null, and CV(H) by scale."""
+    from ppmech.nulls import pairing_shuffle, scale_table
+
+    _need_runs(runs)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=[
+            "compensation ratio R = Var(H) / (Var(K) + Var(V))",
+            "global CV of H with h rescaled by c",
+        ],
+        horizontal_spacing=0.12,
+    )
+    names = list(runs)
+    skipped = []
+    for i, (name, run) in enumerate(runs.items()):
+        parts = kv_parts(run.steps)
+        try:
+            test = pairing_shuffle(parts, n_perm=n_perm, seed=seed)["R"]
+        except PPMechError:  # too few trajectories for a null
+            skipped.append(name)
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[test.null_mean],
+                y=[name],
+                mode="markers",
+                marker=dict(symbol="line-ns", size=14, color="#888", line=dict(width=2, color="#888")),
+                error_x=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[test.null_high - test.null_mean],
+                    arrayminus=[test.null_mean - test.null_low],
+                    color="#aaa",
+                    thickness=8,
+                    width=0,
+                ),
+                name="shuffle null (95% band)",
+                legendgroup="null",
+                showlegend=i == 0,
+                hovertemplate=f"{name}<br>null R mean %{{x:.3f}}, 95% [{test.null_low:.3f}, "
+                f"{test.null_high:.3f}]<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[test.observed],
+                y=[name],
+                mode="markers",
+                marker=dict(size=11, color=color(i)),
+                name=name,
+                legendgroup=name,
+                hovertemplate=f"{name}<br>observed R %{{x:.3f}}<br>p = {test.p_value:.3g}, effect "
+                f"{test.effect_size:.1f} null sd<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        table = scale_table(parts, REPORT_SCALES)
+        fig.add_trace(
+            go.Scatter(
+                x=table["c"],
+                y=table["global_cv"],
+                mode="lines+markers",
+                line=dict(color=color(i)),
+                name=name,
+                legendgroup=name,
+                showlegend=False,
+                hovertemplate=f"{name}<br>c = %{{x:g}}<br>CV %{{y:.4f}}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
+    # Reference lines as traces (not layout shapes), so the PNG redraw keeps them too.
+    reference = dict(mode="lines", line=dict(color="#666", dash="dot", width=1), showlegend=False)
+    if names:
+        fig.add_trace(
+            go.Scatter(x=[1.0, 1.0], y=[names[0], names[-1]], hoverinfo="skip", **reference), row=1, col=1
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[REPORT_SCALES[0], REPORT_SCALES[-1]],
+            y=[0.13, 0.13],
+            hovertemplate="the paper's 13% threshold<extra></extra>",
+            **reference,
+        ),
+        row=1,
+        col=2,
+    )
+    fig.update_yaxes(categoryorder="array", categoryarray=names[::-1], type="category", row=1, col=1)
+    fig.update_xaxes(title_text="R (dimensionless; < 1: K and V compensate)", row=1, col=1)
+    fig.update_xaxes(type="log", title_text="c (h → c·h)", row=1, col=2)
+    fig.update_yaxes(title_text="global CV of H", rangemode="tozero", row=1, col=2)
+    caption = (
+        "Beyond the paper (`ppmech.nulls`). Left: each run's pooled compensation ratio R (dot; scale-free, "
+        "< 1 when K and V move against each other) and the 95% band of R with V permuted against K within "
+        f"each trajectory ({n_perm} permutations, seed {seed}: the same values, the pairing gone). A dot "
+        "left of its band means H is flatter than the same K and V unpaired; hover for the one-sided p and "
+        "the effect in null standard deviations. Right: the global CV of H when h is rescaled by c, which "
+        "adds 2 ln c to K and H and changes nothing else; the dotted line is the paper's 13% threshold, so "
+        "where a curve crosses it the verdict depends on the units of h."
+    )
+    if skipped:
+        caption += f" Too few trajectories for a null: {', '.join(skipped)}."
+    return _with_meta(
+        fig, "Null models: is the conservation more than its parts?", caption, 200 + 40 * len(names)
+    )
+
+
 SCALED = (
     ("global_cv", "global CV of H", "global_cv_ci"),
     ("mean_trajectory_cv", "mean trajectory CV", None),
