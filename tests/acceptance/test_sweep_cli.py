@@ -76,6 +76,41 @@ def test_no_study_and_a_file_as_out(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (tmp_path / "file").read_text() == "kept"
 
 
+def test_a_second_sweep_into_a_locked_study_is_one_line_naming_the_holder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "study.toml"
+    path.write_text('models = ["smollm2-135m"]\nprompts = 2\nnew_tokens = 3\n')
+    out = tmp_path / "out"
+    # Another process holds the study's lock, as a running sweep does (the same OutputLock).
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from ppmech.sweep.runner import study_lock\n"
+            "with study_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        code, _, err = _run(["sweep", str(path), "--out", str(out), "--no-progress"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert f"being written by another ppmech process (pid {holder.pid} on " in err
+        assert not (out / "runs").exists() and not (out / "study.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing: its lock file is left, and the next sweep can still lock it.
+    from ppmech.sweep.runner import study_lock
+
+    with study_lock(out):
+        pass
+    assert not (out / ".study.ppmech-lock").exists()  # removed on release
+
+
 def test_dry_run_lists_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(
         ["sweep", "--preset", "paper-table1", "--out", str(tmp_path / "o"), "--dry-run"], capsys

@@ -21,13 +21,12 @@ Flow (data goes one way: study -> Ray tasks -> run directories -> study outputs)
    is rewritten after every run; the tables at the end (:mod:`ppmech.sweep.outputs`).
 
 One sweep writes into a study directory at a time (an exclusive lock on
-``OUT/.sweep.lock``).
+``OUT/.study.ppmech-lock``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -44,12 +43,15 @@ from typing import Any
 
 import pandas as pd
 
+from ppmech.artifacts import OutputLock, write_bytes
 from ppmech.errors import PPMechError
 from ppmech.measure import MeasureConfig, measure
 from ppmech.runs import Run, load_run, write_json
 from ppmech.sweep.study import PlannedRun, Resources, Study
 
-LOCK_NAME = ".sweep.lock"
+#: The study directory is locked as this (hidden) name inside it: ``out/.study.ppmech-lock``.
+LOCK_TARGET = "study"
+LOCK_NAME = f".{LOCK_TARGET}.ppmech-lock"
 STAGING_PREFIX = ".staging-"
 
 
@@ -270,19 +272,14 @@ def record_run(name: str, config: dict[str, Any], work_dir: str, threads: int) -
 
 @contextlib.contextmanager
 def study_lock(out: Path) -> Iterator[None]:
-    """Hold ``out/.sweep.lock`` exclusively for the duration of a sweep."""
+    """Hold the study directory's lock (``out/.study.ppmech-lock``) for the duration of a sweep.
+
+    The same cross-process lock as every other ppmech output (:class:`ppmech.artifacts.OutputLock`):
+    a second sweep into ``out`` is refused in one line that names the process holding it.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    handle = (out / LOCK_NAME).open("a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise PPMechError(
-                f"another ppmech sweep is writing {out}", "wait for it to finish, or use another --out"
-            ) from exc
+    with OutputLock(out / LOCK_TARGET):
         yield
-    finally:
-        handle.close()
 
 
 def install_run(runs_root: Path, name: str, files: dict[str, bytes]) -> Run:
@@ -299,10 +296,7 @@ def install_run(runs_root: Path, name: str, files: dict[str, bytes]) -> Run:
                     f"run {name} returned a file outside its directory ({rel})", "report this bug"
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_bytes(path, data)  # fsynced; a full disk is one line
         old = runs_root / f"{STAGING_PREFIX}{name}.old"
         if target.exists():  # only with replace: the stale run goes once the new one is whole
             if old.exists():
