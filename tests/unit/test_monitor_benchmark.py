@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from tests.unit.test_monitor import IDENTITY  # the one toy identity of the monitor tests
 
 from ppmech.errors import PPMechError
-from ppmech.models.identity import ModelIdentity
 from ppmech.monitor.benchmark import (
     DELAY_SIGNALS,
     Baselines,
@@ -20,22 +20,6 @@ from ppmech.monitor.benchmark import (
 from ppmech.monitor.calibration import MonitorConfig, fit_calibration
 from ppmech.monitor.detection import auroc, roc_curve, tpr_at_fpr
 from ppmech.monitor.scoring import TokenTrace
-
-IDENTITY = ModelIdentity(
-    spec="toy",
-    source="/nowhere",
-    source_hash="ab" * 32,
-    weights="pretrained",
-    seed=None,
-    model_type="llama",
-    num_parameters=10,
-    num_layers=1,
-    hidden_size=2,
-    vocab_size=4,
-    max_context=128,
-    tokenizer_hash="cd" * 32,
-    dtype="float32",
-)
 
 
 def _traces(seed: int, n: int, length: int = 16) -> list[TokenTrace]:
