@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ppmech.claims import analyses as A
+from ppmech.claims import scaling as S
 from ppmech.errors import PPMechError
 from ppmech.models.architectures import Readout
 from ppmech.statistics import trajectory_bootstrap
@@ -267,26 +268,26 @@ def test_shuffle_in_time_moves_every_row() -> None:
 
 
 def test_scaling_correlation_exact_line() -> None:
-    c = A.scaling_correlation([1e8, 2e8, 3e8, 4e8], [1.0, 2.0, 3.0, 4.0])
+    c = S.scaling_correlation([1e8, 2e8, 3e8, 4e8], [1.0, 2.0, 3.0, 4.0])
     assert c.r == pytest.approx(1.0)
     assert c.n == 4
-    c = A.scaling_correlation([1.0, 2.0, 3.0], [3.0, 1.0, 2.0])
+    c = S.scaling_correlation([1.0, 2.0, 3.0], [3.0, 1.0, 2.0])
     assert c.r == pytest.approx(-0.5)
-    assert c.p == pytest.approx(A.pearson_p(-0.5, 3))
+    assert c.p == pytest.approx(S.pearson_p(-0.5, 3))
 
 
 def test_scaling_correlation_needs_three_sizes() -> None:
     with pytest.raises(PPMechError, match="at least 3 sizes"):
-        A.scaling_correlation([1e8, 1e8, 2e8], [0.1, 0.2, 0.3])
+        S.scaling_correlation([1e8, 1e8, 2e8], [0.1, 0.2, 0.3])
 
 
 def test_pearson_p_and_implied_sample_size() -> None:
     # With 1 degree of freedom, p = 1 - (2/π)·atan(t).
     r = 0.9996
     t = r / math.sqrt(1 - r * r)
-    assert A.pearson_p(r, 3) == pytest.approx(1 - 2 / math.pi * math.atan(t))
-    assert A.implied_sample_size(0.9996, 0.0181) == 3
-    assert A.implied_sample_size(0.5, A.pearson_p(0.5, 20)) == 20
+    assert S.pearson_p(r, 3) == pytest.approx(1 - 2 / math.pi * math.atan(t))
+    assert S.implied_sample_size(0.9996, 0.0181) == 3
+    assert S.implied_sample_size(0.5, S.pearson_p(0.5, 20)) == 20
 
 
 # ----------------------------------------------------------------------------- per layer

@@ -24,7 +24,6 @@ What each analysis tests:
   force ``∇_h ln p_{x_t}(h_t)``, with a shuffled-time baseline.
 * :func:`energy_forms` — Remark D.1: CV of the log form ``H``, of the linear
   product ``E = ½‖v‖²·PPL`` and of the classical ``½‖v‖² − ln p``.
-* :func:`scaling_correlation` — Table 5: Pearson ``r`` against parameter count.
 * :func:`layer_energy_table` — per-layer mechanics through the logit lens.
 * :func:`cv_by_position` — long horizons: CV of ``H`` in windows of steps.
 """
@@ -552,66 +551,6 @@ def euler_lagrange(
             shuf, med(1), n_boot, seed, "median ‖LHS−F‖/‖LHS‖, shuffled", "E-L"
         ),
     }
-
-
-# --------------------------------------------------------------------------- Table 5
-
-
-@dataclass(frozen=True)
-class Correlation:
-    """Pearson correlation of a metric with parameter count."""
-
-    r: float
-    p: float
-    n: int
-
-
-def scaling_correlation(
-    params: Sequence[float], values: Sequence[float], metric: str = "metric"
-) -> Correlation:
-    """Table 5: Pearson ``r`` and two-sided ``p`` of ``values`` against ``params``.
-
-    Raises:
-        PPMechError: fewer than 3 distinct model sizes, or non-finite values.
-    """
-    from scipy import stats
-
-    x = np.asarray(params, dtype=np.float64)
-    y = np.asarray(values, dtype=np.float64)
-    if x.shape != y.shape:
-        raise PPMechError("parameter counts and metric values differ in length", "pass one value per run")
-    if np.unique(x).size < 3:
-        raise PPMechError(
-            f"a correlation of {metric} with model size needs at least 3 sizes of one family "
-            f"(got {np.unique(x).size})",
-            "add runs of more model sizes from the same family",
-        )
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise PPMechError(f"{metric} is undefined for some runs", "check those runs' statistics")
-    if np.ptp(y) == 0:
-        raise PPMechError(f"{metric} is the same for every run; r is undefined", "use another metric")
-    res = stats.pearsonr(x, y)
-    return Correlation(r=float(res.statistic), p=float(res.pvalue), n=int(x.size))
-
-
-def pearson_p(r: float, n: int) -> float:
-    """Two-sided p-value of a Pearson ``r`` from ``n`` pairs (t-test, ``n - 2`` df)."""
-    from scipy import stats
-
-    if n < 3 or abs(r) >= 1:
-        return 0.0 if abs(r) >= 1 else float("nan")
-    t = abs(r) * math.sqrt((n - 2) / (1 - r * r))
-    return float(2 * stats.t.sf(t, n - 2))
-
-
-def implied_sample_size(r: float, p: float, max_n: int = 100) -> int:
-    """The ``n`` whose two-sided p-value for ``r`` is closest to ``p`` (in log space)."""
-    best, best_err = 3, float("inf")
-    for n in range(3, max_n + 1):
-        q = pearson_p(r, n)
-        if q > 0 and (err := abs(math.log(q) - math.log(p))) < best_err:
-            best, best_err = n, err
-    return best
 
 
 # --------------------------------------------------------------------------- per layer

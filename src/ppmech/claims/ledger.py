@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ppmech.claims.analyses import implied_sample_size
 from ppmech.claims.rules import Rule, Verdict, apply_rule
+from ppmech.claims.scaling import implied_sample_size
 from ppmech.provenance import json_safe
 from ppmech.statistics import Estimate
 

@@ -36,6 +36,7 @@ from ppmech import nulls as N
 from ppmech.claims import analyses as A
 from ppmech.claims.ledger import evaluate
 from ppmech.claims.render import ledger_json, render_markdown, verdict_counts
+from ppmech.claims.scaling import scaling_from_runs
 from ppmech.errors import PPMechError, check_seed
 from ppmech.measure import EXECUTION_KEYS, MeasureConfig, measure
 from ppmech.models.identity import LoadedModel
@@ -436,54 +437,6 @@ def layer_analysis(run: Run, lm: LoadedModel, trajectories: int) -> pd.DataFrame
         saved = np.asarray(run.hidden()[: len(traj)], dtype=np.float32)
         table.attrs["last_layer_max_abs_diff"] = float(np.nanmax(np.abs(saved - rec.last_layer_state)))
     return table
-
-
-#: Settings that must agree across runs before their statistics are compared by model size.
-PROTOCOL_KEYS = ("weights", "corpus", "decoding", "temperature", "context_tokens", "new_tokens", "dtype")
-
-
-def scaling_from_runs(runs: list[Run], metric: str) -> tuple[pd.DataFrame, A.Correlation]:
-    """Table 5 from run directories: Pearson ``r`` of a summary statistic with parameter count.
-
-    Returns:
-        One row per run (``run``, ``model``, ``parameters``, ``metric``) and the correlation.
-
-    Raises:
-        PPMechError: runs of several families (``model_type``), runs made with
-            different protocols (only the model may differ), an unknown metric, or
-            fewer than 3 sizes (via :func:`~ppmech.claims.analyses.scaling_correlation`).
-    """
-    families = {str(r.model.get("model_type")) for r in runs}
-    if len(families) != 1:
-        raise PPMechError(
-            f"a scaling correlation needs runs of one model family (got {', '.join(sorted(families))})",
-            "pass runs of several sizes of one family",
-        )
-    differing = [k for k in PROTOCOL_KEYS if len({json.dumps(r.config.get(k)) for r in runs}) > 1]
-    if differing:
-        raise PPMechError(
-            f"these runs were made with different protocols ({', '.join(differing)})",
-            "compare runs that differ only in the model",
-        )
-    values = []
-    for r in runs:
-        stats = r.summary.get("statistics", {})
-        if metric not in stats:
-            known = ", ".join(k for k, v in stats.items() if isinstance(v, int | float))
-            raise PPMechError(f"unknown metric '{metric}'", f"use one of: {known}")
-        v = stats[metric]
-        values.append(float("nan") if v is None else float(v))
-    params = [float(r.model.get("num_parameters", float("nan"))) for r in runs]
-    corr = A.scaling_correlation(params, values, metric)
-    frame = pd.DataFrame(
-        {
-            "run": [str(r.path) for r in runs],
-            "model": [str(r.model.get("spec")) for r in runs],
-            "parameters": params,
-            metric: values,
-        }
-    )
-    return frame, corr
 
 
 def _cache_key(run: Run, what: str, settings: dict[str, Any]) -> str:
