@@ -20,15 +20,34 @@ from ppmech.errors import PPMechError
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda, cuda:N or mps"
 
 
+def check_device_name(spec: str) -> None:
+    """Refuse a name that is no device on any machine (``bogus``, ``cuda:x``, ``''``).
+
+    It does not look at this machine's devices: a sweep checks its runs' names on the
+    driver before they run on a cluster's nodes, which may have a GPU the driver lacks.
+
+    Raises:
+        PPMechError: ``spec`` is not one of :data:`DEVICE_HELP`.
+    """
+    name = str(spec).strip().lower()
+    if not name:
+        raise PPMechError("`device` is empty", f"use {DEVICE_HELP}, or leave it out for auto")
+    kind, colon, index = name.partition(":")
+    if name in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and colon and index.isdigit()):
+        return
+    raise PPMechError(f"unknown device '{spec}'", f"use {DEVICE_HELP}")
+
+
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """The :class:`torch.device` that ``spec`` names on this machine.
 
     Raises:
-        PPMechError: an unknown name, or a device this machine lacks.
+        PPMechError: an unknown name (:func:`check_device_name`), or a device this machine lacks.
     """
     if isinstance(spec, torch.device):
         spec = str(spec)
     name = (spec or "auto").strip().lower()
+    check_device_name(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", 0)
