@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ppmech import artifacts
-from ppmech.artifacts import MARKER, Output, OutputLock
+from ppmech.artifacts import MARKER, Output, OutputLock, files
 from ppmech.errors import PPMechError
 from ppmech.runs import STEP_SCHEMA, TRAJECTORY_SCHEMA, RunWriter, load_run
 
@@ -139,7 +139,7 @@ def test_a_full_disk_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert "free some disk space" in exc.value.fix
     # numpy's tofile loses the errno ("N requested and M written"): a nearly full disk still counts.
     monkeypatch.setattr(
-        artifacts.shutil, "disk_usage", lambda _: type("U", (), {"total": 1, "used": 1, "free": 0})()
+        files.shutil, "disk_usage", lambda _: type("U", (), {"total": 1, "used": 1, "free": 0})()
     )
     assert artifacts.no_space(OSError("46080 requested and 4064 written"), tmp_path / "x.npy")
     assert not artifacts.no_space(OSError(errno.EACCES, "Permission denied"), tmp_path / "x.npy")
@@ -220,7 +220,7 @@ class Killed(BaseException):
 def crash_after(monkeypatch: pytest.MonkeyPatch, events: int | None) -> Iterator[list[str]]:
     """Raise :class:`Killed` at the ``events``-th file write, rename or delete of :mod:`ppmech.artifacts`."""
     seen: list[str] = []
-    real_atomic, real_rename, real_delete = artifacts.atomic_path, artifacts._rename, artifacts._delete
+    real_atomic, real_rename, real_delete = files.atomic_path, files._rename, files._delete
 
     def tick(what: str) -> None:
         seen.append(what)
@@ -242,9 +242,11 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, events: int | None) -> Iterator
         real_delete(path)
 
     with monkeypatch.context() as m:
+        # Writes of runs.py go through the package's name, the rest through the files module.
         m.setattr(artifacts, "atomic_path", atomic)
-        m.setattr(artifacts, "_rename", rename)
-        m.setattr(artifacts, "_delete", delete)
+        m.setattr(files, "atomic_path", atomic)
+        m.setattr(files, "_rename", rename)
+        m.setattr(files, "_delete", delete)
         yield seen
 
 
@@ -370,6 +372,7 @@ WRITER = textwrap.dedent(
             yield tmp
 
     artifacts.atomic_path = slow
+    artifacts.files.atomic_path = slow
     mode = sys.argv[4]
     write_run(__import__("pathlib").Path(sys.argv[1]), int(sys.argv[2]),
               overwrite=mode == "overwrite", resume=mode == "resume")

@@ -61,35 +61,20 @@ def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
     )
 
 
-CALIBRATION_WHAT = "monitor calibration"
-
-
-def _is_calibration(path: Path) -> bool:
-    """A file ``ppmech monitor calibrate`` wrote (recognised by its kind marker)."""
-    from ppmech.monitor.calibration import CALIBRATION_KIND
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("kind") == CALIBRATION_KIND
-
-
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ppmech.artifacts import check_file_target, replace_file
+    from ppmech.artifacts import check_output_file, write_output_file
     from ppmech.models.loading import load_configured
     from ppmech.monitor.calibration import MonitorConfig
     from ppmech.monitor.stream import EnergyMonitor
 
-    check_file_target(args.out, _is_calibration, args.overwrite, CALIBRATION_WHAT)
-    out = Path(args.out)
+    # The output is checked before the model loads (the output rule: ppmech.artifacts).
+    out = check_output_file(args.out, kind="json", replace=args.overwrite)
     config = config_from_args(MonitorConfig, args)
     lm = load_configured(config)
     monitor = EnergyMonitor.calibrate(lm, config, progress=not args.no_progress)
-    data = (json.dumps(monitor.calibration.to_dict(), indent=2, allow_nan=False) + "\n").encode()
-    replace_file(out, data, _is_calibration, args.overwrite, CALIBRATION_WHAT)
+    write_output_file(out, monitor.calibration.to_dict(), kind="json", replace=args.overwrite)
     cal = monitor.calibration
     rows = [
         {

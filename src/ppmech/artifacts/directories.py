@@ -1,61 +1,21 @@
-"""Output files and directories: the one place for ppmech's rules on writing them.
+"""Output directories: the ``.ppmech-run`` marker, what each kind may hold, and staged replacement.
 
-Every command that writes goes through this module, so the rules hold everywhere:
-
-* **Atomic files.** A file is written to a temporary name beside its target,
-  flushed to disk (``fsync``), and renamed over the target: a reader sees the
-  old file or the new one, never half of one. A full disk is reported as "no
-  space left on device", with the path.
-* **A marker in every directory ppmech makes.** ``.ppmech-run`` (JSON: ``kind``,
-  ``created``, ``pid``, ``host``, ``ppmech``) names what wrote the directory.
-  ``--overwrite`` replaces only a directory that carries the marker of the same
-  kind and holds nothing but files ppmech writes for that kind; a user's file,
-  a foreign directory, or another kind's output (``steer --overwrite`` on a
-  ``measure`` run) is refused with one line, with or without ``--overwrite``.
-* **One writer per output.** :class:`Output` holds an exclusive ``flock`` on a
-  lock file beside the target (``.NAME.ppmech-lock``) for the whole write; a
-  second writer is refused with one line naming the holder's pid and host. The
-  kernel releases a ``flock`` when its process dies, however it dies (even
-  ``SIGKILL``), so a lock left by a killed process never blocks: the stale lock
-  file is simply locked again. The lock is per machine (``flock`` on a local
-  file system); that suffices for sweeps across nodes because a sweep's driver,
-  one process, writes the run directories.
-* **Staged replacement.** A replacement (``--overwrite``) is written in a
-  sibling ``.NAME.ppmech-staging`` and swapped in only when complete (rename the
-  old directory to ``.NAME.ppmech-trash``, rename the new one to ``NAME``, delete
-  the trash). Until then the old output stays whole; a crash leaves it
-  untouched. A staging copy that reached its ``summary.json`` is committed by
-  the next writer (the swap itself was interrupted); one that did not is
-  resumable (``measure --resume``) or discarded (``--overwrite``).
-
-Layout of states for an output ``NAME`` of a resumable kind (``measure``)::
-
-    NAME/.ppmech-run + summary.json     complete
-    NAME/.ppmech-run, no summary.json   interrupted (resume in place)
-    .NAME.ppmech-staging/               an interrupted replacement (resume there)
-
-A *complete* output is one whose marker and ``summary.json`` exist; every writer
-writes ``summary.json`` last.
+See :mod:`ppmech.artifacts` for the rules. File writes, renames and deletes go through
+:mod:`ppmech.artifacts.files` by module attribute (``files._rename``), so that a test can
+inject a crash at any one of them.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import fnmatch
-import hashlib
-import io
 import json
 import os
-import shutil
-import socket
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ppmech.artifacts import files
+from ppmech.artifacts.files import OutputLock
 from ppmech.errors import PPMechError
 
 MARKER = ".ppmech-run"
@@ -80,182 +40,17 @@ KINDS: dict[str, tuple[str, ...]] = {
     ),
     "steer": ("summary.json", "steps.parquet"),
     "steering-evaluation": ("summary.json", "items.csv", "baselines.csv"),
+    # `verify`'s directory is a cache that later runs reuse (never replaced whole): its measure
+    # runs (each a marked measure output, checked as such), cached analyses, and the ledger.
+    "verify": ("claims.md", "claims.json", "runs", "runs/*", "analyses", "analyses/*"),
 }
+REUSABLE = ("verify",)
+"""Kinds whose directory is updated in place by later commands, not replaced."""
 # Temporary files of interrupted atomic writes, anywhere in an output.
 _TEMPORARY = ("*.ppmech-tmp",)
 
 
-# --------------------------------------------------------------------------- files
-
-
-def _rename(source: Path, target: Path) -> None:
-    """``os.rename``; one name so that tests can inject a crash between two renames."""
-    os.rename(source, target)
-
-
-def _delete(path: Path) -> None:
-    """Delete one file or directory tree (a seam for crash-injection tests, like :func:`_rename`)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (cheap; skipped where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def no_space(exc: OSError, path: Path) -> bool:
-    """Whether a failed write to ``path`` ran out of disk space (or quota).
-
-    Some libraries lose the errno (numpy's ``tofile`` says "N requested and M
-    written"), so an errno-less failure on a nearly full file system counts too.
-    """
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if exc.errno is None:
-        try:
-            return shutil.disk_usage(path.parent if not path.is_dir() else path).free < 1 << 20
-        except OSError:
-            return False
-    return False
-
-
-def disk_full_error(path: Path) -> PPMechError:
-    return PPMechError(
-        f"no space left on device while writing {path}",
-        "free some disk space, or write to another disk",
-    )
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``.
-
-    On any failure the temporary file is removed and ``path`` is left as it was.
-    A full disk becomes a one-line :class:`PPMechError`.
-    """
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.ppmech-tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if no_space(exc, target):
-            raise disk_full_error(target) from exc
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically; NaN and inf are refused (store them as null)."""
-    write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
-
-
-def write_parquet(path: str | Path, table: Any) -> None:
-    """Write a pyarrow table or a pandas frame (without its index) as Parquet, atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not isinstance(table, pa.Table):
-        table = pa.Table.from_pandas(table, preserve_index=False)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def write_csv(path: str | Path, frame: Any) -> None:
-    """Write a pandas frame (without its index) as CSV, atomically."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
-def write_npy(path: str | Path, array: Any) -> None:
-    """Write a numpy array as ``.npy``, atomically.
-
-    Serialised in memory first: ``np.save`` on a file loses the errno of a full disk.
-    """
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    write_bytes(path, buffer.getvalue())
-
-
-def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def describe_file(root: Path, relative: str, rows: int | None = None) -> dict[str, Any]:
-    """What a summary records about one of its files: bytes, SHA-256, rows (tables)."""
-    path = root / relative
-    entry: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
-    if rows is not None:
-        entry["rows"] = int(rows)
-    return entry
-
-
-def verify_file(root: Path, relative: str, expected: dict[str, Any], fix: str) -> None:
-    """Refuse a file that is missing or differs from what its summary recorded.
-
-    Raises:
-        PPMechError: the file is missing, or its size or SHA-256 differ.
-    """
-    path = root / relative
-    if not path.is_file():
-        raise PPMechError(f"{relative} of {root} is missing (its summary.json lists it)", fix)
-    if path.stat().st_size != expected.get("bytes") or sha256(path) != expected.get("sha256"):
-        raise PPMechError(
-            f"{relative} of {root} is not the file its summary.json describes (size or SHA-256 "
-            "differ): it was changed or replaced after the run was written",
-            fix,
-        )
-
-
 # --------------------------------------------------------------------------- paths and markers
-
-
-def output_path(value: str | os.PathLike[str] | None, default: str, flag: str = "--out") -> Path:
-    """The output path a user asked for: ``default`` when not given, an empty value refused.
-
-    (``Path("")`` is ``.``, so the check must see the string the user typed.)
-    """
-    if value is None:
-        return Path(default)
-    if not str(value).strip():
-        raise PPMechError(f"{flag} is empty", f"give {flag} a path, or leave it out for {default}")
-    return Path(value)
 
 
 def read_marker(directory: Path) -> dict[str, Any] | None:
@@ -267,22 +62,18 @@ def read_marker(directory: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("kind"), str) else None
 
 
-def _host() -> str:
-    return socket.gethostname()
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def make_marked_dir(directory: Path, kind: str) -> None:
     """Create ``directory`` (and parents) and mark it as a ppmech output of ``kind``."""
-    from ppmech import __version__
-
     directory.mkdir(parents=True, exist_ok=True)
-    write_json(
+    files.write_json(
         directory / MARKER,
-        {"kind": kind, "created": _now(), "pid": os.getpid(), "host": _host(), "ppmech": __version__},
+        {
+            "kind": kind,
+            "created": files._now(),
+            "pid": os.getpid(),
+            "host": files._host(),
+            "ppmech": files.ppmech_version(),
+        },
     )
 
 
@@ -328,83 +119,8 @@ def _remove_owned(directory: Path, kind: str) -> None:
     # the marker last, so that it still reads as ppmech's (and can be deleted later).
     order = sorted(directory.iterdir(), key=lambda c: (c.name != COMMIT_FILE, c.name == MARKER, c.name))
     for child in order:
-        _delete(child)
+        files._delete(child)
     directory.rmdir()
-
-
-# --------------------------------------------------------------------------- the lock
-
-
-class OutputLock:
-    """An exclusive, cross-process lock on an output path (see the module docstring).
-
-    The lock file ``.NAME.ppmech-lock`` beside the target holds the holder's pid,
-    host and start time, for the refusal message. It is removed on release; a
-    writer that finds the file replaced after locking it retries, so two writers
-    can never both hold the lock.
-    """
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.path = target.with_name(f".{target.name}.ppmech-lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`PPMechError` naming the process that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = self._holder(fd)
-                os.close(fd)
-                raise PPMechError(
-                    f"{self.target} is being written by another ppmech process ({holder})",
-                    "wait for it to finish, or choose another `out`",
-                ) from None
-            except OSError:
-                os.close(fd)
-                raise
-            try:
-                current = os.stat(self.path)
-            except FileNotFoundError:
-                current = None
-            mine = os.fstat(fd)
-            if current is None or (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
-                os.close(fd)  # the previous holder removed the file while we waited: lock the new one
-                continue
-            break
-        info = {"pid": os.getpid(), "host": _host(), "since": _now()}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
-        self._fd = fd
-
-    @staticmethod
-    def _holder(fd: int) -> str:
-        try:
-            info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        except (OSError, ValueError):
-            info = {}
-        if not info.get("pid"):
-            return "pid unknown: it is just starting"
-        return f"pid {info['pid']} on {info.get('host', '?')}, since {info.get('since', '?')}"
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
-
-    def __enter__(self) -> OutputLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 # --------------------------------------------------------------------------- outputs
@@ -642,11 +358,11 @@ class Output:
             _remove_owned(p.trash, self.kind)
         if p.target.exists():
             if any(p.target.iterdir()):
-                _rename(p.target, p.trash)
+                files._rename(p.target, p.trash)
             else:
                 p.target.rmdir()
-        _rename(p.staging, p.target)
-        _fsync_dir(p.target.parent)
+        files._rename(p.staging, p.target)
+        files._fsync_dir(p.target.parent)
         if p.trash.exists():
             _remove_owned(p.trash, self.kind)
 
@@ -673,48 +389,105 @@ def files_of(directory: Path) -> list[str]:
     )
 
 
-def check_file_target(path: str | Path, is_ours: Callable[[Path], bool], overwrite: bool, what: str) -> None:
-    """Refuse a single-file output path that may not be written (see :func:`replace_file`).
-
-    Call it before expensive work; :func:`replace_file` checks again under the lock.
-    """
-    target = Path(path)
-    if not str(path).strip():
-        raise PPMechError("`out` is empty", f"give `out` a {what} file name")
-    if target.is_dir():
-        raise PPMechError(f"{target} is a directory, not a {what} file", "give `out` a file name")
-    if target.exists():
-        if not overwrite:
-            raise PPMechError(
-                f"{target} already exists", "pass `overwrite` to replace it, or choose another `out`"
-            )
-        if not is_ours(target):
-            raise PPMechError(
-                f"{target} is not a {what} written by ppmech",
-                "choose another `out` (ppmech replaces only files it wrote)",
-            )
+# --------------------------------------------------------------------------- the rule for directories
 
 
-def replace_file(
-    path: str | Path, data: bytes, is_ours: Callable[[Path], bool], overwrite: bool, what: str
-) -> None:
-    """Write a single-file output (e.g. a monitor calibration) under a lock.
+def _with_flags(exc: PPMechError, flag: str, replace_flag: str) -> PPMechError:
+    """``exc`` (from :class:`Output`, which names fields) naming the command's options instead."""
 
-    An existing file is replaced only with ``overwrite`` and only when ``is_ours``
-    recognises it as a ppmech file of this kind; the write is atomic (the old file
-    stays whole until the new one is complete).
+    def named(text: str) -> str:
+        return text.replace("`out`", flag).replace("`overwrite`", replace_flag)
+
+    return PPMechError(named(exc.problem), named(exc.fix))
+
+
+def _check_reusable(shown: Path, target: Path, kind: str, flag: str) -> None:
+    if not target.exists() or not any(target.iterdir()):
+        return
+    marker = read_marker(target)
+    if marker is None:
+        raise PPMechError(
+            f"{shown} is not empty and is not a ppmech {kind} directory (no {MARKER} marker)",
+            f"choose another {flag}; ppmech writes only into directories it made",
+        )
+    if marker["kind"] != kind:
+        raise PPMechError(
+            f"{shown} holds a ppmech {marker['kind']} output, not a {kind} directory",
+            f"choose another {flag}",
+        )
+    foreign = foreign_entries(target, kind)
+    if foreign:
+        raise PPMechError(
+            f"{shown} holds files ppmech did not write ({', '.join(foreign[:3])})",
+            f"move them out of it, or choose another {flag}",
+        )
+
+
+def check_output_dir(
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    replace: bool,
+    flag: str = "--out",
+    replace_flag: str = "--overwrite",
+) -> Path:
+    """Refuse an output directory that may not be written; call it before any work.
+
+    The rule of :mod:`ppmech.artifacts.rule` for directories: a new path is created; an
+    existing one is written only when it carries the ``.ppmech-run`` marker of ``kind`` and
+    holds nothing but what ppmech writes for ``kind``, and (except for :data:`REUSABLE`
+    kinds, which are updated in place) only with ``replace``. Writes nothing but the
+    transient lock file beside the target.
 
     Args:
-        data: the new content.
-        is_ours: recognises a file ppmech wrote for this output (by its content).
-        what: what the file is, for messages (e.g. "monitor calibration").
+        path: the directory the user gave.
+        kind: a key of :data:`KINDS`.
+        replace: the command's replace flag was given.
+        flag, replace_flag: the command's options, named in messages.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        PPMechError: see :func:`check_file_target`; another writer holds the lock.
+        PPMechError: the message names ``path``.
     """
-    target = Path(path)
-    check_file_target(target, is_ours, overwrite, what)
+    from ppmech.artifacts.rule import check_location
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown output kind {kind!r}")
+    if not str(path).strip():
+        raise PPMechError(f"{flag} is empty", f"give {flag} a directory")
+    shown = Path(path)
+    target = Path(os.path.abspath(shown))
+    check_location(target, shown, flag)
+    if os.path.lexists(target) and not target.is_dir():
+        raise PPMechError(
+            f"{shown} is a file, not a directory",
+            f"choose another {flag} (ppmech never replaces a file with a directory)",
+        )
+    if kind in REUSABLE:
+        _check_reusable(shown, target, kind, flag)
+        return shown
+    try:
+        Output(shown, kind, overwrite=replace).preflight()
+    except PPMechError as exc:
+        raise _with_flags(exc, flag, replace_flag) from exc
+    return shown
+
+
+def open_output_dir(path: str | os.PathLike[str], *, kind: str, flag: str = "--out") -> Path:
+    """Check a :data:`REUSABLE` output directory under its lock, create it and mark it.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`, now an existing directory with the marker.
+    """
+    if kind not in REUSABLE:
+        raise ValueError(f"{kind!r} outputs are written with Output (staged), not opened in place")
+    shown = check_output_dir(path, kind=kind, replace=True, flag=flag)
+    target = Path(os.path.abspath(shown))
     target.parent.mkdir(parents=True, exist_ok=True)
-    with OutputLock(Path(os.path.abspath(target))):
-        check_file_target(target, is_ours, overwrite, what)
-        write_bytes(target, data)
+    with OutputLock(target):
+        _check_reusable(shown, target, kind, flag)
+        if read_marker(target) is None:
+            make_marked_dir(target, kind)
+    return shown
