@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from ppmech.errors import PPMechError
 
-__version__ = "0.1.0"
-
 if TYPE_CHECKING:
     from ppmech.measure import MeasureConfig, MeasureResult, measure
     from ppmech.models.identity import LoadedModel
     from ppmech.models.loading import load_model
+    from ppmech.provenance import __version__
     from ppmech.runs import Run, load_run
 
 _LAZY = {
+    "__version__": "ppmech.provenance",
     "measure": "ppmech.measure",
     "MeasureConfig": "ppmech.measure",
     "MeasureResult": "ppmech.measure",

@@ -1,5 +1,7 @@
 """Provenance and JSON hygiene for what ppmech writes.
 
+* :data:`__version__`: ppmech's own version, read once from the installed package's metadata
+  (its one home is ``pyproject.toml``); ``ppmech.__version__`` is this value.
 * :func:`versions`: the versions of everything that can change a number, recorded in every
   summary, calibration and ledger.
 * :func:`json_safe`: the one cleaner that makes results JSON-ready: NaN and ±inf become
@@ -11,11 +13,22 @@ from __future__ import annotations
 import math
 import platform
 import sys
+from importlib import metadata
 from typing import Any
 
 import numpy as np
 
-__all__ = ["json_safe", "versions"]
+__all__ = ["__version__", "json_safe", "versions"]
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("ppmech")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path without an install
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 
 def versions() -> dict[str, str]:
@@ -24,8 +37,6 @@ def versions() -> dict[str, str]:
     import pandas
     import torch
     import transformers
-
-    from ppmech import __version__
 
     return {
         "ppmech": __version__,
