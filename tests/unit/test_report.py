@@ -1,4 +1,4 @@
-"""The report's pure parts: per-step and per-trajectory numbers, input detection, the page, the PNG redraw."""
+"""The report's pure parts: per-step and per-trajectory numbers, input detection, the page, the axes."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import pytest
 
 from ppmech.errors import PPMechError
 from ppmech.report import figures as F
+from ppmech.report.figures.nulls import controls_rows
 from ppmech.report.html import table_block
-from ppmech.report.png import plain, to_matplotlib
 from ppmech.report.sources import detect, load_sources
 from ppmech.runs import Run
 from ppmech.statistics import energy_statistics
@@ -60,7 +59,7 @@ def test_per_trajectory_agrees_with_the_statistics() -> None:
 
 def test_constant_h_levels_are_round_and_inside_the_data() -> None:
     h = np.linspace(6.3, 9.7, 500)
-    levels = F._constant_h_levels(h)
+    levels = F.constant_h_levels(h)
     lo, hi = np.quantile(h, [0.05, 0.95])
     assert all(lo <= x <= hi for x in levels) and len(levels) >= 3
     assert all(abs(x * 2 - round(x * 2)) < 1e-9 for x in levels)  # multiples of 0.5
@@ -99,15 +98,15 @@ def test_table_cells_are_escaped_and_named() -> None:
     assert '<td class="num" data-col="n">3</td>' in html
 
 
-def test_png_redraw_draws_every_trace_and_refuses_unknown_kinds() -> None:
-    fig = go.Figure(go.Scatter(x=[0, 1, None, 2], y=[1, 2, None, 3], mode="lines+markers", name="a"))
-    fig.add_trace(go.Histogram(x=[1, 2, 2, 3], name="b"))
-    drawn = to_matplotlib(fig)
-    ax = drawn.axes[0]
-    assert len(ax.lines) == 2 and len(ax.patches) > 0  # two line segments, histogram bars
-    with pytest.raises(TypeError, match="cannot draw a pie"):
-        to_matplotlib(go.Figure(go.Pie(values=[1, 2])))
-    assert plain("H<sub>t</sub> = K<sub>t</sub><br>x") == "H_t = K_t x"
+def test_a_single_point_gets_an_axis_around_it() -> None:
+    # Plotly's own range for one point at 0.11 is -0.5..1; ours keeps the point in the middle, close.
+    lo, hi = F.padded_range([0.11])
+    assert lo < 0.11 < hi and hi - lo < 0.05 and (0.11 - lo) == pytest.approx(hi - 0.11)
+    lo, hi = F.padded_range([1.0, None, 3.0, math.nan])  # missing values ignored, 15% margin
+    assert (lo, hi) == pytest.approx((0.7, 3.3))
+    assert F.padded_range([None, math.nan]) is None
+    lo, hi = F.padded_range([1e6], log=True)  # log axes take log10 ranges
+    assert lo < 6 < hi
 
 
 def test_monitor_roc_draws_one_curve_per_detector_and_set() -> None:
@@ -128,7 +127,6 @@ def test_monitor_roc_draws_one_curve_per_detector_and_set() -> None:
     np.testing.assert_allclose(h_shuffled.x, [0, 0, 1 / 3, 2 / 3, 1])  # by hand: normal 1,2,3; shifted 2,4
     assert "AUROC 0.75" in h_shuffled.hovertemplate
     assert sum(t.showlegend is not False for t in curves) == 2  # one legend entry per detector
-    assert len(to_matplotlib(fig).axes) >= 2  # the PNG redraw handles it
     with pytest.raises(PPMechError, match="no per-text scores"):
         F.monitor_roc({"scores": []})
 
@@ -160,11 +158,44 @@ def test_null_models_separate_compensating_from_independent_k_and_v() -> None:
     independent = _synthetic_run(rng.normal(7.0, 1.0, v.shape), v)  # R ≈ 1
     fig = F.null_models({"comp": compensating, "indep": independent}, n_perm=50)
     observed = {t.name: t.x[0] for t in fig.data if t.name in ("comp", "indep") and t.xaxis == "x"}
-    band = [t for t in fig.data if t.name == "shuffle null (95% band)"]
+    band = [t for t in fig.data if t.name == "shuffle null (95% band)" and t.xaxis == "x"]
     assert observed["comp"] < 0.05 and abs(observed["indep"] - 1.0) < 0.2
     low = band[0].x[0] - band[0].error_x.arrayminus[0]
     assert observed["comp"] < low  # flatter than its own null: left of the band
+    # The middle panel: the observed CV of H against the shuffle-null CV, which is larger when K and V
+    # compensate and about the same when they do not.
+    cv_obs = {t.name: t.x[0] for t in fig.data if t.name in ("comp", "indep") and t.xaxis == "x2"}
+    cv_null = [t.x[0] for t in fig.data if t.name == "shuffle null (95% band)" and t.xaxis == "x2"]
+    assert cv_obs["comp"] < 0.2 * cv_null[0] and cv_obs["indep"] == pytest.approx(cv_null[1], rel=0.1)
     # The scale panel: CV falls as c grows (mean H rises by 2 ln c), the same K, V otherwise.
-    cv = next(t for t in fig.data if t.name == "indep" and t.xaxis == "x2")
+    cv = next(t for t in fig.data if t.name == "indep" and t.xaxis == "x3")
     assert list(cv.x) == list(F.REPORT_SCALES) and np.all(np.diff(cv.y) < 0)
-    assert "13%" in F.caption_of(fig) and "50 permutations" in F.caption_of(fig)
+    assert "13%" in F.caption_of(fig)
+
+
+def test_controls_table_prints_the_shuffle_null_cv_and_corr_kv_beside_r() -> None:
+    rng = np.random.default_rng(1)
+    v = rng.normal(3.0, 1.0, (12, 25))
+    run = _synthetic_run(7.0 - v + rng.normal(0, 0.1, v.shape), v)
+    c = F.controls(run, n_perm=50)
+    assert c is not None and c["source"].startswith("steps.parquet (50 permutations")
+    kv = np.concatenate([p[1:] for p in F.kv_parts(run.steps)])  # step 0 has no K
+    assert c["corr_KV"] == pytest.approx(np.corrcoef(kv[:, 0], kv[:, 1])[0, 1], rel=1e-12)
+    assert c["corr_KV"] < -0.9 and c["cv"] < c["cv_null_low"]
+    (row,) = controls_rows({"comp": c})
+    assert row["R"] == c["R"] and row["shuffle-null CV"] == c["cv_null"] and row["corr(K, V)"] == c["corr_KV"]
+    assert row["CV / null CV"] == pytest.approx(c["cv"] / c["cv_null"])
+    # A run that stores its controls in summary.json is read, not recomputed.
+    stored = {
+        "R": 0.5,
+        "R_null_low": 0.9,
+        "R_null_high": 1.1,
+        "R_p": 0.01,
+        "cv": 0.1,
+        "cv_null": 0.2,
+        "cv_null_low": 0.19,
+        "cv_null_high": 0.21,
+        "corr_KV": -0.4,
+    }
+    run.summary["statistics"]["controls"] = stored
+    assert F.controls(run) == {**stored, "source": "summary.json"}

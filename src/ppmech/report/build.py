@@ -1,14 +1,16 @@
 """``build_report``: inputs on disk → figures → one self-contained HTML file (and PNGs).
 
 Data flows one way: the inputs are read (never written), the figures are built
-in memory, and only then is anything written. The HTML goes to a temporary file
-beside ``out`` that is renamed at the end, so a failed report leaves no partial
-HTML behind.
+in memory, and only then is anything written, atomically through
+:mod:`ppmech.artifacts`, so a failed report leaves no partial HTML behind.
+
+The page's sections, in order, each drawn by its module of :mod:`ppmech.report.figures`:
+Runs (``runs``, ``nulls``), Sweep (``sweep``), Claims ledger (a table), Monitor
+benchmark, Monitor scores, Steering, Steering evaluation.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,8 +19,16 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from ppmech import artifacts
 from ppmech.errors import PPMechError
-from ppmech.report import figures as F
+from ppmech.report.export import check_png_export, render_pngs
+from ppmech.report.figures import monitor_benchmark as FB
+from ppmech.report.figures import monitor_scores as FM
+from ppmech.report.figures import nulls as FN
+from ppmech.report.figures import runs as F
+from ppmech.report.figures import steering as FS
+from ppmech.report.figures import steering_evaluation as FE
+from ppmech.report.figures import sweep as FW
 from ppmech.report.html import Section, figure_block, page, paragraph, table_block
 from ppmech.report.sources import (
     MonitorBenchmarkSource,
@@ -107,7 +117,20 @@ def _runs_section(pg: _Page, runs: dict[str, Run], trajectory: int, term: str) -
     pg.figure(s, "energy-vs-step", F.energy_vs_step(runs))
     pg.figure(s, "phase-portrait", F.phase_portrait(runs))
     pg.figure(s, "distributions", F.distributions(runs))
-    pg.figure(s, "null-models", F.null_models(runs))
+    controls = {name: FN.controls(run) for name, run in runs.items()}
+    pg.figure(s, "null-models", FN.null_models(runs, computed=controls))
+    s.blocks.append(
+        table_block(
+            FN.controls_rows(controls),
+            "controls",
+            "Beyond the paper, per run: the compensation ratio R = Var(H)/(Var(K)+Var(V)) with the 95% band "
+            "of its pairing-shuffle null (V permuted against K within each trajectory) and the one-sided p; "
+            "the Pearson correlation of K and V over valid steps; the global CV of H beside the shuffle-null "
+            "CV (the mean CV of the same K and V unpaired) and their ratio (scale-free; < 1: compensation "
+            "flattens H). 'from' says whether the run's summary.json stored them or they were computed "
+            "here from its steps.",
+        )
+    )
     shown = list(runs.items())[:MAX_TOKEN_FIGURES]
     for name, run in shown:
         fig = F.trajectory_tokens(run, trajectory, term)
@@ -157,7 +180,20 @@ def _sweep_section(pg: _Page, sweep: SweepSource) -> None:
             )
         )
     pg.figure(s, f"table1-{sweep.name}", F.comparison(sweep.runs))
-    pg.figure(s, f"scaling-{sweep.name}", F.scaling(sweep.runs))
+    trajectories = F.energy_vs_step(sweep.runs)
+    title = f"Energy terms along the trajectory: the sweep's {len(sweep.runs)} runs"
+    trajectories.update_layout(title=dict(text=title))
+    pg.figure(s, f"energy-vs-step-{sweep.name}", trajectories)
+    groups = FW.scaling_groups(sweep.runs)
+    pg.figure(s, f"scaling-{sweep.name}", FW.scaling(sweep.runs, groups))
+    s.blocks.append(
+        table_block(
+            FW.scaling_rows(groups),
+            f"table5-{_slug(sweep.name)}",
+            "Table 5: per group of runs that differ only in the model, its runs (by size), the number of "
+            "sizes, and Pearson r and two-sided p of drift and of ⟨|ΔH|⟩ (mean_abs_dH) with parameter count.",
+        )
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -206,9 +242,9 @@ def _verify_section(pg: _Page, source: VerifySource) -> None:
 
 def _monitor_benchmark_section(pg: _Page, source: MonitorBenchmarkSource) -> None:
     s = pg.section(f"Monitor benchmark: {source.name}")
-    pg.figure(s, f"monitor-{source.name}", F.monitor_detection(source.data))
+    pg.figure(s, f"monitor-{source.name}", FB.monitor_detection(source.data))
     if source.data.get("text_scores"):
-        pg.figure(s, f"monitor-roc-{source.name}", F.monitor_roc(source.data))
+        pg.figure(s, f"monitor-roc-{source.name}", FB.monitor_roc(source.data))
     delays = source.data.get("delays", [])
     if delays:
         s.blocks.append(
@@ -227,14 +263,14 @@ def _monitor_benchmark_section(pg: _Page, source: MonitorBenchmarkSource) -> Non
 def _monitor_score_section(pg: _Page, source: MonitorScoreSource) -> None:
     s = pg.section(f"Monitor scores: {source.name}")
     for record in source.records[:MAX_MONITOR_TEXTS]:
-        pg.figure(s, f"monitor-trace-{record.get('source', '')}", F.monitor_trace(record))
+        pg.figure(s, f"monitor-trace-{record.get('source', '')}", FM.monitor_trace(record))
     if len(source.records) > MAX_MONITOR_TEXTS:
         s.blocks.append(paragraph(f"The first {MAX_MONITOR_TEXTS} of {len(source.records)} texts are drawn."))
 
 
 def _steer_section(pg: _Page, source: SteerSource) -> None:
     s = pg.section(f"Steering: {source.name}")
-    pg.figure(s, f"steer-{source.name}", F.steering_traces(source.summary, source.steps))
+    pg.figure(s, f"steer-{source.name}", FS.steering_traces(source.summary, source.steps))
     comparison = source.summary.get("comparison", [])
     if comparison:
         s.blocks.append(
@@ -250,7 +286,7 @@ def _steer_section(pg: _Page, source: SteerSource) -> None:
 
 def _steering_eval_section(pg: _Page, source: SteeringEvalSource) -> None:
     s = pg.section(f"Steering evaluation: {source.name}")
-    pg.figure(s, f"table3-{source.name}", F.table3_pairs(source.summary, source.items))
+    pg.figure(s, f"table3-{source.name}", FE.table3_pairs(source.summary, source.items))
     rows = source.summary.get("table3", [])
     if rows:
         s.blocks.append(
@@ -306,9 +342,9 @@ def build_figures(
     return pg.sections, pg.figures
 
 
-def _check_out(out: Path) -> None:
-    if out.is_dir():
-        raise PPMechError(f"--out {out} is a directory", "name the HTML file to write, e.g. report.html")
+def _check_out(out: Path, overwrite: bool) -> None:
+    """The output rule (:func:`ppmech.artifacts.check_output_file`), before any input is read."""
+    artifacts.check_output_file(out, kind="html", replace=overwrite)
     if out.suffix.lower() not in (".html", ".htm"):
         raise PPMechError(f"--out {out} does not end in .html", "name the HTML file, e.g. report.html")
 
@@ -320,38 +356,45 @@ def build_report(
     trajectory: int = 0,
     term: str = "H",
     title: str = "ppmech report",
+    overwrite: bool = False,
 ) -> ReportResult:
     """Read ``paths``, build every figure, write ``out`` (and one PNG per figure in ``png_dir``).
 
     Args:
         paths: run, sweep, verify, steer or steering-evaluation directories, and
             monitor benchmark / score files (see :mod:`ppmech.report.sources`).
-        out: the HTML file to write (replaced if it exists).
-        png_dir: also write each figure as ``<figure id>.png`` here (matplotlib).
+        out: the HTML file to write. An existing file (or PNG) is replaced only when ppmech
+            wrote it and ``overwrite`` is given (the output rule, :mod:`ppmech.artifacts`).
+        png_dir: also write each figure as ``<figure id>.png`` here, drawn by kaleido in a
+            local Chromium (:mod:`ppmech.report.export`).
         trajectory: the trajectory whose tokens are shown, per run.
         term: what shades the tokens: ``H``, ``K`` or ``V``.
         title: the page title.
 
     Raises:
-        PPMechError: no inputs, an unreadable or interrupted input, a bad ``out``.
+        PPMechError: no inputs, an unreadable or interrupted input, a bad ``out``;
+            with ``png_dir``, no kaleido or no Chromium (checked before any work).
     """
     out_path = Path(out)
-    _check_out(out_path)
+    _check_out(out_path, overwrite)
+    if png_dir is not None:
+        artifacts.check_location(Path(png_dir).absolute() / "x.png", Path(png_dir), "--png")
+    # Checked before any work: a missing kaleido or browser is found now, not after the figures.
+    chromium = check_png_export() if png_dir is not None else None
     sources = load_sources(paths)
     sections, figures = build_figures(sources, trajectory, term)
     text = page(title, sections, [str(p) for p in paths])
     pngs: list[Path] = []
-    if png_dir is not None:
-        from ppmech.report.png import write_pngs
-
-        pngs = write_pngs(figures, Path(png_dir))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if png_dir is not None and chromium is not None:
+        images = render_pngs(figures, chromium)
+        png_path = Path(png_dir)
+        targets = {png_path / f"{fid}.png": data for fid, data in images.items()}
+        for target in targets:  # all refusals before the first PNG is written
+            artifacts.check_output_file(target, kind="png", replace=overwrite, flag="--png")
+        for target, data in targets.items():
+            artifacts.write_output_file(target, data, kind="png", replace=overwrite, flag="--png")
+            pngs.append(target)
+    artifacts.write_output_file(out_path, text, kind="html", replace=overwrite)
     return ReportResult(
         out=out_path, size_bytes=out_path.stat().st_size, figures=figures, sources=sources, pngs=pngs
     )

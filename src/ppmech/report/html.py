@@ -17,8 +17,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from ppmech import __version__
-from ppmech.report.figures import caption_of
+from ppmech.provenance import __version__
+from ppmech.report.figures.common import caption_of
 from ppmech.tables import fmt
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
