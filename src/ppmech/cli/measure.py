@@ -132,15 +132,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from ppmech.artifacts import check_output_file, write_output_file
     from ppmech.runs import load_run
 
+    # The output rule (ppmech.artifacts): the path is checked before any run is read.
+    if args.markdown is not None:
+        check_output_file(args.markdown, kind="markdown", replace=args.overwrite, flag="--markdown")
     runs = [load_run(d) for d in args.runs]
     frame = compare_frame([r.summary for r in runs])
     print(text_table(frame))
-    if args.markdown:
-        from ppmech.artifacts import write_text
-
-        write_text(args.markdown, markdown_table(frame) + "\n")
+    if args.markdown is not None:
+        write_output_file(
+            args.markdown,
+            markdown_table(frame) + "\n",
+            kind="markdown",
+            replace=args.overwrite,
+            flag="--markdown",
+        )
         print(f"\nwrote {args.markdown}")
     return 0
 
@@ -231,4 +239,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("runs", nargs="+", help="run directories written by `ppmech measure`")
     p.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --markdown if ppmech wrote it; a file ppmech did not write is never replaced",
+    )
     p.set_defaults(func=cmd_compare)

@@ -188,9 +188,14 @@ def benchmark_report(result: Any) -> str:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from ppmech.artifacts import check_output_file, write_output_file
     from ppmech.monitor.benchmark import BenchmarkConfig, run_benchmark
-    from ppmech.runs import write_json
 
+    # The output rule (ppmech.artifacts): both outputs are checked before the benchmark runs.
+    outputs = [(args.markdown, "--markdown", "markdown"), (args.json, "--json", "json")]
+    for path, flag, kind in outputs:
+        if path is not None:
+            check_output_file(path, kind=kind, replace=args.overwrite, flag=flag)
     config = config_from_args(BenchmarkConfig, args)
     result = run_benchmark(config, progress=not args.no_progress)
     print(text_table(result.table(), title=f"\nEnergy monitor benchmark: {config.model} (AUROC / TPR@5%FPR)"))
@@ -203,14 +208,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     )
     sizes = ", ".join(f"{k} {v}" for k, v in result.sizes.items())
     print(f"\ntexts: {sizes}; {config.tokens} tokens each; {result.seconds:.0f} s")
-    if args.markdown:
-        from ppmech.artifacts import write_text
-
-        write_text(args.markdown, benchmark_report(result))
-        print(f"wrote {args.markdown}")
-    if args.json:
-        write_json(Path(args.json), json_safe(result.to_dict()))
-        print(f"wrote {args.json}")
+    contents = {"--markdown": lambda: benchmark_report(result), "--json": lambda: json_safe(result.to_dict())}
+    for path, flag, kind in outputs:
+        if path is not None:
+            write_output_file(path, contents[flag](), kind=kind, replace=args.overwrite, flag=flag)
+            print(f"wrote {path}")
     return 0
 
 
@@ -345,5 +347,10 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=d, help="texts per forward batch")
     p.add_argument("--markdown", default=None, help="also write the tables as markdown to this file")
     p.add_argument("--json", default=None, help="also write all numbers as JSON to this file")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --markdown/--json files ppmech wrote; a file ppmech did not write is never replaced",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_benchmark)

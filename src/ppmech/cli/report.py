@@ -10,7 +10,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ppmech.report import build_report
 
     result = build_report(
-        args.paths, args.out, png_dir=args.png, trajectory=args.trajectory, term=args.term, title=args.title
+        args.paths,
+        args.out,
+        png_dir=args.png,
+        trajectory=args.trajectory,
+        term=args.term,
+        title=args.title,
+        overwrite=args.overwrite,
     )
     print(f"{len(result.figures)} figures from {len(result.sources)} inputs")
     if result.pngs:
@@ -33,6 +39,12 @@ def register(sub: Any) -> None:
         "monitor score --json --tokens output (.jsonl)",
     )
     p.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out (and --png's images) if ppmech wrote them; a file ppmech did not write is "
+        "never replaced",
+    )
     p.add_argument("--png", default=None, metavar="DIR", help="also write every figure as a PNG into DIR")
     p.add_argument("--trajectory", type=int, default=0, help="trajectory whose tokens are shown (default 0)")
     p.add_argument("--term", choices=["H", "K", "V"], default="H", help="what shades the tokens (default H)")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ppmech.artifacts import output_path, write_text
+from ppmech.artifacts import check_output_dir, check_output_file, output_path, write_output_file
 from ppmech.cli.config import config_from_args
 from ppmech.cli.measure import add_model_args
 from ppmech.tables import markdown_table, text_table
@@ -46,6 +46,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
     config = config_from_args(SteerConfig, args)
     out = output_path(args.out, f"runs/steer-{Path(config.model).name}")
+    check_output_dir(out, kind="steer", replace=args.overwrite)  # the output rule, before the model loads
     result = run_steer(config, out, overwrite=args.overwrite)
     where = "final norm (paper)" if config.layer is None else f"residual after block {config.layer}"
     print(f"prompt:   {_one_line(config.prompt)}")
@@ -68,6 +69,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = _eval_config(args)
     out = output_path(args.out, f"runs/steering-eval-{Path(config.model).name}-{config.judge}")
+    # The output rule (ppmech.artifacts): both outputs are checked before the model loads.
+    check_output_dir(out, kind="steering-evaluation", replace=args.overwrite)
+    if args.markdown is not None:
+        check_output_file(args.markdown, kind="markdown", replace=args.overwrite, flag="--markdown")
     result = evaluate_steering(config, out, overwrite=args.overwrite, progress=not args.no_progress)
     print(text_table(result.table, digits=2, title=f"\nTable 3 ({config.judge} judge, η = {config.eta})"))
     s = result.statistics
@@ -93,11 +98,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if len(result.baselines):
         print(text_table(result.baselines, title="\nBaselines at the same target probability (same states)"))
-    if args.markdown:
+    if args.markdown is not None:
         text = markdown_table(result.table, digits=2)
         if len(result.baselines):
             text += "\n\n" + markdown_table(result.baselines)
-        write_text(args.markdown, text + "\n")
+        write_output_file(
+            args.markdown, text + "\n", kind="markdown", replace=args.overwrite, flag="--markdown"
+        )
         print(f"\nwrote {args.markdown}")
     print(f"\nwrote {out}: {', '.join(result.files)}")
     return 0
