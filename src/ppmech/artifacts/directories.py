@@ -415,7 +415,16 @@ def _check_reusable(shown: Path, target: Path, kind: str, flag: str) -> None:
             f"{shown} holds a ppmech {marker['kind']} output, not a {kind} directory",
             f"choose another {flag}",
         )
-    foreign = foreign_entries(target, kind)
+    from ppmech.artifacts.rule import has_mark
+
+    # The files a reusable output rewrites must carry ppmech's mark (a user's claims.md put
+    # into a verify directory is theirs): refused now, not after the work.
+    unmarked = [
+        name
+        for name in KINDS[kind]
+        if "*" not in name and (target / name).is_file() and not has_mark(target / name)
+    ]
+    foreign = foreign_entries(target, kind) + unmarked
     if foreign:
         raise PPMechError(
             f"{shown} holds files ppmech did not write ({', '.join(foreign[:3])})",

@@ -15,8 +15,9 @@ before the command did any work:
 * every message names the path the user gave (never a temporary file).
 
 The generator mark depends on the format: ``<meta name="generator" content="ppmech X">``
-in the HTML head, a first line ``<!-- generator: ppmech X -->`` in Markdown, and a first
-field ``"generator": "ppmech X"`` in a JSON object.
+in the HTML head, a first line ``<!-- generator: ppmech X -->`` in Markdown, a first
+field ``"generator": "ppmech X"`` in a JSON object, and a ``Software`` text chunk right
+after the header of a PNG.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from typing import Any
 from ppmech.artifacts import files
 from ppmech.errors import PPMechError
 
-FORMATS = ("html", "markdown", "json")
+FORMATS = ("html", "markdown", "json", "png")
 """The file formats a ppmech output file can have (each has its generator mark)."""
 
 SPECIAL_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
@@ -41,6 +44,8 @@ _HTML_MARK = re.compile(r"""<meta\s+name=["']generator["']\s+content=["']ppmech[
 _MARKDOWN_MARK = re.compile(r"<!-- generator: ppmech[ -]")
 _JSON_MARK = re.compile(r'^\s*\{\s*"generator"\s*:\s*"ppmech[ "]')
 _HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_MARK = b"tEXtSoftware\x00ppmech "
 _HEAD_BYTES = 1 << 16  # the marks sit at the start (JSON, Markdown) or in the head (HTML)
 
 
@@ -78,6 +83,16 @@ def add_mark(data: str | bytes | Mapping[str, Any], kind: str) -> bytes:
     """
     _kind(kind)
     mark = generator()
+    if kind == "png":
+        if not isinstance(data, bytes) or not data.startswith(_PNG_SIGNATURE):
+            raise ValueError("a PNG output must be the bytes of a PNG image")
+        if _PNG_MARK in data[:_HEAD_BYTES]:
+            return data
+        body = b"Software\x00" + mark.encode("latin-1")
+        chunk = struct.pack(">I", len(body)) + b"tEXt" + body
+        chunk += struct.pack(">I", zlib.crc32(b"tEXt" + body) & 0xFFFFFFFF)
+        end = len(_PNG_SIGNATURE) + 8 + struct.unpack(">I", data[8:12])[0] + 4  # after IHDR
+        return data[:end] + chunk + data[end:]
     if kind == "json":
         obj = json.loads(data) if isinstance(data, str | bytes) else dict(data)
         if not isinstance(obj, dict):
@@ -105,9 +120,12 @@ def has_mark(path: str | Path) -> bool:
     """
     try:
         with open(path, "rb") as handle:
-            head = handle.read(_HEAD_BYTES).decode("utf-8", errors="replace")
+            raw = handle.read(_HEAD_BYTES)
     except OSError:
         return False
+    if raw.startswith(_PNG_SIGNATURE):
+        return _PNG_MARK in raw
+    head = raw.decode("utf-8", errors="replace")
     return bool(_MARKDOWN_MARK.match(head) or _JSON_MARK.match(head) or _HTML_MARK.search(head))
 
 
