@@ -12,6 +12,10 @@ step ``t`` token ``x_t`` is produced from the post-final-norm hidden state
 * log-Lagrangian  ``L_t = K_t - V_t``; action ``S = Σ_{t>=1} L_t``
 * entropy         ``-Σ_j p_j(h_t) ln p_j(h_t)``               (nats)
 
+:func:`step_terms` is the one place the per-step terms are read off a model's logits
+(log-softmax in float32, the chosen token's log-probability, the entropy): the
+recorder, steered generation, the monitor's stream and the per-layer lens call it.
+
 ``K`` is ``-inf`` where ``‖v_t‖ = 0`` (an exact repeat of the hidden state).
 These functions return it as ``-inf``; :mod:`ppmech.statistics` counts and
 excludes such steps so they never become NaN in a statistic. Step 0 has no
@@ -20,6 +24,7 @@ velocity; its K, H and L are NaN ("undefined"), never 0.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -106,6 +111,46 @@ def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
     lp = logprobs.float()
     p = lp.exp()
     return -(p * torch.where(p > 0, lp, torch.zeros_like(lp))).sum(-1)
+
+
+@dataclass(frozen=True)
+class StepTerms:
+    """What one decoding step's distribution gives, all on the logits' device.
+
+    Attributes:
+        logprobs: ``[..., V]`` float32, ``ln p(h_t)`` (the log-softmax of the logits).
+        logp: ``[...]`` float32, ``ln p_{x_t}(h_t)`` of the chosen token (``V_t = -logp``).
+        entropy: ``[...]`` float32, the entropy of ``p(h_t)`` in nats.
+        tokens: ``[...]`` int64, the chosen tokens ``x_t``.
+    """
+
+    logprobs: torch.Tensor
+    logp: torch.Tensor
+    entropy: torch.Tensor
+    tokens: torch.Tensor
+
+    @property
+    def surprisal(self) -> torch.Tensor:
+        """``V_t = -ln p_{x_t}(h_t)`` (nats), float32."""
+        return -self.logp
+
+
+def step_terms(logits: torch.Tensor, tokens: torch.Tensor) -> StepTerms:
+    """The per-step terms from logits: log-softmax (float32), chosen token's ``ln p``, entropy.
+
+    The logits are the model's own (bias, logit scale and soft-cap included, see
+    :func:`ppmech.models.architectures.readout`); the log-softmax is taken in float32
+    whatever the model's dtype. The mechanics describe the model, not the sampler: pass
+    untempered logits.
+
+    Args:
+        logits: ``[..., V]`` logits (any float dtype).
+        tokens: ``[...]`` the chosen (or scored) token ids.
+    """
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    tokens = tokens.to(device=logprobs.device, dtype=torch.long)
+    logp = logprobs.gather(-1, tokens[..., None])[..., 0]
+    return StepTerms(logprobs=logprobs, logp=logp, entropy=entropy_from_logprobs(logprobs), tokens=tokens)
 
 
 def energy_terms(speed_sq: F64, logp: F64) -> dict[str, F64]:

@@ -16,6 +16,10 @@ trajectory ``i``; ``std`` has ddof 0):
   ``mean_dH = mean(ΔH)``, ``mean_abs_dH = mean(|ΔH|)``, ``drift = ΣΔH / Σ|ΔH|``
 * 95% CIs for ``global_cv`` and ``mean_energy``: percentile bootstrap over
   trajectories (resampled with replacement), ``n_boot`` replicates, seeded.
+
+Every percentile CI in ppmech is taken by :func:`percentile_ci` (with its
+minimum-replicates rule, :func:`min_replicates`) from replicates drawn by
+:func:`resample_trajectories`.
 """
 
 from __future__ import annotations
@@ -132,6 +136,41 @@ def resample_trajectories(n: int, n_boot: int, seed: int) -> NDArray[np.int64]:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
+#: The percentiles of a 95% percentile-bootstrap CI.
+CI_PERCENTILES = (2.5, 97.5)
+
+
+def min_replicates(n_boot: int) -> int:
+    """Fewest finite replicates a percentile CI needs: ``max(10, n_boot // 2)``.
+
+    Fewer than 10 cannot place a 2.5% tail; and when more than half the drawn
+    replicates are undefined (a resample with no valid step, a zero mean), the
+    finite ones are no longer a sample of the statistic's distribution.
+    """
+    return max(10, n_boot // 2)
+
+
+def percentile_ci(replicates: ArrayLike, n_boot: int) -> tuple[float, float]:
+    """The 95% percentile CI of bootstrap ``replicates``: the one CI rule of ppmech.
+
+    Non-finite replicates are dropped; with fewer than :func:`min_replicates` left the
+    CI is ``(nan, nan)`` (not computed), never a CI from a handful of values.
+
+    Args:
+        replicates: ``[n]`` the statistic on each bootstrap replicate (any order).
+        n_boot: replicates drawn (the share that must be finite is counted against it).
+
+    Returns:
+        ``(low, high)`` as floats, in the statistic's units.
+    """
+    reps = np.asarray(replicates, dtype=np.float64).ravel()
+    reps = reps[np.isfinite(reps)]
+    if reps.size < min_replicates(n_boot):
+        return math.nan, math.nan
+    low, high = np.percentile(reps, CI_PERCENTILES)
+    return float(low), float(high)
+
+
 def trajectory_bootstrap(
     parts: Sequence[np.ndarray],
     statistic: Callable[[np.ndarray], float],
@@ -156,11 +195,8 @@ def trajectory_bootstrap(
     reps = np.empty(n_boot, dtype=np.float64)
     for b, pick in enumerate(resample_trajectories(len(parts), n_boot, seed)):
         reps[b] = statistic(np.concatenate([parts[i] for i in pick], axis=0))
-    reps = reps[np.isfinite(reps)]
-    if reps.size < max(10, n_boot // 2):
-        return Estimate(value, n=len(parts), note=note)
-    low, high = np.percentile(reps, [2.5, 97.5])
-    return Estimate(value, float(low), float(high), len(parts), note)
+    low, high = percentile_ci(reps, n_boot)
+    return Estimate(value, low, high, len(parts), note)
 
 
 def binomial_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
@@ -234,7 +270,8 @@ def energy_statistics(
             trajectory must be contiguous and in step order.
         k: ``K_t`` (NaN at step 0, ``-inf`` at zero velocity), ``[N]``.
         v: ``V_t``, ``[N]``.
-        n_boot: bootstrap replicates (0 disables the CIs).
+        n_boot: bootstrap replicates (0 disables the CIs; fewer than
+            :func:`min_replicates` finite ones leave them NaN).
         seed: bootstrap seed.
 
     Raises:
@@ -291,10 +328,8 @@ def energy_statistics(
         var = np.maximum(ss[ok] / c[ok] - m * m, 0.0)
         boot_cv = np.sqrt(var) / m
         note = f"percentile bootstrap over trajectories, {n_boot} replicates"
-        cv_lo, cv_hi = (float(q) for q in np.percentile(boot_cv, [2.5, 97.5]))
-        ci_cv = Estimate(global_cv, cv_lo, cv_hi, n, note)
-        m_lo, m_hi = (float(q) for q in np.percentile(m, [2.5, 97.5]))
-        ci_mean = Estimate(mean_energy, m_lo, m_hi, n, note)
+        ci_cv = Estimate(global_cv, *percentile_ci(boot_cv, n_boot), n, note)
+        ci_mean = Estimate(mean_energy, *percentile_ci(m, n_boot), n, note)
 
     mean_k = float(kk[valid].mean())
     mean_v = float(vv[valid].mean())

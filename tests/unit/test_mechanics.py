@@ -17,6 +17,7 @@ from ppmech.mechanics import (
     potential,
     speed_squared,
     step_speed_squared,
+    step_terms,
 )
 
 
@@ -79,3 +80,23 @@ def test_one_step_kinetic_term_on_tensors() -> None:
     k = log_kinetic(torch.tensor([2.0, 8.0], dtype=torch.float64))
     assert k.tolist() == log_kinetic(np.array([2.0, 8.0])).tolist() == [0.0, math.log(4.0)]
     assert log_energy(k, potential(torch.tensor([-1.0, -2.0]))).tolist() == [1.0, math.log(4.0) + 2.0]
+
+
+def test_step_terms_by_hand() -> None:
+    # p = (1/4, 1/2, 1/4): ln p_1 = -ln 2; entropy = 2 * (1/4) ln 4 + (1/2) ln 2 = 1.5 ln 2.
+    logits = torch.tensor([[0.0, math.log(2.0), 0.0], [7.0, 7.0 + math.log(2.0), 7.0]])
+    terms = step_terms(logits, torch.tensor([1, 0]))
+    assert terms.logprobs.dtype == torch.float32 and terms.logprobs.shape == (2, 3)
+    np.testing.assert_allclose(terms.logp.numpy(), [-math.log(2.0), -math.log(4.0)], rtol=1e-6)
+    np.testing.assert_allclose(terms.surprisal.numpy(), [math.log(2.0), math.log(4.0)], rtol=1e-6)
+    np.testing.assert_allclose(terms.entropy.numpy(), [1.5 * math.log(2.0)] * 2, rtol=1e-6)
+    assert terms.tokens.tolist() == [1, 0]
+
+
+def test_step_terms_take_the_log_softmax_in_float32() -> None:
+    logits = torch.tensor([[0.0, 0.69314718, 0.0]], dtype=torch.bfloat16)
+    terms = step_terms(logits, torch.tensor([1]))
+    assert terms.logp.dtype == torch.float32 and terms.entropy.dtype == torch.float32
+    # bfloat16 rounds ln 2 to 0.69140625: the float32 log-softmax of that value, exactly.
+    expected = 0.69140625 - math.log(2.0 + math.exp(0.69140625))
+    assert abs(float(terms.logp[0]) - expected) < 1e-6

@@ -13,6 +13,8 @@ from ppmech.statistics import (
     binomial_interval,
     cv,
     energy_statistics,
+    min_replicates,
+    percentile_ci,
     rate_estimate,
     resample_trajectories,
     statistics_from_steps,
@@ -158,3 +160,29 @@ def test_binomial_interval_covers_at_least_its_level() -> None:
     hits = rng.binomial(n, p, size=2000)
     covered = [lo <= p <= hi for lo, hi in (binomial_interval(int(k), n) for k in hits)]
     assert np.mean(covered) >= 0.94
+
+
+def test_percentile_ci_by_hand() -> None:
+    reps = np.arange(101, dtype=np.float64)  # 0, 1, ..., 100: linear percentiles are exact
+    assert percentile_ci(reps, n_boot=101) == (2.5, 97.5)
+    # Non-finite replicates are dropped, the rule counts against the replicates drawn.
+    with_nan = np.concatenate([reps, np.full(49, np.nan), [np.inf]])
+    assert percentile_ci(with_nan, n_boot=150) == (2.5, 97.5)
+
+
+def test_percentile_ci_needs_its_minimum_of_replicates() -> None:
+    assert min_replicates(5) == 10 and min_replicates(1000) == 500
+    low, high = percentile_ci(np.arange(9.0), n_boot=9)  # fewer than 10: no CI
+    assert math.isnan(low) and math.isnan(high)
+    half = np.concatenate([np.arange(99.0), np.full(101, np.nan)])  # 99 of 200 finite
+    assert all(math.isnan(x) for x in percentile_ci(half, n_boot=200))
+    assert all(math.isfinite(x) for x in percentile_ci(np.arange(100.0), n_boot=200))
+
+
+def test_energy_statistics_use_the_one_ci_rule() -> None:
+    hs = [[1.0 + 0.1 * i + 0.01 * j for j in range(4)] for i in range(6)]
+    few = energy_statistics(*_steps(hs), n_boot=5, seed=0)  # 5 replicates: below the minimum
+    assert few.global_cv_ci is not None and not few.global_cv_ci.has_ci
+    assert few.mean_energy_ci is not None and not few.mean_energy_ci.has_ci
+    enough = energy_statistics(*_steps(hs), n_boot=50, seed=0)
+    assert enough.mean_energy_ci is not None and enough.mean_energy_ci.has_ci

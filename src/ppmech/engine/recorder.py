@@ -3,7 +3,8 @@
 At every step the recorder captures ``h_t``, the output of the final norm (the
 state the unembedding reads), and the model's own next-token distribution at
 that position: the logits come from the model's forward (bias, scaling and
-soft-capping included) and the log-softmax is taken in float32.
+soft-capping included) and the per-step terms are read off them by
+:func:`ppmech.mechanics.step_terms` (log-softmax in float32).
 
 Prompts of different lengths are left-padded, with an attention mask and
 position ids counted from each row's first real token, so a batched row equals
@@ -35,7 +36,7 @@ from ppmech.engine.decoder import Engine
 from ppmech.engine.hooks import FINAL_NORM
 from ppmech.engine.sampling import Decoding, TokenChooser
 from ppmech.errors import PPMechError
-from ppmech.mechanics import entropy_from_logprobs, speed_squared
+from ppmech.mechanics import speed_squared, step_terms
 from ppmech.models.identity import LoadedModel
 
 
@@ -192,11 +193,11 @@ class Recorder:
                         (rows, new_tokens, h_t.shape[-1]), float("nan"), dtype=h_t.dtype, device=device
                     )
                 hidden[:, step.t] = h_t
-                logprobs = torch.log_softmax(step.logits, dim=-1)
-                x_t, alive = step.tokens, step.alive
-                token_ids[:, step.t] = torch.where(alive, x_t, -1)
-                logp[:, step.t] = torch.where(alive, logprobs.gather(-1, x_t[:, None])[:, 0], float("nan"))
-                entropy[:, step.t] = torch.where(alive, entropy_from_logprobs(logprobs), float("nan"))
+                terms = step_terms(step.logits, step.tokens)
+                alive = step.alive
+                token_ids[:, step.t] = torch.where(alive, terms.tokens, -1)
+                logp[:, step.t] = torch.where(alive, terms.logp, float("nan"))
+                entropy[:, step.t] = torch.where(alive, terms.entropy, float("nan"))
             assert session.ended_at is not None
             lengths = session.ended_at
         assert hidden is not None
@@ -249,11 +250,10 @@ class Recorder:
         for row, target in enumerate(targets):
             n = len(target)
             h = states[row, width - n - 1 : width - 1]
-            logprobs = read.log_probs(h)
-            tgt = torch.tensor(target, dtype=torch.long, device=device)
-            token_ids[row, :n] = tgt
-            logp[row, :n] = logprobs.gather(-1, tgt[:, None])[:, 0]
-            entropy[row, :n] = entropy_from_logprobs(logprobs)
+            terms = step_terms(read.logits(h), torch.tensor(target, dtype=torch.long, device=device))
+            token_ids[row, :n] = terms.tokens
+            logp[row, :n] = terms.logp
+            entropy[row, :n] = terms.entropy
             hidden[row, :n] = h
         lengths = torch.tensor([len(t) for t in targets], dtype=torch.long, device=device)
         return self._finish(token_ids, lengths, logp, entropy, hidden)

@@ -19,7 +19,7 @@ from ppmech.engine.hooks import FINAL_NORM, hook_module, resid_post
 from ppmech.engine.recorder import Recorder
 from ppmech.engine.sampling import Decoding, TokenChooser
 from ppmech.errors import PPMechError
-from ppmech.mechanics import entropy_from_logprobs, speed_squared
+from ppmech.mechanics import speed_squared, step_terms
 from ppmech.models.identity import LoadedModel
 from ppmech.steering.algorithm import SteeringConfig, steer, steer_states
 
@@ -198,10 +198,10 @@ def _steered_trace(
     with engine.start(prompts, new_tokens, hold_last=True) as session:
         chooser = TokenChooser(decoding, batch, device, seeds)
         for step in engine.steps(session, new_tokens, chooser, intervene=intervene):
-            lp = torch.log_softmax(step.logits, -1)
-            token_ids[:, step.t] = step.tokens
-            logp[:, step.t] = lp.gather(-1, step.tokens[:, None])[:, 0].double()
-            entropy[:, step.t] = entropy_from_logprobs(lp).double()
+            terms = step_terms(step.logits, step.tokens)
+            token_ids[:, step.t] = terms.tokens
+            logp[:, step.t] = terms.logp.double()
+            entropy[:, step.t] = terms.entropy.double()
             states[:, step.t] = step.states[FINAL_NORM].float()
     trace.token_ids[:] = token_ids.cpu()
     trace.logp[:] = logp.cpu()
