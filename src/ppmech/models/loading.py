@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 
+from ppmech import artifacts
 from ppmech.errors import PPMechError
 from ppmech.models.identity import LoadedModel, ModelIdentity
 
@@ -144,19 +145,14 @@ def _sha256(path: Path) -> str:
     hit = memo.get(key)
     if isinstance(hit, dict) and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
         return str(hit["sha256"])
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    digest = artifacts.sha256(path)  # the one hashing helper
+    memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
     try:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_name(f".hashes.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        tmp.replace(memo_file)
-    except OSError:
-        pass  # a read-only cache only costs re-hashing next time
-    return digest.hexdigest()
+        artifacts.write_text(memo_file, json.dumps(memo))
+    except (OSError, PPMechError):
+        pass  # a read-only or full cache only costs re-hashing next time
+    return digest
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")

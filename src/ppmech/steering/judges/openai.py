@@ -4,18 +4,17 @@ retries, backoff and an on-disk cache.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import hashlib
 import json
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ppmech import artifacts
 from ppmech.errors import PPMechError
 from ppmech.steering.judges.base import (
     RUBRIC,
@@ -223,15 +222,7 @@ class OpenAIJudge:
         entry = {"key": key, "base_url": self.base_url, "model": self.model, "body": body}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(entry, fh, ensure_ascii=False)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            artifacts.write_text(path, json.dumps(entry, ensure_ascii=False))  # atomic
         except OSError as exc:
             raise PPMechError(
                 f"cannot write the judge cache in {path.parent}: {exc.strerror or exc}",
