@@ -22,76 +22,82 @@ from ppmech.artifacts import Output
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.engine.batching import BatchSizer, chunk_size, parse_batch_size
 from ppmech.engine.compiled import check_compile_mode
-from ppmech.engine.device import device_record
 from ppmech.engine.recorder import BatchRecord, Recorder
 from ppmech.engine.sampling import Decoding
 from ppmech.errors import PPMechError, check_seed
+from ppmech.models.device import device_record
 from ppmech.models.loading import load_configured
 from ppmech.provenance import versions
 from ppmech.runs import RunWriter, batch_tables, load_run
+from ppmech.settings import ModelSpec, Role, check_not_blank, keys, setting
 from ppmech.statistics import EnergyStatistics, statistics_from_steps
-
-#: Settings that choose how a run is computed, not what it records (see :class:`MeasureConfig`).
-EXECUTION_KEYS = ("device", "compile", "batch_size")
 
 
 @dataclass(frozen=True)
-class MeasureConfig:
-    """Everything that determines a measurement run.
+class MeasureConfig(ModelSpec):
+    """Everything that determines a measurement run; each field declares its role once.
 
-    Attributes:
-        model: embedded name, ``.gguf`` path, local directory or hub id.
-        weights: ``pretrained`` or ``random``.
-        dtype: weight dtype (``float32``, ``bfloat16``, ``float16``).
-        corpus: ``wiki-en``, ``wiki-es``, ``wiki-fr`` or a path (see :mod:`ppmech.corpus`).
-        text_field: text field of JSONL files and datasets.
-        prompts: number of trajectories.
-        context_tokens: prompt length in tokens (before the model's BOS, if any).
-        new_tokens: steps recorded per trajectory.
-        decoding: ``greedy`` (the most probable token each step), ``sample`` (drawn from
-            the model's distribution, with ``temperature``/``top_k``/``top_p``) or ``teacher``
-            (the article's own next ``new_tokens`` tokens are fed and scored: the prompt
-            document needs ``context_tokens + new_tokens`` tokens).
-        temperature, top_k, top_p: sampling parameters (``sample`` only; refused otherwise).
-        stop_at_eos: end trajectories at EOS (off: fixed length, as in the paper).
-        seed: seeds the prompt choice, random init, sampling and the bootstrap; ``[0, 2**32)``.
-        batch_size: trajectories per forward batch, or ``auto`` (the largest that
-            fits, halved on out-of-memory; 50 on the CPU): see :mod:`ppmech.engine.batching`.
-        save_hidden: also store ``h_t`` under ``hidden/``.
-        n_boot: bootstrap replicates for the CIs.
-        trust_remote_code: let transformers run model code from the checkpoint.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        compile: ``auto``, ``on`` or ``off``: the static-cache, compiled decode step
-            (see :mod:`ppmech.engine.compiled`).
+    The model fields (``model``, ``weights``, ``dtype``, ``device``, ``revision``,
+    ``trust_remote_code``) are :class:`~ppmech.settings.ModelSpec`'s. The rest are
+    documented on their :func:`~ppmech.settings.setting` (the same text ``--help`` shows).
 
     ``device``, ``compile`` and ``batch_size`` choose how a run is computed, not
     what it records (:data:`EXECUTION_KEYS`): they move recorded numbers only by
     float round-off (batched equals one-at-a-time within 1e-3; compiled equals
     eager within 1e-3), and runs that differ only in them are interchangeable.
+    ``n_boot`` changes only the statistics computed from the stored steps
+    (:data:`ANALYSIS_KEYS`): :func:`measure_or_load` re-analyses instead of re-recording.
     """
 
-    model: str = "smollm2-135m"
-    weights: str = "pretrained"
-    dtype: str = "float32"
-    corpus: str = "wiki-en"
-    text_field: str = "text"
-    prompts: int = 100
-    context_tokens: int = 50
-    new_tokens: int = 100
-    decoding: str = "greedy"
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    stop_at_eos: bool = False
-    seed: int = 0
-    batch_size: int | str = "auto"
-    save_hidden: bool = False
-    n_boot: int = 1000
-    trust_remote_code: bool = False
-    device: str = "auto"
-    compile: str = "auto"
+    corpus: str = setting(
+        "wiki-en", role=Role.PROTOCOL, help="wiki-en, wiki-es, wiki-fr, a .txt/.jsonl file or dataset"
+    )
+    text_field: str = setting("text", role=Role.PROTOCOL, help="text field of JSONL records and dataset rows")
+    prompts: int = setting(100, role=Role.PROTOCOL, help="number of trajectories (prompts)")
+    context_tokens: int = setting(
+        50, role=Role.PROTOCOL, help="prompt length in tokens (before the model's BOS, if any)"
+    )
+    new_tokens: int = setting(100, role=Role.PROTOCOL, help="steps recorded per trajectory (at least 2)")
+    decoding: str = setting(
+        "greedy",
+        role=Role.PROTOCOL,
+        help="how each next token is chosen (see above)",
+        choices=("greedy", "sample", "teacher"),
+    )
+    temperature: float = setting(1.0, role=Role.PROTOCOL, help="sampling temperature (sample only)")
+    top_k: int | None = setting(
+        None, role=Role.PROTOCOL, help="sample from the k most probable tokens (sample only; default: all)"
+    )
+    top_p: float | None = setting(
+        None, role=Role.PROTOCOL, help="nucleus mass in (0, 1] (sample only; default: 1, no cut)"
+    )
+    stop_at_eos: bool = setting(
+        False, role=Role.PROTOCOL, help="end a trajectory at EOS (default: fixed length, as in the paper)"
+    )
+    seed: int = setting(
+        0,
+        role=Role.PROTOCOL,
+        help="seed (0 to 2**32-1) of the prompt choice, random init, sampling, bootstrap",
+    )
+    batch_size: int | str = setting(
+        "auto",
+        role=Role.EXECUTION,
+        help="trajectories per batch, or auto: the largest that fits, halved on out-of-memory (CPU: 50)",
+    )
+    save_hidden: bool = setting(
+        False, role=Role.PROTOCOL, help="also store h_t (hidden/*.npy, float32): changes what is recorded"
+    )
+    n_boot: int = setting(1000, role=Role.ANALYSIS, help="bootstrap replicates for the CIs (0: none)")
+    compile: str = setting(
+        "auto",
+        role=Role.EXECUTION,
+        help="static KV cache + compiled decode step (CUDA graphs on CUDA); auto: only when it repays "
+        "its warm-up (never on the CPU, where it does not pay)",
+        choices=("auto", "on", "off"),
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.prompts < 1:
             raise PPMechError(
                 f"`prompts` must be at least 1 (got {self.prompts})", "ask for 1 or more prompts"
@@ -112,37 +118,19 @@ class MeasureConfig:
                 f"`n_boot` must be 0 (no CIs) or more (got {self.n_boot})", "use e.g. 1000 replicates"
             )
         check_seed(self.seed)
-        for name in ("corpus", "model", "text_field"):
-            if not str(getattr(self, name)).strip():
-                raise PPMechError(
-                    f"`{name}` is empty", f"give `{name}` a value, or leave it out for its default"
-                )
-        self.decoding_config()  # validates the sampling parameters
-        if self.decoding != "sample":
-            # Refused rather than ignored: the run's summary would record a temperature
-            # (or top-k/top-p) that never acted, and the user would believe it had.
-            given = [
-                f"`{name}`"
-                for name, default in (("temperature", 1.0), ("top_k", None), ("top_p", None))
-                if getattr(self, name) != default
-            ]
-            if given:
-                raise PPMechError(
-                    f"{', '.join(given)} only applies to `decoding` sample, not {self.decoding}",
-                    f"drop {', '.join(given)}, or use `decoding` sample",
-                )
-
-    def decoding_config(self) -> Decoding:
-        return Decoding(
-            strategy=self.decoding,  # type: ignore[arg-type]
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            stop_at_eos=self.stop_at_eos,
-        )
+        check_not_blank(self, "corpus", "text_field")
+        Decoding.of(self)  # validates the sampling parameters (and refuses them off `sample`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Settings that choose how a run is computed, not what it records (derived from the roles).
+EXECUTION_KEYS = keys(MeasureConfig, Role.EXECUTION)
+#: Settings that change only the statistics computed from the stored steps.
+ANALYSIS_KEYS = keys(MeasureConfig, Role.ANALYSIS)
+#: Settings that change what a run records: runs that differ in one are different measurements.
+PROTOCOL_KEYS = keys(MeasureConfig, Role.PROTOCOL)
 
 
 @dataclass
@@ -176,7 +164,7 @@ def measure(
     Output(out, "measure", overwrite=overwrite, resume=resume, resumable=True).preflight()
     started = time.perf_counter()
     lm = load_configured(config)
-    decoding = config.decoding_config()
+    decoding = Decoding.of(config)
     recorder = Recorder(lm, decoding, keep_hidden=config.save_hidden, compile=config.compile)
     special = len(lm.tokenizer("a")["input_ids"]) - len(
         lm.tokenizer("a", add_special_tokens=False)["input_ids"]

@@ -155,12 +155,13 @@ class ModelSpec:
     model: str = setting(
         "smollm2-135m",
         role=Role.PROTOCOL,
-        help="embedded model name, .gguf path, local directory or hub id (hub/id@revision pins a revision)",
+        help="embedded name (see `ppmech models`), .gguf path, local directory or hub id "
+        "(hub/id@revision pins a revision)",
     )
     weights: str = setting(
         "pretrained",
         role=Role.PROTOCOL,
-        help="pretrained weights, or a random init of the same architecture",
+        help="the trained weights, or the same architecture freshly initialised (seeded by --seed)",
         choices=("pretrained", "random"),
     )
     dtype: str = setting(
@@ -177,12 +178,12 @@ class ModelSpec:
     revision: str | None = setting(
         None,
         role=Role.PROTOCOL,
-        help="hub revision (branch, tag or commit) to pin a hub model to",
+        help="pin a hub model to this branch, tag or commit (default: the default branch)",
     )
     trust_remote_code: bool = setting(
         False,
         role=Role.EXECUTION,
-        help="let transformers run model code from the checkpoint",
+        help="let transformers run code shipped with the model",
     )
 
     def __post_init__(self) -> None:

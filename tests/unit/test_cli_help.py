@@ -18,7 +18,8 @@ def _commands() -> dict[str, argparse.ArgumentParser]:
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 for name, child in action.choices.items():
-                    found[f"{prefix}{name}"] = child
+                    # Flags built from a config dataclass are added when a command is first used.
+                    found[f"{prefix}{name}"] = child.ready() if isinstance(child, OneLineParser) else child
                     walk(child, f"{prefix}{name} ")
 
     walk(build_parser(), "")
@@ -67,11 +68,12 @@ def test_every_flag_has_a_description_and_shows_its_default(name: str) -> None:
         assert action.help and len(action.help.split()) >= 2, f"{name} {flag} has no description"
         default = config.get(action.dest) if action.default is argparse.SUPPRESS else action.default
         assert default is not argparse.SUPPRESS, f"{name} {flag}: no default anywhere"
-        if action.option_strings and not isinstance(default, bool) and default is not None:
+        if action.option_strings and not isinstance(default, bool) and default not in (None, ""):
             shown = show_default(default)
-            assert f"(default: {shown})" in text, f"{name} {flag} does not show its default {default!r}"
+            said = f"(default: {shown})" in text or f"(default {shown})" in text
+            assert said, f"{name} {flag} does not show its default {default!r}"
         takes_value = action.nargs != 0
-        if action.option_strings and default is None and takes_value and not action.required:
+        if action.option_strings and default in (None, "") and takes_value and not action.required:
             # No value to show: the description says what happens without the flag.
             described = "default" in action.help or action.help.startswith("also ")
             assert described or _in_required_group(parser, action), f"{name} {flag}: what is its default?"
@@ -104,7 +106,10 @@ def test_measure_help_explains_the_three_decodings(capsys: pytest.CaptureFixture
 @pytest.mark.parametrize(
     ("argv", "needles"),
     [
-        (["measure", "--eta", "0.5"], ["unrecognized --eta", "this command takes --model", "--new-tokens"]),
+        (
+            ["measure", "--eta", "0.5"],
+            ["unrecognized --eta", "this command takes --config, --model", "--new-tokens"],
+        ),
         (["measure", "--new-tokenz", "5"], ["did you mean --new-tokens?"]),
         (["steer", "--prompt", "a", "--target-text", "b", "--prompts", "3"], ["did you mean --prompt?"]),
         (["monitor", "score", "x", "--calibration", "c", "--out", "o"], ["ppmech monitor score --help"]),
@@ -127,3 +132,39 @@ def test_unknown_flags_name_the_subcommands_own(
     assert err.startswith(f"ppmech {argv[0]}"), err
     for needle in needles:
         assert needle in err, err
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_default_is_printed_once(name: str) -> None:
+    """Issue 20: `report --help` printed "(default 0) (default: 0)"."""
+    formatter = COMMANDS[name]._get_formatter()
+    for action in COMMANDS[name]._actions:
+        if action.option_strings and action.help:
+            shown = formatter._get_help_string(action)  # type: ignore[attr-defined]
+            assert shown.count("(default") <= 1, f"{name} {action.option_strings[0]}: {shown}"
+
+
+def test_prefixes_of_flags_are_refused_with_the_closest_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20: argparse's prefix matching ran `--prompt 3` as `--prompts 3`."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["measure", "--prompt", "3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "did you mean --prompts?" in err, err
+    assert not any(tmp_path.iterdir())  # nothing was run
+    for name, parser in COMMANDS.items():
+        assert parser.allow_abbrev is False, name
+
+
+def test_sampling_flags_are_defined_once_from_the_config() -> None:
+    """Issue 19: measure's and steer's --top-k/--top-p/--temperature come from their config fields."""
+    from ppmech.measure import MeasureConfig
+    from ppmech.settings import help_of
+    from ppmech.steering.run import SteerConfig
+
+    for name, cls in (("measure", MeasureConfig), ("steer", SteerConfig)):
+        helps = {a.dest: a.help for a in COMMANDS[name]._actions}
+        for field in ("temperature", "top_k", "top_p", "model", "revision", "device"):
+            assert helps[field] == help_of(cls, field), (name, field)

@@ -14,6 +14,7 @@ import functools
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ppmech import __version__
@@ -26,23 +27,17 @@ COMMAND_MODULES = [
     "ppmech.cli.steer",
     "ppmech.cli.sweep",
     "ppmech.cli.report",
+    "ppmech.cli.track",
 ]
 
 
 @functools.cache
 def config_defaults(spec: str) -> dict[str, Any]:
     """Field defaults of a config dataclass named ``"module:Class"`` (imported only for --help)."""
-    from dataclasses import MISSING, fields
+    from ppmech.cli.config import field_defaults
 
     module, name = spec.split(":")
-    cls = getattr(importlib.import_module(module), name)
-    out: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return out
+    return field_defaults(getattr(importlib.import_module(module), name))
 
 
 def show_default(default: Any) -> str:
@@ -68,8 +63,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if default is argparse.SUPPRESS and self.config:
             default = config_defaults(self.config).get(action.dest, argparse.SUPPRESS)
         # Identity, not equality: a default of 0 must still be shown (0 == False).
-        shown = not any(default is v for v in (None, False, True, argparse.SUPPRESS))
-        if shown and action.option_strings and "default:" not in text:
+        shown = not any(default is v for v in (None, False, True, argparse.SUPPRESS)) and default != ""
+        # A help text that states its default itself ("(default 0)", "default: all") is not given a second.
+        if shown and action.option_strings and "default" not in text:
             value = show_default(default)
             text += f" (default: {value.replace('%', '%%')})"
         return text
@@ -83,10 +79,42 @@ class OneLineParser(argparse.ArgumentParser):
             defaults ``--help`` shows.
     """
 
-    def __init__(self, *args: Any, config: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        config: str | None = None,
+        build: Callable[[argparse.ArgumentParser], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.config = config
+        # Flags built from a config dataclass are added when this command is parsed or its help
+        # shown, not when `ppmech` starts: importing a config can import torch.
+        self._build = build
         kwargs.setdefault("formatter_class", HelpFormatter)
+        # No prefix matching: `--prompt 3` must not silently mean `--prompts 3`.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def ready(self) -> OneLineParser:
+        """Add the flags that wait for this command to be used (see ``build``); returns self."""
+        build, self._build = self._build, None
+        if build is not None:
+            build(self)
+        return self
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self.ready()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self.ready()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self.ready()
+        return super().format_usage()
 
     def _get_formatter(self) -> argparse.HelpFormatter:
         formatter = super()._get_formatter()
@@ -96,6 +124,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def defaults(self) -> dict[str, Any]:
         """Each flag's default as ``--help`` shows it (dest -> value; SUPPRESS resolved)."""
+        self.ready()
         config = config_defaults(self.config) if self.config else {}
         return {
             a.dest: config.get(a.dest, a.default) if a.default is argparse.SUPPRESS else a.default
@@ -107,6 +136,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def flags(self) -> list[str]:
         """This command's own long flags, in the order of its help."""
+        self.ready()
         return [
             opt
             for action in self._actions

@@ -11,66 +11,44 @@ from ppmech.errors import PPMechError
 from ppmech.tables import compare_frame, fmt, markdown_table, text_table
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--weights``, ``--dtype``, ``--seed``: shared by every command that loads a model.
+def add_model_args(parser: argparse.ArgumentParser, revision: bool = False) -> None:
+    """The model flags (:class:`~ppmech.settings.ModelSpec`'s fields) and ``--seed``, for commands whose
+    config does not (yet) inherit ``ModelSpec``; ``revision`` adds ``--revision`` (only for a config
+    that has the field: a flag its config lacks would be silently dropped).
 
     Like every flag that sets a config field, they default to ``SUPPRESS``: an omitted flag is
-    absent from the namespace and the config dataclass supplies its default (written once, there;
-    importing the dataclasses here would make ``ppmech --help`` import torch).
+    absent from the namespace and the config dataclass supplies its default (written once, there).
     """
-    parser.add_argument(
-        "--model",
-        default=argparse.SUPPRESS,
-        help="embedded name (see `ppmech models`), .gguf path, local directory or hub id",
-    )
-    parser.add_argument(
-        "--weights",
-        choices=["pretrained", "random"],
-        default=argparse.SUPPRESS,
-        help="the trained weights, or the same architecture freshly initialised (seeded by --seed)",
-    )
-    parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], default=argparse.SUPPRESS, help="weight dtype"
-    )
+    from ppmech.cli.config import add_config_flags
+    from ppmech.settings import ModelSpec
+
+    add_config_flags(parser, ModelSpec, skip=("device",) if revision else ("device", "revision"))
     parser.add_argument(
         "--seed",
         type=int,
         default=argparse.SUPPRESS,
         help="seed (0 to 2**32-1) of the prompt choice, random init, sampling",
     )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="let transformers run code shipped with the model",
-    )
     add_device_arg(parser)
 
 
 def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """``--device``: shared by every command that runs a model (a config field: SUPPRESS by default)."""
+    from ppmech.settings import ModelSpec, help_of
+
     parser.add_argument(
         "--device",
+        type=_device,
         default=argparse.SUPPRESS if default is None else default,
-        help="auto (CUDA when available), cpu, cuda, cuda:N or mps",
+        help=help_of(ModelSpec, "device"),
     )
 
 
-def add_decode_args(parser: argparse.ArgumentParser) -> None:
-    """``--batch-size`` (a number or auto) and ``--compile``: commands that decode batches."""
-    parser.add_argument(
-        "--batch-size",
-        type=_batch_size,
-        default=argparse.SUPPRESS,
-        help="trajectories per batch, or auto: the largest that fits, halved on out-of-memory (CPU: 50)",
-    )
-    parser.add_argument(
-        "--compile",
-        choices=["auto", "on", "off"],
-        default=argparse.SUPPRESS,
-        help="static KV cache + compiled decode step (CUDA graphs on CUDA); auto: only when it repays "
-        "its warm-up (never on the CPU, where it does not pay)",
-    )
+def _device(value: str) -> str:
+    """A device name; blank is refused (it would otherwise silently mean ``auto``)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("--device is empty: give auto, cpu, cuda, cuda:N or mps")
+    return value
 
 
 def _batch_size(value: str) -> int | str:
@@ -177,41 +155,19 @@ def register(sub: Any) -> None:
         config="ppmech.measure:MeasureConfig",
         description=MEASURE_DESCRIPTION,
         epilog="example:\n  ppmech measure --model smollm2-135m --prompts 20 --new-tokens 50 --out runs/smol",
+        build=_measure_flags,
     )
-    add_model_args(p)
-    d = argparse.SUPPRESS  # defaults: MeasureConfig's (shown by --help, see ppmech.cli.HelpFormatter)
-    p.add_argument("--corpus", default=d, help="wiki-en, wiki-es, wiki-fr, a .txt/.jsonl file or dataset")
-    p.add_argument("--text-field", default=d, help="text field of JSONL records and dataset rows")
-    p.add_argument("--prompts", type=int, default=d, help="number of trajectories (prompts)")
-    p.add_argument("--context-tokens", type=int, default=d, help="prompt length in tokens")
-    p.add_argument("--new-tokens", type=int, default=d, help="steps recorded per trajectory (at least 2)")
-    p.add_argument(
-        "--decoding",
-        choices=["greedy", "sample", "teacher"],
-        default=d,
-        help="how each next token is chosen (see above)",
-    )
-    p.add_argument("--temperature", type=float, default=d, help="sampling temperature (sample only)")
-    p.add_argument(
-        "--top-k",
-        type=int,
-        default=d,
-        help="sample from the k most probable tokens (sample only; default: all)",
-    )
-    p.add_argument(
-        "--top-p", type=float, default=d, help="nucleus mass in (0, 1] (sample only; default: 1, no cut)"
-    )
-    p.add_argument(
-        "--stop-at-eos",
-        action="store_true",
-        default=d,
-        help="end a trajectory at EOS (default: fixed length)",
-    )
-    add_decode_args(p)
-    p.add_argument(
-        "--save-hidden", action="store_true", default=d, help="also store h_t (hidden/*.npy, float32)"
-    )
-    p.add_argument("--n-boot", type=int, default=d, help="bootstrap replicates for the CIs (0: none)")
+    p.set_defaults(func=cmd_measure)
+    _register_others(sub)
+
+
+def _measure_flags(p: argparse.ArgumentParser) -> None:
+    """``measure``'s flags: one per :class:`~ppmech.measure.MeasureConfig` field, then its own."""
+    from ppmech.cli.config import add_config_file_flag, add_config_flags
+    from ppmech.measure import MeasureConfig
+
+    add_config_file_flag(p)
+    add_config_flags(p, MeasureConfig)
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<weights>-<decoding>)")
     p.add_argument(
         "--overwrite",
@@ -220,8 +176,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_measure)
 
+
+def _register_others(sub: Any) -> None:
     p = sub.add_parser(
         "models",
         help="list the embedded models",

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ppmech.artifacts import check_output_dir, check_output_file, output_path, write_output_file
-from ppmech.cli.config import config_from_args
+from ppmech.cli.config import add_config_file_flag, config_from_args
 from ppmech.cli.measure import add_model_args
+from ppmech.settings import help_of
 from ppmech.tables import markdown_table, text_table
 
 
@@ -61,7 +62,9 @@ def cmd_steer(args: argparse.Namespace) -> int:
 def _eval_config(args: argparse.Namespace) -> Any:
     from ppmech.steering.evaluation import SteeringEvalConfig
 
-    return config_from_args(SteeringEvalConfig, args, baselines=not args.no_baselines)
+    # Only a given --no-baselines overrides: a --config file may set baselines itself.
+    overrides = {"baselines": False} if args.no_baselines else {}
+    return config_from_args(SteeringEvalConfig, args, **overrides)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -119,62 +122,36 @@ def register(sub: Any) -> None:
         "toward target tokens (Algorithm 1: move h_t until the target has probability eta), and "
         "compare K, V and H of the two traces; writes steps.parquet and summary.json.",
         epilog='example:\n  ppmech steer --prompt "The capital of France is" --target-text "a small village"',
+        build=_steer_flags,
     )
-    add_model_args(p)
-    p.add_argument("--prompt", required=True, help="prompt text")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument(
-        "--target-text",
-        help="steer toward this text, token by token "
-        "(a space is prepended when both sides are word characters)",
-        default=argparse.SUPPRESS,
-    )
-    target.add_argument(
+    p.set_defaults(func=cmd_steer)
+    _register_evaluate(sub)
+
+
+def _steer_flags(p: argparse.ArgumentParser) -> None:
+    """``steer``'s flags: one per :class:`~ppmech.steering.run.SteerConfig` field, then its own."""
+    from ppmech.cli.config import add_config_file_flag, add_config_flags
+    from ppmech.steering.run import SteerConfig
+
+    add_config_file_flag(p)
+    add_config_flags(p, SteerConfig, skip=("target_ids", "layer"))
+    # Parsed from the forms a shell makes easy: "5,-,7" and "final".
+    p.add_argument(
         "--target-ids",
         type=_schedule,
-        help="token schedule: comma-separated target id per step, '-' or -1 leaves a step alone",
         default=argparse.SUPPRESS,
+        help=help_of(SteerConfig, "target_ids") + " (default: none; give it or --target-text)",
     )
-    p.add_argument(
-        "--new-tokens", type=int, default=argparse.SUPPRESS, help="steps to generate (default: targets + 5)"
-    )
-    p.add_argument(
-        "--eta", type=float, default=argparse.SUPPRESS, help="target probability threshold η in (0, 1)"
-    )
-    p.add_argument("--max-steps", type=int, default=argparse.SUPPRESS, help="K, gradient steps per token")
-    p.add_argument(
-        "--layer",
-        type=_layer,
-        default=argparse.SUPPRESS,
-        help="'final' (default, the paper: h_t after the final norm) or a block index L: steer the "
-        "residual after block L, which enters the KV cache (beyond the paper)",
-    )
-    p.add_argument(
-        "--decoding",
-        choices=["greedy", "sample"],
-        default=argparse.SUPPRESS,
-        help="greedy: the most probable token; sample: drawn with --temperature",
-    )
-    p.add_argument(
-        "--temperature", type=float, default=argparse.SUPPRESS, help="sampling temperature (sample only)"
-    )
-    p.add_argument(
-        "--top-k", type=int, default=argparse.SUPPRESS, help="sample: keep the k most probable (default: all)"
-    )
-    p.add_argument(
-        "--top-p",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="sample: nucleus mass in (0, 1] (default: 1, no cut)",
-    )
+    p.add_argument("--layer", type=_layer, default=argparse.SUPPRESS, help=help_of(SteerConfig, "layer"))
     p.add_argument("--out", default=None, help="output directory (default runs/steer-<model>)")
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a steer output ppmech wrote at --out (once the new one is complete)",
     )
-    p.set_defaults(func=cmd_steer)
 
+
+def _register_evaluate(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate-steering",
         help="the paper's Table 3: judge natural vs steered top-10 lists",
@@ -184,6 +161,7 @@ def register(sub: Any) -> None:
         "lists from 1 to 10; writes items.csv, baselines.csv and summary.json.",
         epilog="example:\n  ppmech evaluate-steering --prompts 20 --judge reference-lm --out runs/table3",
     )
+    add_config_file_flag(p)
     add_model_args(p)
     d = argparse.SUPPRESS  # defaults: SteeringEvalConfig's (shown by --help)
     p.add_argument("--corpus", default=d, help="prompt source: wiki-en, wiki-es, wiki-fr or a path")

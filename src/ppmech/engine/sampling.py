@@ -47,13 +47,39 @@ class Decoding:
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "sample", "teacher"):
-            raise PPMechError(f"unknown decoding '{self.strategy}'", "use greedy, sample or teacher")
+            raise PPMechError(f"unknown `decoding` '{self.strategy}'", "use greedy, sample or teacher")
         if not self.temperature > 0:
             raise PPMechError(f"`temperature` must be > 0 (got {self.temperature})", "use e.g. 1.0")
         if self.top_k is not None and self.top_k < 1:
             raise PPMechError(f"`top_k` must be >= 1 (got {self.top_k})", "omit it or use e.g. 50")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise PPMechError(f"`top_p` must be in (0, 1] (got {self.top_p})", "use e.g. 0.9")
+        if self.strategy != "sample":
+            # Refused rather than ignored: a run's summary would record a temperature (or
+            # top-k/top-p) that never acted, and the user would believe it had. The one home
+            # of this rule: every config builds its Decoding with Decoding.of().
+            given = [
+                f"`{name}`"
+                for name, default in (("temperature", 1.0), ("top_k", None), ("top_p", None))
+                if getattr(self, name) != default
+            ]
+            if given:
+                raise PPMechError(
+                    f"{', '.join(given)} only applies to `decoding` sample, not {self.strategy}",
+                    f"drop {', '.join(given)}, or use `decoding` sample",
+                )
+
+    @classmethod
+    def of(cls, config: Any) -> Decoding:
+        """The decoding of a config with the flat fields ``decoding``, ``temperature``, ``top_k``,
+        ``top_p`` and (optionally) ``stop_at_eos``; validated here, so every config refuses alike."""
+        return cls(
+            strategy=config.decoding,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            stop_at_eos=getattr(config, "stop_at_eos", False),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

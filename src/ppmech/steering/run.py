@@ -17,6 +17,7 @@ from ppmech.engine.sampling import Decoding
 from ppmech.errors import PPMechError, check_seed
 from ppmech.models.identity import LoadedModel
 from ppmech.models.loading import load_configured
+from ppmech.settings import ModelSpec, Role, setting
 from ppmech.steering.algorithm import SteeringConfig
 from ppmech.steering.generation import steered_generation, trace_frame
 
@@ -24,70 +25,86 @@ __all__ = ["SteerConfig", "SteerRunResult", "energy_comparison", "run_steer", "t
 
 
 @dataclass(frozen=True)
-class SteerConfig:
-    """Everything that determines a ``ppmech steer`` run (CLI and API alike).
+class SteerConfig(ModelSpec):
+    """Everything that determines a ``ppmech steer`` run (CLI and API alike); each field declares its role.
 
-    Attributes:
-        model, weights, dtype, seed, trust_remote_code: the model (as ``measure``).
-        prompt: the prompt text (the tokenizer's default special prefix is added).
-        target_text: steer, step by step, toward this text's tokens (teacher-style:
-            step ``t`` targets its ``t``-th token). A space is put in front when the
-            prompt ends in a letter or digit and the text starts with one.
-        target_ids: a token schedule instead: the target id of each step, ``-1``
-            for a step left alone.
-        new_tokens: steps generated (default: the schedule's length + 5).
-        eta, max_steps: Algorithm 1's η and K.
-        layer: ``None`` steers ``h_t`` after the final norm (the paper); ``L``
-            steers the residual after decoder block ``L`` (beyond the paper).
-        decoding: ``greedy`` or ``sample``; temperature, top_k and top_p for ``sample``
-            (the same sampler draws the natural and the steered trace).
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    The model fields are :class:`~ppmech.settings.ModelSpec`'s; the rest are documented on
+    their :func:`~ppmech.settings.setting`. Notes beyond the help text:
+
+    * ``target_text`` gets a space in front when the prompt ends in a letter or digit and
+      the text starts with one; step ``t`` targets its ``t``-th token.
+    * ``new_tokens`` must cover the whole target schedule (refused when shorter).
+    * ``layer``: ``None`` steers ``h_t`` after the final norm (the paper); ``L`` steers the
+      residual after decoder block ``L`` (beyond the paper).
+    * ``decoding``: ``greedy`` or ``sample``; the same sampler draws the natural and the
+      steered trace, and sampling settings are refused under greedy (:meth:`Decoding.of`).
     """
 
-    prompt: str
-    target_text: str | None = None
-    target_ids: tuple[int, ...] | None = None
-    model: str = "smollm2-135m"
-    weights: str = "pretrained"
-    dtype: str = "float32"
-    seed: int = 0
-    trust_remote_code: bool = False
-    new_tokens: int | None = None
-    eta: float = 0.5
-    max_steps: int = 20
-    layer: int | None = None
-    decoding: str = "greedy"
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    device: str = "auto"
+    prompt: str = setting("", role=Role.PROTOCOL, help="prompt text (required: there is no default)")
+    target_text: str | None = setting(
+        None,
+        role=Role.PROTOCOL,
+        help="steer toward this text, token by token (a space is prepended when both sides are word "
+        "characters); give it or the target ids (default: none)",
+    )
+    target_ids: tuple[int, ...] | None = setting(
+        None,
+        role=Role.PROTOCOL,
+        help="token schedule: comma-separated target id per step, '-' or -1 leaves a step alone",
+    )
+    seed: int = setting(0, role=Role.PROTOCOL, help="seed (0 to 2**32-1) of random init and sampling")
+    new_tokens: int | None = setting(
+        None,
+        role=Role.PROTOCOL,
+        help="steps to generate, at least the target's length (default: the target's length + 5)",
+    )
+    eta: float = setting(0.5, role=Role.PROTOCOL, help="target probability threshold η in (0, 1)")
+    max_steps: int = setting(20, role=Role.PROTOCOL, help="K, gradient steps per token")
+    layer: int | None = setting(
+        None,
+        role=Role.PROTOCOL,
+        help="'final' (default, the paper: h_t after the final norm) or a block index L: steer the "
+        "residual after block L, which enters the KV cache (beyond the paper)",
+    )
+    decoding: str = setting(
+        "greedy",
+        role=Role.PROTOCOL,
+        help="greedy: the most probable token; sample: drawn with --temperature",
+        choices=("greedy", "sample"),
+    )
+    temperature: float = setting(1.0, role=Role.PROTOCOL, help="sampling temperature (sample only)")
+    top_k: int | None = setting(
+        None, role=Role.PROTOCOL, help="sample: keep the k most probable (default: all)"
+    )
+    top_p: float | None = setting(
+        None, role=Role.PROTOCOL, help="sample: nucleus mass in (0, 1] (default: 1, no cut)"
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target_ids is not None:
+            object.__setattr__(self, "target_ids", tuple(self.target_ids))
         SteeringConfig(eta=self.eta, max_steps=self.max_steps)
-        self.decoding_config()  # validates the sampling parameters
         if (self.target_text is None) == (self.target_ids is None):
             raise PPMechError("give exactly one of `target_text` and `target_ids`", "pass one of them")
         if not self.prompt.strip():
             raise PPMechError("the prompt is empty", "pass `prompt` with some text")
         if self.decoding not in ("greedy", "sample"):
             raise PPMechError(f"`decoding` {self.decoding!r} cannot be steered", "use greedy or sample")
+        Decoding.of(self)  # validates the sampling parameters (and refuses them under greedy)
         if self.new_tokens is not None and self.new_tokens < 1:
             raise PPMechError(f"`new_tokens` must be >= 1 (got {self.new_tokens})", "use e.g. 20")
-        check_seed(self.seed)
-        if self.decoding == "greedy" and self.temperature != 1.0:
-            # Refused rather than ignored: the summary would record a temperature that never acted.
+        if (
+            self.target_ids is not None
+            and self.new_tokens is not None
+            and self.new_tokens < len(self.target_ids)
+        ):
             raise PPMechError(
-                "`temperature` only applies to `decoding` sample, not greedy",
-                "drop `temperature`, or use `decoding` sample",
+                f"`new_tokens` {self.new_tokens} is shorter than the "
+                f"{len(self.target_ids)}-step target schedule",
+                f"use `new_tokens` {len(self.target_ids)} or more, or leave it out",
             )
-
-    def decoding_config(self) -> Decoding:
-        return Decoding(
-            strategy=self.decoding,  # type: ignore[arg-type]
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-        )
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -195,7 +212,7 @@ def _run_steer(config: SteerConfig, output: Any, lm: LoadedModel | None) -> Stee
     """:func:`run_steer` once its output (an open :class:`~ppmech.artifacts.Output`, or ``None``) is ready."""
     from ppmech.artifacts import describe_file, write_json, write_parquet
     from ppmech.corpus import special_prefix
-    from ppmech.engine.device import device_record
+    from ppmech.models.device import device_record
     from ppmech.provenance import versions
 
     if lm is None:
@@ -206,7 +223,21 @@ def _run_steer(config: SteerConfig, output: Any, lm: LoadedModel | None) -> Stee
     prompt_ids = special_prefix(tok) + list(tok(config.prompt, add_special_tokens=False)["input_ids"])
     schedule = target_schedule(tok, config.prompt, config)
     new_tokens = config.new_tokens if config.new_tokens is not None else len(schedule) + 5
-    decoding = config.decoding_config()
+    if new_tokens < len(schedule):
+        # Checked here too: a target text's length is known only once it is tokenised.
+        raise PPMechError(
+            f"`new_tokens` {new_tokens} is shorter than the target, which is {len(schedule)} tokens",
+            f"use `new_tokens` {len(schedule)} or more, or leave it out (the target's length + 5)",
+        )
+    if len(prompt_ids) + new_tokens > lm.max_context:
+        # Named here, in steer's own terms: the engine's check would name `context_tokens`.
+        target = "target text" if config.target_text is not None else "target schedule"
+        raise PPMechError(
+            f"the prompt ({len(prompt_ids)} tokens) and {new_tokens} new tokens for the "
+            f"{len(schedule)}-token {target} exceed the model's {lm.max_context} positions",
+            "use a shorter `prompt` or target, or fewer `new_tokens`",
+        )
+    decoding = Decoding.of(config)
     pair = steered_generation(
         lm,
         [prompt_ids],
