@@ -6,7 +6,6 @@ import argparse
 import json
 import shlex
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,6 +72,7 @@ def _est_rows(run_name: str, est: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from ppmech.artifacts import check_output_file, write_output_file
     from ppmech.claims import analyses as A
     from ppmech.claims.verify import (
         Sizes,
@@ -88,6 +88,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ppmech.runs import load_run
 
     check_seed(args.seed)
+    # The output rule (ppmech.artifacts): --json and --markdown are checked before any analysis.
+    outputs = {"json": args.json, "markdown": args.markdown}
+    for kind, path in outputs.items():
+        if path is not None:
+            check_output_file(path, kind=kind, replace=args.overwrite, flag=f"--{kind}")
     for flag, value, least in (
         ("--n-boot", args.n_boot, 0),
         ("--trajectories", args.trajectories, 1),
@@ -103,11 +108,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         frame, corr = scaling_from_runs(runs, args.correlate)
         print(text_table(frame))
         print(f"\nPearson r = {corr.r:.4f}, p = {corr.p:.4g} (n = {corr.n} runs)")
-        if args.json:
-            from ppmech.runs import write_json
-
-            write_json(
-                Path(args.json),
+        if args.json is not None:
+            write_output_file(
+                args.json,
                 json_safe(
                     {
                         "metric": args.correlate,
@@ -117,6 +120,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                         "runs": frame.to_dict("records"),
                     }
                 ),
+                kind="json",
+                replace=args.overwrite,
+                flag="--json",
             )
             print(f"\nwrote {args.json}")
         return 0
@@ -160,15 +166,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     frame = pd.DataFrame(rows)
     frame["value"] = frame["value"].astype(np.float64)
     print(text_table(frame, digits=4, title="\nAnalyses (95% trajectory-bootstrap CIs)"))
-    if args.json:
-        from ppmech.runs import write_json
-
-        write_json(Path(args.json), json_safe(out_json))
+    if args.json is not None:
+        write_output_file(args.json, json_safe(out_json), kind="json", replace=args.overwrite, flag="--json")
         print(f"\nwrote {args.json}")
-    if args.markdown:
-        from ppmech.artifacts import write_text
-
-        write_text(args.markdown, markdown_table(frame, digits=4) + "\n")
+    if args.markdown is not None:
+        text = markdown_table(frame, digits=4) + "\n"
+        write_output_file(args.markdown, text, kind="markdown", replace=args.overwrite, flag="--markdown")
         print(f"wrote {args.markdown}")
     return 0
 
@@ -237,6 +240,11 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0 to 2**32-1)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     p.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --json/--markdown files ppmech wrote; a file ppmech did not write is never replaced",
+    )
     p.set_defaults(func=cmd_analyze)
 
 
