@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.ppmech-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint typecheck unit bench verify clean-venv
+.PHONY: demo test lint typecheck unit bench verify clean-venv browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# The report's browser tests (and `ppmech report --png`) drive a local Chromium. Without one,
+# `make test` skips them with one summary line; `make browser` installs it on Debian/Ubuntu
+# (apt-get install chromium), or set PPMECH_CHROMIUM=/path/to/chromium. CI (.ci/run) sets
+# PPMECH_REQUIRE_BROWSER=1, which makes a missing browser an error.
 test: lint typecheck
 	$(VENV)/bin/python -m pytest -q tests
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	else $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y chromium; fi
 
 VERIFY_OUT ?= runs/verify
 verify: $(STAMP)
