@@ -372,7 +372,7 @@ def build_report(
         title: the page title.
 
     Raises:
-        PPMechError: no inputs, an unreadable or interrupted input, a bad ``out``;
+        PPMechError: no inputs, an unreadable, malformed or interrupted input, a bad ``out``;
             with ``png_dir``, no kaleido or no Chromium (checked before any work).
     """
     out_path = Path(out)
@@ -386,12 +386,11 @@ def build_report(
     text = page(title, sections, [str(p) for p in paths])
     pngs: list[Path] = []
     if png_dir is not None and chromium is not None:
-        images = render_pngs(figures, chromium)
-        png_path = Path(png_dir)
-        targets = {png_path / f"{fid}.png": data for fid, data in images.items()}
-        for target in targets:  # all refusals before the first PNG is written
+        targets = [Path(png_dir) / f"{fid}.png" for fid in figures]
+        for target in targets:  # all refusals before drawing, and before the first PNG is written
             artifacts.check_output_file(target, kind="png", replace=overwrite, flag="--png")
-        for target, data in targets.items():
+        images = render_pngs(figures, chromium)
+        for target, data in zip(targets, images.values(), strict=True):
             artifacts.write_output_file(target, data, kind="png", replace=overwrite, flag="--png")
             pngs.append(target)
     artifacts.write_output_file(out_path, text, kind="html", replace=overwrite)
