@@ -148,8 +148,64 @@ def test_two_models_with_one_readable_name_are_told_apart(tmp_path: Path) -> Non
 
 
 def test_run_name_leaves_out_settings_that_do_not_change_the_measurement() -> None:
-    config = MeasureConfig(model="x", batch_size=7, n_boot=5, save_hidden=True, dtype="bfloat16")
+    """Names carry PROTOCOL settings only (their roles in ppmech.settings): no hand-written key list."""
+    from ppmech.settings import Role, keys
+
+    config = MeasureConfig(
+        model="x",
+        batch_size=7,
+        n_boot=5,
+        dtype="bfloat16",
+        device="cpu",
+        compile="off",
+        trust_remote_code=True,
+    )
     assert run_name("x", config) == "x-pretrained-bf16"
+    assert {"batch_size", "n_boot", "device", "compile"} <= set(
+        keys(MeasureConfig, Role.ANALYSIS, Role.EXECUTION)
+    )
+    # Every PROTOCOL setting at a non-default value shows in the name.
+    assert (
+        run_name("x", MeasureConfig(model="x", save_hidden=True, seed=3)) == "x-pretrained-seed3-savehidden"
+    )
+
+
+@pytest.mark.parametrize("entry", ["../escaped", "/abs/path/x", "a/b", "..", ".", ".hidden", "", "a b"])
+def test_an_entry_name_must_be_one_safe_path_component(entry: str) -> None:
+    with pytest.raises(PPMechError, match="is not one safe path component") as info:
+        parse_study(f'models = [{{ model = "smollm2-135m", name = "{entry}" }}]\n', "bad.toml")
+    assert info.value.one_line().startswith("bad.toml")
+
+
+@pytest.mark.parametrize(
+    ("spec", "slug"),
+    [
+        ("../escaped", "escaped"),
+        ("/abs/path/x", "x"),
+        ("~/models/qwen", "qwen"),
+        ("./nowhere/..", "model"),
+        ("org/m", "m"),
+    ],
+)
+def test_a_model_path_contributes_only_its_last_component(spec: str, slug: str, tmp_path: Path) -> None:
+    from ppmech.sweep.names import SAFE_NAME, run_path
+
+    study = parse_study(f'models = ["{spec}"]\n', "paths.toml")
+    name = study.runs[0].name
+    assert name == f"{slug}-pretrained" and SAFE_NAME.fullmatch(name)
+    assert run_path(tmp_path / "runs", name).resolve().parent == (tmp_path / "runs").resolve()
+
+
+def test_run_path_refuses_a_link_out_of_the_study(tmp_path: Path) -> None:
+    from ppmech.sweep.names import run_path
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs" / "a-pretrained").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PPMechError, match="outside"):
+        run_path(tmp_path / "runs", "a-pretrained")
+    with pytest.raises(PPMechError, match="not one safe path component"):
+        run_path(tmp_path / "runs", "../x")
 
 
 @pytest.mark.parametrize(
@@ -179,7 +235,25 @@ def test_run_name_leaves_out_settings_that_do_not_change_the_measurement() -> No
         ('models = ["a"]\nprompts = 0\n', r"a: `?prompts`? must be at least 1"),
         ('models = ["a"]\nweights = "trained"\n', r"unknown weights 'trained'"),
         ('models = ["a"]\ndtype = "int8"\n', r"unknown dtype 'int8'"),
-        ('models = ["a", "a"]\n', r"two runs with identical settings \(a-pretrained\)"),
+        ('models = ["a", "a"]\n', r"two runs a-pretrained measure the same thing \(they have identical"),
+        # Runs that differ only in execution or analysis settings record the same steps.
+        (
+            'models = ["a"]\nbatch_size = [1, 2]\n',
+            r"a-pretrained measure the same thing .*only in batch_size",
+        ),
+        (
+            'models = ["a"]\ndevice = ["cpu", "auto"]\n',
+            r"measure the same thing \(they differ only in device\)",
+        ),
+        ('models = ["a"]\ncompile = ["on", "off"]\n', r"differ only in compile"),
+        ('models = ["a"]\nn_boot = [100, 200]\n', r"differ only in n_boot"),
+        ('models = ["a", { model = "a", name = "b" }]\n', r"runs a-pretrained and b-pretrained measure the"),
+        # What measure refuses, the study refuses at validation (the run's MeasureConfig is built).
+        ('models = ["a"]\ndevice = "bogus"\n', r"a: unknown device 'bogus'"),
+        ('models = ["a"]\ndevice = ""\n', r"`device` is empty"),
+        ('models = ["a"]\ndevice = "cuda:x"\n', r"unknown device 'cuda:x'"),
+        ('models = ["a"]\nnew_tokens = 1\n', r"`new_tokens` must be at least 2"),
+        ('models = ["a"]\ntop_k = 3\n', r"only applies to .*sample"),
         ('models = ["a"]\nseed = [0, 1]\n[[conditions]]\nseed = 2\n', r"'seed' is both an axis"),
         ('models = ["a"]\n[resources]\ncpus = -1\n', r"resources.cpus must be 0 or more"),
         ('model = "a"\nmodels = ["b"]\n', r"both 'model' and 'models'"),

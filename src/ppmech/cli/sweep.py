@@ -29,16 +29,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from ppmech.sweep import SweepOptions, sweep
     from ppmech.sweep.outputs import counts_line
-    from ppmech.sweep.runner import plan
+    from ppmech.sweep.reuse import plan
 
     for flag, value in (("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus)):
         if value is not None and value < (1 if flag == "--num-cpus" else 0):
             raise PPMechError(f"{flag} must be at least {1 if flag == '--num-cpus' else 0}", "fix the value")
+    if not args.join_timeout > 0:
+        raise PPMechError(
+            f"--join-timeout must be more than 0 seconds (got {args.join_timeout:g})", "use e.g. 30"
+        )
     if args.address and (args.num_cpus is not None or args.num_gpus is not None):
         raise PPMechError(
             "--num-cpus/--num-gpus size a local Ray instance, not a cluster joined with --address",
             "drop them; the cluster's own resources are used",
         )
+    if not args.out.strip():
+        raise PPMechError("--out is empty", "give --out a study directory")
     study = _study(args)
     out = Path(args.out)
     if args.dry_run:
@@ -64,6 +70,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         replace=args.replace,
         progress=not args.no_progress,
+        join_timeout=args.join_timeout,
     )
     try:
         result = sweep(study, out, options)
@@ -75,11 +82,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return 130
     t = result.tables
+    # Tables 1, 2, 4 and 5, as in tables.md (docs/sweep.md).
     print(text_table(t["table1"], title=f"\nStudy {study.name}: Table 1 style (H = K + V)"))
     if len(t["table2"]):
         print(text_table(t["table2"], title="\nTable 2 style: K/V by weights"))
+    if len(t["table4"]):
+        print(text_table(t["table4"], digits=4, title="\nTable 4 style: local conservation of H"))
     if len(t["table5"]):
         print(text_table(t["table5"], digits=4, title="\nTable 5 style: correlation with parameter count"))
+    else:
+        print("\nTable 5 style: no family has two or more sizes measured with the same settings")
     if len(t["failures"]):
         print(text_table(t["failures"], title="\nRuns not complete"))
     print(f"\n{counts_line(result.frame)}; {result.wall_seconds:.0f} s")
@@ -117,7 +129,18 @@ def register(sub: Any) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--num-gpus", type=int, default=None, help="GPUs of the local Ray instance (default: all)")
     p.add_argument("--work-dir", default=None, help="scratch directory on each worker (default: system temp)")
-    p.add_argument("--replace", action="store_true", help="re-record runs made with other settings")
+    p.add_argument(
+        "--join-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up joining the cluster of --address after this long",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="re-record runs made with other protocol settings (never deletes files ppmech did not write)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are done; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_sweep)

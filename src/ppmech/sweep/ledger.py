@@ -8,7 +8,7 @@ For every group of a study with three or more sizes of one family measured with
 the same settings (:func:`ppmech.sweep.outputs.family_groups`), the measurement
 ``sweep:<family>-<weights>-<protocol>/table5/drift_r`` is Pearson r of each
 run's drift of H against its parameter count (the point estimate is
-:func:`ppmech.claims.verify.scaling_from_runs` on the runs' summaries). Its 95% CI is a
+:func:`ppmech.claims.scaling.scaling_from_runs` on the runs' summaries). Its 95% CI is a
 trajectory bootstrap: every run's trajectories are resampled independently and
 r is recomputed. That CI covers measurement noise only: the models themselves
 are not a sample, so with three sizes it says nothing about other members of
@@ -27,7 +27,7 @@ from ppmech.claims.ledger import Claim
 from ppmech.claims.rules import Rule
 from ppmech.errors import PPMechError
 from ppmech.runs import load_run
-from ppmech.statistics import Estimate, resample_trajectories
+from ppmech.statistics import Estimate, percentile_ci, resample_trajectories
 
 #: The measured form of the ledger's T5 claim; ``{model}`` is a sweep group label.
 T5_SWEEP = Claim(
@@ -48,7 +48,7 @@ def table5_measurements(study_dir: str | Path, n_boot: int = 1000, seed: int = 0
         PPMechError: ``study_dir`` is not a sweep's study directory, or no group
             has three sizes of one family.
     """
-    from ppmech.claims.verify import scaling_from_runs
+    from ppmech.claims.scaling import scaling_from_runs
     from ppmech.sweep.outputs import family_groups
 
     root = Path(study_dir)
@@ -77,9 +77,7 @@ def table5_measurements(study_dir: str | Path, n_boot: int = 1000, seed: int = 0
             ]
             if np.all(np.isfinite(values)) and np.ptp(values) > 0:
                 reps.append(float(np.corrcoef(params, values)[0, 1]))
-        low, high = (
-            np.percentile(reps, [2.5, 97.5]) if len(reps) >= max(10, n_boot // 2) else (np.nan, np.nan)
-        )
+        low, high = percentile_ci(reps, n_boot)  # the one CI rule (minimum replicates included)
         label = f"sweep:{group['family']}-{group['weights']}-{group['protocol']}"
         models = ", ".join(f"{m} ({p:.3g})" for m, p in zip(summary["model"], params, strict=True))
         out[f"{label}/table5/drift_r"] = Estimate(

@@ -9,7 +9,10 @@ Layout (read by other tools, e.g. the HTML report; keep it stable)::
 
 Every statistic comes from the runs' own ``summary.json`` (their definitions are
 in :mod:`ppmech.statistics`; H = K + V in nats). Table 5 goes through
-:func:`ppmech.claims.verify.scaling_from_runs`.
+:func:`ppmech.claims.scaling.scaling_from_runs` (pure: it reads stored runs only), and
+its groups are runs that agree on every PROTOCOL setting but the model
+(:func:`ppmech.claims.scaling.comparison_keys`). Every file is written through
+:mod:`ppmech.artifacts` (atomic: a reader sees the old file or the new one).
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ppmech.artifacts import write_json, write_parquet, write_text
+from ppmech.claims.scaling import comparison_keys, scaling_from_runs
 from ppmech.errors import PPMechError
 from ppmech.measure import MeasureConfig
 from ppmech.provenance import json_safe, versions
-from ppmech.runs import load_run, write_json
-from ppmech.sweep.study import Study, setting_tokens
+from ppmech.runs import load_run
+from ppmech.sweep.names import setting_tokens
+from ppmech.sweep.study import Study
 from ppmech.tables import fmt, markdown_table
 
 if TYPE_CHECKING:
@@ -55,8 +61,6 @@ STAT_KEYS = (
 CI_KEYS = ("global_cv", "mean_energy")
 #: Metrics correlated with parameter count in the Table 5-style table ("drift" is the paper's Energy Drift).
 TABLE5_METRICS = ("drift", "mean_abs_dH", "global_cv", "mean_energy")
-#: Settings that do not change what a run measures; runs differing only in these share a Table 5 group.
-NON_PROTOCOL_KEYS = ("model", "batch_size", "n_boot", "save_hidden", "trust_remote_code")
 
 
 def _config_columns() -> list[str]:
@@ -69,6 +73,7 @@ def study_columns() -> list[str]:
         "run",
         "status",
         "reused",
+        "reanalysed",
         "error",
         "path",
         *_config_columns(),
@@ -108,6 +113,7 @@ def _row(o: RunOutcome) -> dict[str, Any]:
         "run": o.name,
         "status": o.status,
         "reused": o.reused,
+        "reanalysed": o.reanalysed,
         "error": o.error,
         "path": f"runs/{o.name}" if o.status == "complete" else None,
         **config,
@@ -153,13 +159,8 @@ def study_frame(outcomes: list[RunOutcome]) -> pd.DataFrame:
     for col in floats:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     frame["reused"] = frame["reused"].astype(bool)
+    frame["reanalysed"] = frame["reanalysed"].astype(bool)
     return frame
-
-
-def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
 
 
 def write_study_json(out: Path, study: Study) -> None:
@@ -171,7 +172,7 @@ def write_study_json(out: Path, study: Study) -> None:
             created = json.loads(path.read_text()).get("created")
         except (OSError, ValueError):
             created = None
-    from ppmech.sweep.runner import ray_version
+    from ppmech.sweep.cluster import ray_version
 
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json(
@@ -332,17 +333,18 @@ def family_groups(frame: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFram
         ``protocol`` (as in run names) and ``sizes`` (parameter counts).
     """
     done = frame[(frame["status"] == "complete") & frame["family"].notna()]
-    keys = [k for k in _config_columns() if k not in NON_PROTOCOL_KEYS]
+    keys = list(comparison_keys())
     if not len(done):
         return []
     grouping = pd.Series(
-        ["\x00".join(str(r[k]) for k in ["family", *keys]) for r in done.to_dict("records")],
+        # .get: a study.parquet written before a setting existed has no column for it.
+        ["\x00".join(str(r.get(k)) for k in ["family", *keys]) for r in done.to_dict("records")],
         index=done.index,
     )
     groups = []
     for _, part in done.groupby(grouping, sort=False):
         first = part.iloc[0]
-        config = MeasureConfig(**{k: _py(first[k]) for k in _config_columns()})
+        config = MeasureConfig(**{k: _py(first[k]) for k in _config_columns() if k in first})
         description = {
             "family": first["family"],
             "weights": first["weights"],
@@ -358,11 +360,9 @@ def table5(out: Path, frame: pd.DataFrame) -> pd.DataFrame:
 
     A group is the complete runs of one family (``model_type``) whose settings
     differ only in the model (:func:`family_groups`). Groups with 3 or more sizes
-    get a correlation (through :func:`ppmech.claims.verify.scaling_from_runs`); groups
+    get a correlation (through :func:`ppmech.claims.scaling.scaling_from_runs`); groups
     with 2 sizes are listed with a note (r = ±1 trivially, no p-value).
     """
-    from ppmech.claims.verify import scaling_from_runs
-
     rows: list[dict[str, Any]] = []
     for base, part in family_groups(frame):
         n_sizes = part["parameters"].nunique()
@@ -419,10 +419,13 @@ def counts_line(frame: pd.DataFrame) -> str:
     n = len(frame)
     complete = int((frame["status"] == "complete").sum())
     reused = int((frame["reused"] & (frame["status"] == "complete")).sum())
+    reanalysed = int((frame["reanalysed"] & (frame["status"] == "complete")).sum())
     failed = int((frame["status"] == "failed").sum())
     other = n - complete - failed
+    again = f"{reanalysed} re-analysed from stored steps, " if reanalysed else ""
     text = (
-        f"{n} runs: {complete} complete ({reused} reused, {complete - reused} recorded now), {failed} failed"
+        f"{n} runs: {complete} complete ({reused} reused, {again}{complete - reused} recorded now), "
+        f"{failed} failed"
     )
     return text + (f", {other} not finished (interrupted)" if other else "")
 
@@ -474,7 +477,7 @@ def write_outputs(
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Write ``study.parquet`` (always) and ``tables.md`` (when ``final``)."""
     frame = study_frame(outcomes)
-    _atomic_parquet(frame, out / "study.parquet")
+    write_parquet(out / "study.parquet", frame)
     if not final:
         return frame, {}
     tables = {
@@ -484,9 +487,7 @@ def write_outputs(
         "table5": table5(out, frame),
         "failures": failures(frame),
     }
-    tmp = out / ".tables.md.tmp"
-    tmp.write_text(render_markdown(study, frame, tables))
-    tmp.replace(out / "tables.md")
+    write_text(out / "tables.md", render_markdown(study, frame, tables))
     return frame, tables
 
 

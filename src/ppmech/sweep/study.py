@@ -36,7 +36,9 @@ Later wins: top level < condition < model entry. Keys may be written with
 Every problem is a :class:`~ppmech.errors.PPMechError` raised before anything
 runs: malformed TOML (with line and column), unknown keys (named, with the
 closest valid key), values of the wrong type, values ``measure`` refuses, an
-empty grid, or two runs with identical settings.
+empty grid, a device no machine has, a model entry ``name`` that is not one safe
+path component, or two runs that measure the same thing (they differ in no PROTOCOL
+setting of :mod:`ppmech.settings`: only in ``batch_size``, ``device``, ``n_boot``, ...).
 """
 
 from __future__ import annotations
@@ -54,37 +56,28 @@ from typing import Any
 
 from ppmech.errors import PPMechError
 from ppmech.measure import MeasureConfig
+from ppmech.models.device import check_device_name
+from ppmech.settings import Role, values
+from ppmech.sweep.names import check_entry_name, model_slug, run_name, setting_tokens
+
+__all__ = [
+    "PRESETS",
+    "PlannedRun",
+    "Resources",
+    "Study",
+    "load_study",
+    "model_slug",
+    "parse_study",
+    "preset_study",
+    "run_name",
+    "setting_tokens",
+]
 
 #: Top-level keys that are not ``measure`` options.
 STUDY_KEYS = ("name", "models", "resources", "conditions")
 #: Keys of a model entry table besides ``measure`` options.
 ENTRY_KEYS = ("model", "name")
 WEIGHTS = ("pretrained", "random")
-
-#: Options that do not change what a run measures: left out of run names.
-UNNAMED_KEYS = (
-    "model",
-    "weights",
-    "batch_size",
-    "n_boot",
-    "save_hidden",
-    "trust_remote_code",
-    "text_field",
-    # Execution settings: they change how a run is computed, not what it measures.
-    "device",
-    "compile",
-)
-#: Short forms of options in run names (others are written ``<key><value>``).
-ABBREVIATIONS = {
-    "prompts": "n",
-    "context_tokens": "ctx",
-    "new_tokens": "new",
-    "temperature": "t",
-    "top_k": "topk",
-    "top_p": "topp",
-    "stop_at_eos": "eos",
-}
-DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass(frozen=True)
@@ -352,65 +345,10 @@ def _model_entries(value: Any, fields: dict[str, Any], source: str, text: str | 
         for key in table:
             if key not in fields and key not in ENTRY_KEYS:
                 raise _unknown(key, [*ENTRY_KEYS, *fields], "in a model entry", source, text)
-        if "name" in table and (not isinstance(table["name"], str) or not _slug(table["name"])):
-            raise PPMechError(f"{source}: a model entry's 'name' must be a non-empty string", "fix it")
+        if "name" in table:
+            check_entry_name(table["name"], source)
         out.append(table)
     return out
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._-")
-
-
-def model_slug(spec: str) -> str:
-    """A readable directory-name form of a model spec (embedded name, hub id, path, ``.gguf``)."""
-    path = Path(spec).expanduser()
-    if spec.endswith(".gguf"):
-        return _slug(path.stem) or "model"
-    if path.exists():
-        return _slug(path.resolve().name) or "model"
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return _slug(spec.split("/")[1]) or _slug(spec) or "model"
-    return _slug(spec) or "model"
-
-
-def _name_value(key: str, value: Any, tp: Any) -> str:
-    if key == "dtype":
-        return DTYPE_NAMES.get(value, _slug(str(value)))
-    if key == "corpus":
-        return _slug(Path(str(value)).stem) if ("/" in str(value) or "." in str(value)) else _slug(str(value))
-    if isinstance(value, bool):
-        return ABBREVIATIONS.get(key, key.replace("_", "")) if value else f"no{key.replace('_', '')}"
-    if isinstance(value, str):
-        return _slug(value)
-    text = f"{value:g}" if isinstance(value, float) else str(value)
-    return f"{ABBREVIATIONS.get(key, key.replace('_', ''))}{text}"
-
-
-def setting_tokens(config: MeasureConfig) -> list[str]:
-    """One readable token per option of ``config`` that differs from ``measure``'s default.
-
-    Options that do not change what a run measures (:data:`UNNAMED_KEYS`) are left out.
-    """
-    fields = _measure_fields()
-    default = MeasureConfig()
-    tokens = []
-    for key, tp in fields.items():
-        if key in UNNAMED_KEYS:
-            continue
-        value = getattr(config, key)
-        if value != getattr(default, key):
-            tokens.append(_name_value(key, value, tp))
-    return [t for t in tokens if t]
-
-
-def run_name(slug: str, config: MeasureConfig) -> str:
-    """``<model>-<weights>`` plus :func:`setting_tokens`.
-
-    The name depends only on the run's own settings, so adding an axis to a study
-    keeps the names (and the finished runs) of the runs it already had.
-    """
-    return "-".join([slug, config.weights, *setting_tokens(config)])
 
 
 def parse_study(
@@ -490,7 +428,7 @@ def parse_study(
         return str(base)
 
     runs: list[PlannedRun] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, PlannedRun] = {}
     for entry in entries:
         own = {
             k: _axis(k, v, fields[k], source, text) for k, v in entry.items() if k in fields and k != "model"
@@ -513,23 +451,20 @@ def parse_study(
                 if resources.gpus > 0 and "device" not in kwargs:  # a reserved card is used
                     kwargs["device"] = "cuda"
                 config = _config(kwargs, source)
-                rname = run_name(slug_of(entry), config)
-                key = repr(sorted(config.to_dict().items()))
+                run = PlannedRun(run_name(slug_of(entry), config), config)
+                key = _protocol_key(config)
                 if key in seen:
-                    raise PPMechError(
-                        f"{source}: the grid has two runs with identical settings ({rname})",
-                        "remove the duplicate model entry, axis value or condition",
-                    )
-                seen[key] = rname
-                runs.append(PlannedRun(rname, config))
+                    raise _duplicate(seen[key], run, source)
+                seen[key] = run
+                runs.append(run)
     names: dict[str, int] = {}
     for run in runs:
         names[run.name] = names.get(run.name, 0) + 1
     if any(n > 1 for n in names.values()):
-        # Settings that run names leave out (batch size, n_boot, ...) differ: add a short config hash.
+        # Two protocols, one readable name (e.g. two corpus files with one stem): add a short hash.
         runs = [
             PlannedRun(
-                f"{r.name}-{hashlib.sha1(repr(sorted(r.config.to_dict().items())).encode()).hexdigest()[:6]}"
+                f"{r.name}-{hashlib.sha1(_protocol_key(r.config).encode()).hexdigest()[:6]}"
                 if names[r.name] > 1
                 else r.name,
                 r.config,
@@ -547,11 +482,35 @@ def parse_study(
 
 
 def _config(kwargs: dict[str, Any], source: str) -> MeasureConfig:
+    """The run's :class:`MeasureConfig`, built now so that every check ``measure`` makes applies here."""
     try:
-        return MeasureConfig(**kwargs)
+        config = MeasureConfig(**kwargs)
+        # The device is resolved on the node that runs it (it may have a GPU the driver lacks),
+        # but a name that is no device anywhere is refused here, by measure's own rule.
+        check_device_name(config.device)
+        return config
     except PPMechError as exc:
         # MeasureConfig names the field; say which study file and which model.
         raise PPMechError(f"{source}: {kwargs['model']}: {exc.problem}", exc.fix) from exc
+
+
+def _protocol_key(config: MeasureConfig) -> str:
+    """What a run measures: its PROTOCOL settings (:mod:`ppmech.settings`), as a comparable string."""
+    return repr(sorted(values(config, Role.PROTOCOL).items()))
+
+
+def _duplicate(first: PlannedRun, second: PlannedRun, source: str) -> PPMechError:
+    """Two runs of the grid that measure the same thing (they differ in no PROTOCOL setting)."""
+    a, b = first.config.to_dict(), second.config.to_dict()
+    differ = [k for k in a if a[k] != b.get(k)]
+    how = f"differ only in {', '.join(differ)}" if differ else "have identical settings"
+    return PPMechError(
+        f"{source}: "
+        + (f"two runs {first.name}" if first.name == second.name else f"runs {first.name} and {second.name}")
+        + f" measure the same thing (they {how})",
+        "remove the duplicate model entry, axis value or condition: settings that are not protocol "
+        "(device, compile, batch_size, n_boot, ...) do not change what a run records",
+    )
 
 
 def _apply_override(data: dict[str, Any], assignment: str) -> None:
