@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ppmech.errors import PPMechError
 
 if TYPE_CHECKING:
-    from ppmech.measure import MeasureConfig, MeasureResult, measure
+    from ppmech.measure import MeasureConfig, MeasureResult, measure, measure_or_load
     from ppmech.models.identity import LoadedModel
     from ppmech.models.loading import load_model
     from ppmech.provenance import __version__
@@ -29,6 +29,7 @@ _LAZY = {
     "measure": "ppmech.measure",
     "MeasureConfig": "ppmech.measure",
     "MeasureResult": "ppmech.measure",
+    "measure_or_load": "ppmech.measure",
     "load_model": "ppmech.models.loading",
     "LoadedModel": "ppmech.models.identity",
     "load_run": "ppmech.runs",
@@ -45,6 +46,7 @@ __all__ = [
     "load_model",
     "load_run",
     "measure",
+    "measure_or_load",
 ]
 
 

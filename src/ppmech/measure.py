@@ -7,10 +7,11 @@ embedded SmolLM2-135M: 100 Wikipedia prompts of 50 tokens, 100 greedy tokens.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import types
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ppmech.artifacts import Output
+from ppmech.artifacts import Output, OutputLock, describe_file
 from ppmech.corpus import load_documents, select_prompts
 from ppmech.engine.batching import BatchSizer, chunk_size, parse_batch_size
 from ppmech.engine.compiled import check_compile_mode
@@ -28,9 +29,9 @@ from ppmech.errors import PPMechError, check_seed
 from ppmech.models.device import device_record
 from ppmech.models.loading import load_configured
 from ppmech.provenance import versions
-from ppmech.runs import RunWriter, batch_tables, load_run
-from ppmech.settings import ModelSpec, Role, check_not_blank, keys, setting
-from ppmech.statistics import EnergyStatistics, statistics_from_steps
+from ppmech.runs import CONFIG_FILE, RunWriter, batch_tables, load_run, write_config_toml, write_json
+from ppmech.settings import ModelSpec, Role, check_not_blank, keys, setting, values
+from ppmech.statistics import EnergyStatistics, Estimate, statistics_from_steps
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,103 @@ def measure(
         trajectories=run.trajectories,
         files=writer.written,
     )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as stored: a tuple and the JSON list it was saved as are the same setting."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def statistics_of(summary: dict[str, Any]) -> EnergyStatistics:
+    """The :class:`EnergyStatistics` a run's ``summary.json`` stores (``null`` read back as NaN)."""
+    stored = summary["statistics"]
+    values: dict[str, Any] = {}
+    for f in fields(EnergyStatistics):
+        value = stored.get(f.name)
+        if f.name.endswith("_ci"):
+            values[f.name] = Estimate.from_dict(value) if isinstance(value, dict) else None
+        else:
+            values[f.name] = float("nan") if value is None else value
+    return EnergyStatistics(**values)
+
+
+def _result(run: Any, statistics: EnergyStatistics, files: list[str]) -> MeasureResult:
+    return MeasureResult(
+        path=run.path,
+        statistics=statistics,
+        summary=run.summary,
+        steps=run.steps,
+        trajectories=run.trajectories,
+        files=files,
+    )
+
+
+def reanalyze(out: str | Path, config: MeasureConfig) -> MeasureResult:
+    """Recompute the statistics of the complete run at ``out`` with ``config``'s analysis settings.
+
+    Nothing is recorded and no model is loaded: the statistics come from the stored steps
+    (``n_boot`` is an :data:`ANALYSIS_KEYS` setting). ``summary.json`` and ``config.toml`` are
+    rewritten with the new statistics and settings, under the run's lock.
+
+    Raises:
+        PPMechError: ``out`` is not a complete run, or it was recorded with other protocol settings.
+    """
+    out = Path(out)
+    with OutputLock(out):
+        run = load_run(out)
+        differ = [k for k in PROTOCOL_KEYS if not _same(run.config.get(k), getattr(config, k))]
+        if differ:
+            raise PPMechError(
+                f"{out} was recorded with other settings ({', '.join(differ)}): re-analysis cannot change "
+                "what was recorded",
+                "measure it again (`overwrite`), or into another `out`",
+            )
+        stats = statistics_from_steps(
+            run.steps, n_boot=config.n_boot, seed=run.config.get("seed", config.seed)
+        )
+        summary = dict(run.summary)
+        stored = dict(run.config) | values(config, Role.ANALYSIS)
+        summary["statistics"] = stats.to_dict()
+        summary["config"] = stored
+        files = dict(summary.get("files", {}))
+        write_config_toml(out, stored)
+        files[CONFIG_FILE] = describe_file(out, CONFIG_FILE)
+        summary["files"] = files
+        write_json(out / "summary.json", summary)
+    return _result(load_run(out), stats, ["summary.json", CONFIG_FILE])
+
+
+def measure_or_load(config: MeasureConfig, out: str | Path, progress: bool = True) -> MeasureResult:
+    """The run of ``config`` at ``out``: loaded when it is already there, measured when not.
+
+    The notebook-friendly way to get a run: a re-run of the cell returns at once.
+
+    * ``out`` holds a complete run with the same protocol settings (:data:`PROTOCOL_KEYS`):
+      it is returned as it is; execution settings (``device``, ``batch_size``, ...) may differ,
+      since they do not change what is recorded. If only analysis settings (``n_boot``) differ,
+      the statistics are recomputed from the stored steps (:func:`reanalyze`), never re-recorded.
+    * ``out`` holds an interrupted run: it is continued (``resume``).
+    * nothing at ``out``: :func:`measure`.
+
+    Raises:
+        PPMechError: ``out`` holds a run with other protocol settings (naming them), or
+            anything :func:`measure` refuses.
+    """
+    out = Path(out)
+    if not str(out).strip():
+        raise PPMechError("`out` is empty", "give `out` a run directory")
+    if not (out / "summary.json").is_file():
+        return measure(config, out, resume=out.is_dir(), progress=progress)
+    run = load_run(out)
+    differ = [k for k in PROTOCOL_KEYS if not _same(run.config.get(k), getattr(config, k))]
+    if differ:
+        raise PPMechError(
+            f"{out} already holds a run with other settings ({', '.join(differ)})",
+            "pass another `out`, or call measure(config, out, overwrite=True) to replace it",
+        )
+    if any(not _same(run.config.get(k), getattr(config, k)) for k in ANALYSIS_KEYS):
+        return reanalyze(out, config)
+    return _result(run, statistics_of(run.summary), [])
 
 
 class _MeasureModule(types.ModuleType):

@@ -5,6 +5,7 @@ Layout of a complete run::
     trajectories.parquet   one row per trajectory
     steps.parquet          one row per generated step
     summary.json           statistics, config, model identity, versions
+    config.toml            the resolved settings (``ppmech measure --config`` reads it back)
     hidden/batch-*.npy     optional: h_t per batch, [B, T, d] float32
 
     .ppmech-run            marker: written by ppmech ``measure`` (see :mod:`ppmech.artifacts`)
@@ -36,6 +37,7 @@ from ppmech.artifacts import write_json  # re-exported: the one JSON writer
 from ppmech.engine.recorder import BatchRecord
 from ppmech.errors import PPMechError
 from ppmech.mechanics import energy_terms
+from ppmech.settings import dump_toml
 
 SCHEMA_VERSION = 2  # 2: summary.json lists every data file with its rows, size and SHA-256
 
@@ -216,6 +218,10 @@ class RunWriter:
                     rows += table.num_rows
                     writer.write_table(table)
             files[name] = artifacts.describe_file(self.root, name, rows=rows)
+        # The resolved settings, in the file `--config` reads back: `ppmech measure --config
+        # RUN/config.toml --out NEW` records the same run again.
+        write_config_toml(self.root, self.config)
+        files[CONFIG_FILE] = artifacts.describe_file(self.root, CONFIG_FILE)
         for path in sorted((self.root / "hidden").glob("batch-*.npy")):
             relative = f"hidden/{path.name}"
             files[relative] = artifacts.describe_file(self.root, relative)
@@ -229,6 +235,19 @@ class RunWriter:
         self.written = self.output.commit()
         self.close()
         return summary
+
+
+#: A run's resolved settings as TOML (the keys of its config dataclass).
+CONFIG_FILE = "config.toml"
+
+
+def write_config_toml(root: Path, config: dict[str, Any], command: str = "measure") -> None:
+    """Write ``root/config.toml``: ``config`` (a config dataclass's ``to_dict()``) as TOML."""
+    header = (
+        f"Settings of this ppmech {command} run, as `ppmech {command} --config` reads them.\n"
+        "A setting left out (TOML has no null) takes its default."
+    )
+    artifacts.write_text(root / CONFIG_FILE, dump_toml(config, header))
 
 
 @dataclass

@@ -226,3 +226,42 @@ def unknown_key_message(key: str, valid: Mapping[str, Any] | tuple[str, ...] | l
     close = difflib.get_close_matches(key, list(valid), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"unknown key '{key}'{hint}"
+
+
+def dump_toml(values: Mapping[str, Any], header: str = "") -> str:
+    """``values`` (flat: strings, numbers, booleans, lists of them) as TOML text, keys in order.
+
+    ``None`` has no TOML spelling: such a key is left out, which a config file reads as the
+    field's default (every field whose value may be ``None`` defaults to ``None``).
+
+    Raises:
+        TypeError: a value TOML cannot hold flat (a nested mapping, an object).
+    """
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for key, value in values.items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {_toml_value(key, value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(key: str, value: Any) -> str:
+    import json
+    import math
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a TOML basic string (the same escapes), non-ASCII kept as is.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(key, v) for v in value) + "]"
+    raise TypeError(f"setting {key!r}: {type(value).__name__} has no flat TOML form")

@@ -38,13 +38,13 @@ def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) 
 
     parser.add_argument(
         "--device",
-        type=_device,
+        type=device_name,
         default=argparse.SUPPRESS if default is None else default,
         help=help_of(ModelSpec, "device"),
     )
 
 
-def _device(value: str) -> str:
+def device_name(value: str) -> str:
     """A device name; blank is refused (it would otherwise silently mean ``auto``)."""
     if not value.strip():
         raise argparse.ArgumentTypeError("--device is empty: give auto, cpu, cuda, cuda:N or mps")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ppmech.cli.config import config_from_args
-from ppmech.cli.measure import add_device_arg
+from ppmech.cli.measure import add_device_arg, device_name
 from ppmech.errors import PPMechError
 from ppmech.provenance import json_safe
 from ppmech.tables import fmt, markdown_table, text_table
@@ -88,6 +88,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ppmech.runs import load_run
 
     check_seed(args.seed)
+    if args.device is not None and not (args.hidden or args.layers):
+        # Accepting it would suggest the analyses ran there; without --hidden/--layers they read
+        # the stored steps and load no model.
+        raise PPMechError(
+            f"--device {args.device} is used only by --hidden and --layers, which load the model; "
+            "the other analyses read the stored steps",
+            "drop --device, or add --hidden or --layers",
+        )
     # The output rule (ppmech.artifacts): --json and --markdown are checked before any analysis.
     outputs = {"json": args.json, "markdown": args.markdown}
     for kind, path in outputs.items():
@@ -145,7 +153,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 est.update(curvature_analysis(run, args.n_boot, args.seed))
         layers = None
         if args.hidden or args.layers:
-            lm = model_for_run(run, args.device)
+            lm = model_for_run(run, args.device or "auto")
             if args.hidden:
                 est.update(hidden_analyses(run, lm, sizes, args.n_boot, args.seed))
             if args.layers:
@@ -222,7 +230,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--trajectories", type=int, default=20, help="trajectories for --hidden analyses")
     p.add_argument("--pairs", type=int, default=20, help="interpolation pairs per trajectory")
-    add_device_arg(p, "auto")
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default=None,
+        help="where --hidden and --layers run the model: auto (CUDA when available), cpu, cuda, cuda:N or "
+        "mps (default: auto; refused without them: the other analyses load no model)",
+    )
     p.add_argument(
         "--correlate",
         default=None,

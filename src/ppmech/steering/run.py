@@ -192,7 +192,8 @@ def run_steer(
 ) -> SteerRunResult:
     """Load the model, generate naturally and with steering, and write ``out``.
 
-    ``out`` receives ``steps.parquet`` (both traces, :func:`trace_frame`) and then
+    ``out`` receives ``steps.parquet`` (both traces, :func:`trace_frame`), ``config.toml``
+    (the settings, as ``ppmech steer --config`` reads them) and then
     ``summary.json`` (config, model, versions, texts, comparison, the file's rows and
     SHA-256), each written atomically; the output is locked, staged and swapped in whole
     (:class:`ppmech.artifacts.Output`), and ``overwrite`` replaces only a steer output.
@@ -214,6 +215,7 @@ def _run_steer(config: SteerConfig, output: Any, lm: LoadedModel | None) -> Stee
     from ppmech.corpus import special_prefix
     from ppmech.models.device import device_record
     from ppmech.provenance import versions
+    from ppmech.runs import CONFIG_FILE, write_config_toml
 
     if lm is None:
         lm = load_configured(config)
@@ -270,7 +272,11 @@ def _run_steer(config: SteerConfig, output: Any, lm: LoadedModel | None) -> Stee
     files: list[str] = []
     if output is not None:
         write_parquet(output.path / "steps.parquet", steps)
-        summary["files"] = {"steps.parquet": describe_file(output.path, "steps.parquet", rows=len(steps))}
+        write_config_toml(output.path, config.to_dict(), "steer")  # `ppmech steer --config` reads it back
+        summary["files"] = {
+            "steps.parquet": describe_file(output.path, "steps.parquet", rows=len(steps)),
+            CONFIG_FILE: describe_file(output.path, CONFIG_FILE),
+        }
         write_json(output.path / "summary.json", summary)
         files = output.commit()
     return SteerRunResult(
