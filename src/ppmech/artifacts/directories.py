@@ -27,6 +27,7 @@ COMMIT_FILE = "summary.json"
 KINDS: dict[str, tuple[str, ...]] = {
     "measure": (
         "summary.json",
+        "config.toml",  # the resolved settings (`--config` reads it back)
         "steps.parquet",
         "trajectories.parquet",
         "hidden",
@@ -38,7 +39,7 @@ KINDS: dict[str, tuple[str, ...]] = {
         # derived from the run and goes with it when the run is replaced.
         "report.html",
     ),
-    "steer": ("summary.json", "steps.parquet"),
+    "steer": ("summary.json", "steps.parquet", "config.toml"),
     "steering-evaluation": ("summary.json", "items.csv", "baselines.csv"),
     # `verify`'s directory is a cache that later runs reuse (never replaced whole): its measure
     # runs (each a marked measure output, checked as such), cached analyses, and the ledger.
@@ -250,7 +251,10 @@ class Output:
     # ---- decisions
 
     def _check_target_type(self) -> None:
+        from ppmech.artifacts.rule import check_location
+
         target = self.paths.target
+        check_location(target, self.target, "`out`")  # not /proc, a writable parent
         if target.exists() and not target.is_dir():
             raise PPMechError(
                 f"{self.target} is a file, not a ppmech output directory",
