@@ -58,6 +58,7 @@ import torch
 if importlib.util.find_spec("ppmech") is None:  # a bare checkout (a GPU machine): use its src/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from ppmech import artifacts
 from ppmech.engine.decoder import left_pad
 from ppmech.engine.device import device_name, resolve_device
 from ppmech.engine.recorder import Recorder
@@ -757,7 +758,7 @@ def gpu_targets(r: dict[str, Any]) -> list[str]:
 def publish(name: str, lines: list[str]) -> None:
     """Write one benchmark's section to ``benchmarks/results/<name>``, rebuild BENCHMARKS.md, print it."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / name).write_text("\n".join(lines) + "\n")
+    artifacts.write_text(RESULTS / name, "\n".join(lines) + "\n")
     assemble()
     print("\n".join(lines))
 
@@ -776,7 +777,7 @@ def assemble() -> None:
     for path in sorted(RESULTS.glob("*.md")):
         parts.append(path.read_text().strip())
         parts.append("")
-    (ROOT.parent / "BENCHMARKS.md").write_text("\n".join(parts))
+    artifacts.write_text(ROOT.parent / "BENCHMARKS.md", "\n".join(parts))
 
 
 def publish_result(result: dict[str, Any]) -> None:
@@ -794,6 +795,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--json", default=None, help="also write every figure as JSON here")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a --json file an earlier benchmark wrote"
+    )
     parser.add_argument("--publish", default=None, metavar="JSON", help="publish a JSON written elsewhere")
     parser.add_argument("--model", default="smollm2-135m", help="CPU: the model")
     parser.add_argument("--prompts", type=int, default=100, help="CPU: prompts")
@@ -830,14 +834,14 @@ def main() -> None:
         path = Path(args.json)
         if path.is_dir() or str(path).endswith("/") or not path.suffix:
             path = path / f"recorder-{kind}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # The output rule (ppmech.artifacts), before any work: a file ppmech did not write is never replaced.
+        artifacts.check_output_file(path, kind="json", replace=args.overwrite, flag="--json")
 
     def checkpoint(partial: dict[str, Any]) -> None:
-        # Written after every stage, so a run cut short still brings its finished figures back.
+        # Written after every stage, so a run cut short still brings its finished figures back
+        # (each write replaces this run's own previous checkpoint, which carries ppmech's mark).
         if path is not None:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**partial, **stamp}, indent=1))
-            tmp.replace(path)
+            artifacts.write_output_file(path, {**partial, **stamp}, kind="json", replace=True, flag="--json")
 
     result = gpu_benchmark(args, device, checkpoint) if kind == "gpu" else cpu_benchmark(args, device)
     result.update(stamp)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ppmech import artifacts
 from ppmech.measure import MeasureConfig, measure
 
 STATS = [
@@ -128,7 +129,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     out = Path(__file__).resolve().parent / "results" / "precision.md"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
+    artifacts.write_text(out, text)
     from bench_recorder import assemble  # same folder; rebuilds BENCHMARKS.md
 
     assemble()

@@ -64,8 +64,8 @@ def main() -> None:
     )
     bench.RESULTS.mkdir(exist_ok=True)
     slug = "recorder-gpu-nvidia-h100-80gb-hbm3"
-    (bench.RESULTS / f"{slug}.md").write_text("\n".join(lines) + "\n")
-    (bench.RESULTS / f"{slug}.run1.md").write_text("\n".join(earlier) + "\n")
+    bench.artifacts.write_text(bench.RESULTS / f"{slug}.md", "\n".join(lines) + "\n")
+    bench.artifacts.write_text(bench.RESULTS / f"{slug}.run1.md", "\n".join(earlier) + "\n")
     bench.assemble()
     print("\n".join([*lines, "", *earlier]))
 
