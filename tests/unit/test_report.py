@@ -199,3 +199,118 @@ def test_controls_table_prints_the_shuffle_null_cv_and_corr_kv_beside_r() -> Non
     }
     run.summary["statistics"]["controls"] = stored
     assert F.controls(run) == {**stored, "source": "summary.json"}
+
+
+# --------------------------------------------------------------------------- readers validate their inputs
+
+
+def _write_json(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+BENCH = {
+    "scores": [{"method": "H", "set": "shuffled", "auroc": 0.7, "tpr_at_5fpr": 0.2}],
+    "delays": [],
+    "sizes": {},
+}
+
+
+def _report_error(paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``ppmech report`` on ``paths``: exit 2, one line on stderr, no HTML written; the line."""
+    from ppmech.cli import main
+
+    out = tmp_path / "out" / "report.html"
+    assert main(["report", *map(str, paths), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert not out.exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({**BENCH, "scores": "oops"}, "field scores is 'oops', expected a list"),
+        ({**BENCH, "scores": [1, 2]}, "field scores[0] is 1, expected an object"),
+        (
+            {**BENCH, "scores": [{"method": "H", "set": "x", "auroc": "high"}]},
+            "field scores[0].auroc is 'high'",
+        ),
+        (
+            {**BENCH, "scores": [{"method": "H", "auroc": 0.5, "tpr_at_5fpr": 0.1}]},
+            "field scores[0].set is missing",
+        ),
+        ({**BENCH, "sizes": [3]}, "field sizes is a list, expected an object"),
+        ({**BENCH, "text_scores": {"H": {"normal": [1, "x"]}}}, "field text_scores.H.normal[1] is 'x'"),
+    ],
+)
+def test_a_malformed_benchmark_json_is_one_line_naming_the_file_and_field(
+    data: dict[str, object], field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _write_json(tmp_path / "bench.json", data)
+    line = _report_error([bench], tmp_path, capsys)
+    assert f"{bench}: {field}" in line and "ppmech monitor benchmark --json" in line, line
+
+
+def test_a_claims_json_whose_claims_are_integers_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    verify = tmp_path / "verify"
+    verify.mkdir()
+    claims = _write_json(verify / "claims.json", {"claims": [1, 2], "verdicts": {}, "meta": {"models": []}})
+    line = _report_error([verify], tmp_path, capsys)
+    assert f"{claims}: field claims[0] is 1, expected an object" in line and "ppmech verify" in line
+    _write_json(claims, {"claims": [], "verdicts": {"supported": "3"}})
+    assert "field verdicts.supported is '3', expected a whole number" in _report_error(
+        [verify], tmp_path, capsys
+    )
+
+
+def test_an_empty_or_headless_items_csv_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    _write_json(ev / "summary.json", {"kind": "steering-evaluation"})
+    items = ev / "items.csv"
+    items.write_text("")
+    assert f"{items} is empty" in _report_error([ev], tmp_path, capsys)
+    items.write_text("natural_score,steered_score\n")
+    assert f"{items} holds no prompt" in _report_error([ev], tmp_path, capsys)
+    items.write_text("prompt,score\nx,3\n")
+    assert f"{items}: column natural_score is missing" in _report_error([ev], tmp_path, capsys)
+    items.write_text("natural_score,steered_score\n3,4\n5,lots\n")
+    assert f"{items}: column steered_score, row 2, is 'lots', not a number" in _report_error(
+        [ev], tmp_path, capsys
+    )
+
+
+def test_malformed_steer_and_monitor_score_inputs_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    steer = tmp_path / "steer"
+    steer.mkdir()
+    _write_json(steer / "summary.json", {"kind": "steer", "comparison": "none"})
+    assert f"{steer / 'summary.json'}: field comparison is 'none'" in _report_error([steer], tmp_path, capsys)
+    _write_json(steer / "summary.json", {"kind": "steer"})
+    pd.DataFrame({"trace": ["natural"], "step": [0], "H": [1.0]}).to_parquet(steer / "steps.parquet")
+    assert "steps.parquet: column token is missing" in _report_error([steer], tmp_path, capsys)
+    scores = tmp_path / "scores.jsonl"
+    good = {"source": "a", "tokens": [{"index": 0, "z_H": 0.1, "cusum": 0.0}]}
+    bad = {"source": "b", "tokens": [{"index": 0, "z_H": "high", "cusum": 0.0}]}
+    scores.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    assert f"{scores}:2: field tokens[0].z_H is 'high', expected a number or null" in _report_error(
+        [scores], tmp_path, capsys
+    )
+
+
+def test_well_formed_inputs_pass_their_schemas(tmp_path: Path) -> None:
+    from ppmech.report.sources import load_source
+
+    bench = _write_json(tmp_path / "bench.json", {**BENCH, "text_scores": None, "model": {"spec": "toy"}})
+    assert load_source(bench).kind == "monitor-benchmark"
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text(json.dumps({"tokens": [{"z_H": None, "cusum": 0.0, "token": None}], "alarm_at": None}))
+    assert load_source(scores).kind == "monitor-score"

@@ -225,7 +225,9 @@ def _verify_section(pg: _Page, source: VerifySource) -> None:
     )
     if meta.get("quick"):
         s.blocks.append(paragraph("QUICK MODE: tiny runs, the verdicts are not meaningful."))
-    cols = ("id", "model", "source", "claim", "paper", "measured", "verdict", "rule", "why")
+    cols = ["id", "model", "source", "claim", "paper", "measured", "verdict", "rule", "why"]
+    # Columns a newer ledger adds (e.g. each row's own controls) follow, in their order.
+    cols += [c for c in dict.fromkeys(k for r in claims.get("claims", []) for k in r) if c not in cols]
     rows = [{c: r.get(c, "") for c in cols} for r in claims.get("claims", [])]
     s.blocks.append(
         table_block(
@@ -245,6 +247,16 @@ def _monitor_benchmark_section(pg: _Page, source: MonitorBenchmarkSource) -> Non
     pg.figure(s, f"monitor-{source.name}", FB.monitor_detection(source.data))
     if source.data.get("text_scores"):
         pg.figure(s, f"monitor-roc-{source.name}", FB.monitor_roc(source.data))
+    false_alarms = source.data.get("false_alarms", [])
+    if false_alarms:
+        s.blocks.append(
+            table_block(
+                false_alarms,
+                f"false-alarms-{_slug(source.name)}",
+                "False alarms on held-out normal text of each kind, per alarm (anomaly flag, CUSUM, and "
+                "either: the combined alarm the console shows), with 95% CIs, as the benchmark wrote them.",
+            )
+        )
     delays = source.data.get("delays", [])
     if delays:
         s.blocks.append(

@@ -13,6 +13,10 @@ of input (:func:`detect` tells them apart by the files they hold):
 * **steer**: a ``ppmech steer`` directory (``summary.json`` of kind ``steer`` + ``steps.parquet``).
 * **steering-evaluation**: a ``ppmech evaluate-steering`` directory
   (``summary.json`` of kind ``steering-evaluation`` + ``items.csv``).
+
+Each input is checked against its schema when it is read (:mod:`ppmech.report.schema`:
+the ``*_SCHEMA`` constants below); a malformed one is one line naming the file and
+the field, never a traceback from inside a figure.
 """
 
 from __future__ import annotations
@@ -27,6 +31,18 @@ import pandas as pd
 import pyarrow as pa
 
 from ppmech.errors import PPMechError
+from ppmech.report.schema import (
+    ANY,
+    NUM,
+    SCALAR,
+    Fields,
+    ListOf,
+    MapOf,
+    Maybe,
+    Omittable,
+    check,
+    check_columns,
+)
 from ppmech.runs import Run, load_run
 
 KINDS = (
@@ -147,6 +163,75 @@ Source = (
 )
 
 
+# --------------------------------------------------------------------------- schemas (what is read)
+
+TABLE_ROWS = ListOf(MapOf(SCALAR))
+"""Rows of a table drawn as is (one object per row, cells are scalars)."""
+BENCHMARK_SCHEMA = Fields(
+    {
+        "scores": ListOf(Fields({"method": str, "set": str, "auroc": Maybe(NUM), "tpr_at_5fpr": Maybe(NUM)})),
+        "delays": TABLE_ROWS,
+        "sizes": MapOf(NUM),
+        "model": Omittable(Fields({"spec": Omittable(SCALAR)})),
+        "false_alarms": Omittable(TABLE_ROWS),
+        "text_scores": Omittable(Maybe(MapOf(MapOf(ListOf(Maybe(NUM)))))),
+    }
+)
+CLAIMS_SCHEMA = Fields(
+    {
+        "claims": ListOf(MapOf(SCALAR)),
+        "verdicts": MapOf(int),
+        "meta": Omittable(Fields({"models": Omittable(ListOf(str)), "quick": Omittable(bool)})),
+    }
+)
+SCORE_RECORD_SCHEMA = Fields(
+    {
+        "tokens": ListOf(
+            Fields(
+                {
+                    "z_H": Maybe(NUM),
+                    "cusum": Maybe(NUM),
+                    "index": Omittable(int),
+                    "token": Omittable(Maybe(str)),
+                }
+            )
+        ),
+        "source": Omittable(SCALAR),
+        "alarm_at": Omittable(Maybe(int)),
+        "mean_H": Omittable(Maybe(NUM)),
+        "anomaly": Omittable(Maybe(NUM)),
+    }
+)
+STEER_SCHEMA = Fields(
+    {
+        "kind": str,
+        "config": Omittable(MapOf(ANY)),
+        "comparison": Omittable(TABLE_ROWS),
+        "natural_text": Omittable(Maybe(str)),
+        "steered_text": Omittable(Maybe(str)),
+    }
+)
+STEER_COLUMNS = ("trace", "step", "token", "H", "K", "V")
+STEERING_EVAL_SCHEMA = Fields(
+    {
+        "kind": str,
+        "config": Omittable(MapOf(ANY)),
+        "statistics": Omittable(
+            Fields(
+                {
+                    k: Omittable(Maybe(NUM))
+                    for k in ("natural_mean", "natural_sd", "steered_mean", "steered_sd", "p_value", "n")
+                }
+            )
+        ),
+        "table3": Omittable(TABLE_ROWS),
+    }
+)
+ITEMS_COLUMNS = ("natural_score", "steered_score")
+STUDY_SCHEMA = MapOf(ANY)
+"""``study.json``: an object (the report shows none of its fields)."""
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -218,6 +303,7 @@ def _complete_runs(root: Path) -> tuple[dict[str, Run], dict[str, str]]:
 def load_sweep(path: Path) -> SweepSource:
     """A sweep's study directory: ``study.json``, ``study.parquet`` and its complete runs."""
     study = _read_json(path / "study.json") if (path / "study.json").is_file() else {}
+    check(study, STUDY_SCHEMA, path / "study.json", "rerun `ppmech sweep`")
     table = pd.DataFrame()
     if (path / "study.parquet").is_file():
         try:
@@ -239,6 +325,7 @@ def load_verify(path: Path) -> VerifySource:
     claims = _read_json(path / "claims.json")
     if not isinstance(claims, dict) or "claims" not in claims:
         raise PPMechError(f"{path / 'claims.json'} holds no ledger", "rerun `ppmech verify`")
+    check(claims, CLAIMS_SCHEMA, path / "claims.json", "rerun `ppmech verify`")
     runs: dict[str, Run] = {}
     for model in claims.get("meta", {}).get("models", []):
         for condition in ("pretrained", "random"):
@@ -251,7 +338,11 @@ def load_verify(path: Path) -> VerifySource:
 def load_monitor_score(path: Path) -> MonitorScoreSource:
     """JSON lines of ``ppmech monitor score --json --tokens``; each record needs its ``tokens``."""
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PPMechError(f"{path} is not UTF-8 text", ACCEPTED) from exc
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -263,6 +354,8 @@ def load_monitor_score(path: Path) -> MonitorScoreSource:
                 f"{path}:{lineno} has no per-token scores",
                 "write it with `ppmech monitor score --json --tokens`",
             )
+        fix = "write it with `ppmech monitor score --json --tokens`"
+        check(record, SCORE_RECORD_SCHEMA, f"{path}:{lineno}", fix)
         records.append(record)
     if not records:
         raise PPMechError(
@@ -272,22 +365,47 @@ def load_monitor_score(path: Path) -> MonitorScoreSource:
 
 
 def load_steer(path: Path) -> SteerSource:
+    fix = "rerun `ppmech steer` with --overwrite"
     summary = _read_json(path / "summary.json")
+    check(summary, STEER_SCHEMA, path / "summary.json", fix)
     try:
         steps = pd.read_parquet(path / "steps.parquet")
     except (OSError, pa.ArrowException) as exc:
-        raise PPMechError(f"cannot read {path / 'steps.parquet'}: {exc}", "rerun `ppmech steer`") from exc
+        raise PPMechError(f"cannot read {path / 'steps.parquet'}: {exc}", fix) from exc
+    check_columns(steps.columns, STEER_COLUMNS, path / "steps.parquet", fix)
+    _numeric(steps, ("step", "H", "K", "V"), path / "steps.parquet", fix)
     return SteerSource(path=path, name=path.name, summary=summary, steps=steps)
 
 
+def _numeric(frame: pd.DataFrame, columns: Sequence[str], path: Path, fix: str) -> None:
+    """Refuse a column of ``columns`` with a value that is neither a number nor empty (one line)."""
+    for col in columns:
+        if col not in frame:
+            continue
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = values.isna() & frame[col].notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise PPMechError(
+                f"{path}: column {col}, row {row + 1}, is {str(frame[col].iloc[row])[:40]!r}, not a number",
+                fix,
+            )
+
+
 def load_steering_eval(path: Path) -> SteeringEvalSource:
+    fix = "rerun `ppmech evaluate-steering` with --overwrite"
     summary = _read_json(path / "summary.json")
+    check(summary, STEERING_EVAL_SCHEMA, path / "summary.json", fix)
     try:
         items = pd.read_csv(path / "items.csv")
-    except (OSError, pd.errors.ParserError) as exc:
-        raise PPMechError(
-            f"cannot read {path / 'items.csv'}: {exc}", "rerun `ppmech evaluate-steering`"
-        ) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise PPMechError(f"{path / 'items.csv'} is empty (no header, no rows)", fix) from exc
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise PPMechError(f"cannot read {path / 'items.csv'}: {exc}", fix) from exc
+    check_columns(items.columns, ITEMS_COLUMNS, path / "items.csv", fix)
+    if items.empty:
+        raise PPMechError(f"{path / 'items.csv'} holds no prompt (a header and no rows)", fix)
+    _numeric(items, (*ITEMS_COLUMNS, "steps"), path / "items.csv", fix)
     return SteeringEvalSource(path=path, name=path.name, summary=summary, items=items)
 
 
@@ -303,7 +421,9 @@ def load_source(path: str | Path) -> Source:
     if kind == "verify":
         return load_verify(p)
     if kind == "monitor-benchmark":
-        return MonitorBenchmarkSource(path=p, name=p.name, data=_read_json(p))
+        data = _read_json(p)
+        check(data, BENCHMARK_SCHEMA, p, "rewrite it with `ppmech monitor benchmark --json FILE`")
+        return MonitorBenchmarkSource(path=p, name=p.name, data=data)
     if kind == "monitor-score":
         return load_monitor_score(p)
     if kind == "steer":
