@@ -10,7 +10,7 @@ import torch
 
 from ppmech.engine.batching import AUTO_CHUNK, CPU_BATCH, BatchSizer, auto_start, chunk_size, parse_batch_size
 from ppmech.engine.compiled import compile_pays
-from ppmech.engine.device import device_record, is_out_of_memory, resolve_device
+from ppmech.models.device import device_record, is_out_of_memory, resolve_device
 from ppmech.engine.sampling import Decoding, TokenChooser, filter_logits
 from ppmech.errors import PPMechError
 

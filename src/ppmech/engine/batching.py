@@ -15,8 +15,8 @@ from typing import TypeVar
 
 import torch
 
-from ppmech.engine.device import is_out_of_memory, release_memory
 from ppmech.errors import PPMechError
+from ppmech.models.device import is_out_of_memory, release_memory
 
 T = TypeVar("T")
 R = TypeVar("R")

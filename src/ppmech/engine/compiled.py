@@ -46,15 +46,49 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
+from ppmech.engine.hooks import Patch, Switch, capture
 from ppmech.errors import PPMechError
+from ppmech.models.identity import LoadedModel
+from ppmech.progress import note
 
-if TYPE_CHECKING:
-    from ppmech.engine.decoder import Engine, Session
-    from ppmech.models.identity import LoadedModel
+
+# The compiled step serves the decoder (:mod:`ppmech.engine.decoder` builds it), so it
+# names what it needs of an engine and a session here instead of importing them: the
+# arrow points one way, decoder -> compiled.
+class EngineLike(Protocol):
+    """What :class:`CompiledStep` uses of a :class:`~ppmech.engine.decoder.Engine`."""
+
+    lm: LoadedModel
+    model: Any
+    device: torch.device
+    capture: list[str]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Any = None,
+        logits_to_keep: int = 1,
+    ) -> tuple[torch.Tensor, Any]: ...
+
+    def use_compiled(self, on: bool) -> None: ...
+
+
+class SessionLike(Protocol):
+    """What :class:`CompiledStep` uses of a :class:`~ppmech.engine.decoder.Session`."""
+
+    batch: int
+    cache: Any
+    mask: torch.Tensor
+    length: int
+    patches: dict[str, Patch | None]
+    static_key: tuple[int, int] | None
+
 
 COMPILE_MODES = ("auto", "on", "off")
 #: Static caches are sized in multiples of this many positions, so nearby lengths share a compiled step.
@@ -101,7 +135,7 @@ def inductor_cache_dir() -> str:
 
 def warmup_key(lm: LoadedModel, device: torch.device, batch: int) -> str:
     """Names a compiled step for the warm-up memory: device, architecture, shape, dtype, batch, torch."""
-    from ppmech.engine.device import device_name
+    from ppmech.models.device import device_name
 
     ident = lm.identity
     return (
@@ -142,10 +176,7 @@ def remember_warmup(key: str, seconds: float) -> None:
 class CompiledStep:
     """Static caches, their masks and the compiled step of one :class:`~ppmech.engine.decoder.Engine`."""
 
-    def __init__(self, engine: Engine) -> None:
-        from ppmech.engine.decoder import note
-        from ppmech.engine.hooks import Switch, capture
-
+    def __init__(self, engine: EngineLike) -> None:
         self.engine = engine
         self.device = engine.device
         self.usable = True
@@ -190,7 +221,7 @@ class CompiledStep:
 
     # ------------------------------------------------------------------ sessions
 
-    def open(self, session: Session, width: int, new_tokens: int) -> None:
+    def open(self, session: SessionLike, width: int, new_tokens: int) -> None:
         """Give ``session`` a reset static cache and a mask over its slots (prompt positions set)."""
         need = width + new_tokens
         size = -(-need // CACHE_BUCKET) * CACHE_BUCKET
@@ -215,14 +246,14 @@ class CompiledStep:
         return logits, {name: values[-1] for name, values in self.store.items()}
 
     def run(
-        self, session: Session, ids: torch.Tensor, pos: torch.Tensor, logits_to_keep: int
+        self, session: SessionLike, ids: torch.Tensor, pos: torch.Tensor, logits_to_keep: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One forward on the session's static cache: compiled for a plain one-token step, else eager."""
         with self.switch.enabled():
             return self._run(session, ids, pos, logits_to_keep)
 
     def _run(
-        self, session: Session, ids: torch.Tensor, pos: torch.Tensor, logits_to_keep: int
+        self, session: SessionLike, ids: torch.Tensor, pos: torch.Tensor, logits_to_keep: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         plain = (
             self.usable
@@ -264,9 +295,7 @@ class CompiledStep:
             values.clear()
         return logits, states
 
-    def _give_up(self, session: Session, exc: Exception) -> None:
-        from ppmech.engine.decoder import note
-
+    def _give_up(self, session: SessionLike, exc: Exception) -> None:
         self.usable = False
         self.engine.use_compiled(False)
         first = (str(exc).strip().splitlines() or [""])[0][:160]

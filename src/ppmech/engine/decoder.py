@@ -30,7 +30,6 @@ first real token, so a batched row equals the same prompt run alone.
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,7 @@ from ppmech.engine.hooks import FINAL_NORM, Patch, capture, hook_module
 from ppmech.engine.sampling import TokenChooser
 from ppmech.errors import PPMechError
 from ppmech.models.identity import LoadedModel
+from ppmech.progress import note
 
 #: With ``stop_at_eos``, how often (in steps) the loop asks the device whether every row has ended.
 EOS_CHECK_EVERY = 8
@@ -411,8 +411,3 @@ class Engine:
 def _cache_kwarg(model: Any) -> str:
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
-
-
-def note(message: str) -> None:
-    """A one-line note on stderr (how a run was computed, never a failure)."""
-    print(f"ppmech: note: {message}", file=sys.stderr)
