@@ -314,3 +314,54 @@ def test_well_formed_inputs_pass_their_schemas(tmp_path: Path) -> None:
     scores = tmp_path / "scores.jsonl"
     scores.write_text(json.dumps({"tokens": [{"z_H": None, "cusum": 0.0, "token": None}], "alarm_at": None}))
     assert load_source(scores).kind == "monitor-score"
+
+
+# --------------------------------------------------------------------------- Table 5
+
+
+def _sized_run(family: str, params: int, weights: str, drift: float, abs_dh: float, **config: object) -> Run:
+    summary = {
+        "statistics": {"drift": drift, "mean_abs_dH": abs_dh},
+        "config": {"model": f"{family}-{params}", "weights": weights, "top_k": None, **config},
+        "model": {"model_type": family, "num_parameters": params, "spec": f"{family}-{params}"},
+    }
+    return Run(Path(f"{family}-{params}-{weights}"), summary, pd.DataFrame(), pd.DataFrame())
+
+
+def test_table5_figure_plots_drift_and_abs_dh_per_group_with_r_p_and_one_note() -> None:
+    from scipy import stats as scipy_stats
+
+    from ppmech.report.figures.sweep import scaling_rows
+
+    drift = {1: 0.05, 2: 0.02, 4: -0.01}
+    runs = {
+        f"llama-{n}-pre": _sized_run("llama", n * 1000, "pretrained", d, 0.5 + n) for n, d in drift.items()
+    }
+    runs |= {
+        f"llama-{n}-rand": _sized_run("llama", n * 1000, "random", d / 2, 1.0 * n) for n, d in drift.items()
+    }
+    runs |= {f"gemma-{n}": _sized_run("gemma3_text", n * 5000, "pretrained", 0.1 * n, 2.0) for n in (1, 2)}
+    runs["llama-8-topk"] = _sized_run("llama", 8000, "pretrained", 0.3, 9.0, top_k=5)  # another protocol
+    groups = F.scaling_groups(runs)
+    by_label = {g.label: g for g in groups}
+    pre = by_label["llama (pretrained, top_k=None)"]
+    assert pre.runs == ["llama-1-pre", "llama-2-pre", "llama-4-pre"]  # the top_k=5 run is not in it
+    assert by_label["llama (pretrained, top_k=5)"].runs == ["llama-8-topk"]
+    expected = scipy_stats.pearsonr([1000, 2000, 4000], list(drift.values()))
+    assert pre.correlations["drift"].r == pytest.approx(expected.statistic)  # type: ignore[union-attr]
+    assert pre.correlations["drift"].p == pytest.approx(expected.pvalue)  # type: ignore[union-attr]
+    fig = F.scaling(runs, groups)
+    drawn = [t for t in fig.data if t.legendgroup == pre.label]
+    assert [list(t.y) for t in drawn] == [list(drift.values()), [1.5, 2.5, 4.5]]  # drift, then <|dH|>
+    assert f"r = {expected.statistic:.3f}" in drawn[0].name
+    assert [a.text for a in fig.layout.annotations] == [title for _, _, title in F.SCALED]
+    assert "[nats]" in F.SCALED[1][2] and fig.layout.xaxis.type == "log"
+    caption = F.caption_of(fig)
+    # One note for every group short of sizes, not one per statistic.
+    assert caption.count("needs at least 3") == 1
+    assert "gemma3_text (pretrained) (2)" in caption and "llama (pretrained, top_k=5) (1)" in caption
+    rows = {r["group"]: r for r in scaling_rows(groups)}
+    assert (
+        rows[pre.label]["runs"] == "llama-1-pre, llama-2-pre, llama-4-pre" and rows[pre.label]["sizes"] == 3
+    )
+    assert rows["gemma3_text (pretrained)"]["drift r"] is None

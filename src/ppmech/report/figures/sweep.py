@@ -24,10 +24,10 @@ from ppmech.errors import PPMechError
 from ppmech.report.figures.common import color, need_runs, padded_range, with_meta
 from ppmech.runs import Run
 
-#: Table 5's statistics: summary key, label with its unit.
+#: Table 5's statistics: summary key, short name, panel title with its unit.
 SCALED = (
-    ("drift", "drift = ΣΔH / Σ|ΔH|  [dimensionless]"),
-    ("mean_abs_dH", "⟨|ΔH|⟩  [nats]"),
+    ("drift", "drift", "drift = ΣΔH / Σ|ΔH|  [dimensionless]"),
+    ("mean_abs_dH", "⟨|ΔH|⟩", "⟨|ΔH|⟩  [nats]"),
 )
 #: Sizes a correlation needs (:func:`ppmech.claims.scaling.scaling_correlation`).
 MIN_SIZES = 3
@@ -63,7 +63,7 @@ def scaling_frame(runs: Mapping[str, Run]) -> pd.DataFrame:
             "weights": run.config.get("weights", run.model.get("weights")),
             "parameters": run.model.get("num_parameters"),
         }
-        row.update({key: stats.get(key) for key, _ in SCALED})
+        row.update({key: stats.get(key) for key, _, _ in SCALED})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -79,7 +79,7 @@ def scaling_groups(runs: Mapping[str, Run]) -> list[ScalingGroup]:
     for (family, _), names in sorted(by_key.items()):
         names.sort(key=lambda n: float(runs[n].model.get("num_parameters") or 0))
         weights = runs[names[0]].config.get("weights", runs[names[0]].model.get("weights"))
-        label = f"{family} ({weights})"
+        extra = ""
         twins = [
             ns
             for (f, _), ns in by_key.items()
@@ -87,10 +87,11 @@ def scaling_groups(runs: Mapping[str, Run]) -> list[ScalingGroup]:
         ]
         if len(twins) > 1:  # the same family and weights, measured differently: name the difference
             differing = protocol_differences([runs[ns[0]].config for ns in twins])
-            label += "; " + ", ".join(f"{k}={runs[names[0]].config.get(k)}" for k in differing)
+            extra = "".join(f", {k}={runs[names[0]].config.get(k)}" for k in differing)
+        label = f"{family} ({weights}{extra})"
         sizes = len({runs[n].model.get("num_parameters") for n in names})
         group = ScalingGroup(label=label, runs=names, sizes=sizes)
-        for key, _ in SCALED:
+        for key, _, _ in SCALED:
             if sizes < MIN_SIZES:
                 group.correlations[key] = f"{sizes} size{'s' * (sizes != 1)}"
                 continue
@@ -114,7 +115,7 @@ def scaling_rows(groups: list[ScalingGroup]) -> list[dict[str, Any]]:
     rows = []
     for g in groups:
         row: dict[str, Any] = {"group": g.label, "sizes": g.sizes, "runs": ", ".join(g.runs)}
-        for key, _ in SCALED:
+        for key, _, _ in SCALED:
             value = g.correlations[key]
             row[f"{key} r"] = value.r if isinstance(value, Correlation) else None
             row[f"{key} p"] = value.p if isinstance(value, Correlation) else None
@@ -134,15 +135,19 @@ def scaling(runs: Mapping[str, Run], groups: list[ScalingGroup] | None = None) -
         raise PPMechError("these runs record no parameter count", "re-record them with this ppmech")
     groups = scaling_groups(runs) if groups is None else groups
     fig = make_subplots(
-        rows=1, cols=len(SCALED), subplot_titles=[label for _, label in SCALED], horizontal_spacing=0.1
+        rows=1, cols=len(SCALED), subplot_titles=[title for _, _, title in SCALED], horizontal_spacing=0.1
     )
-    extent: dict[str, list[float | None]] = {key: [] for key, _ in SCALED}
+    extent: dict[str, list[float | None]] = {key: [] for key, _, _ in SCALED}
     for i, g in enumerate(groups):
         part = frame.loc[g.runs]
         pretrained = str(part["weights"].iloc[0]) == "pretrained"
-        rs = [f"{k}: {_corr_text(c)}" for k, c in g.correlations.items() if isinstance(c, Correlation)]
+        rs = [
+            f"{short}: {_corr_text(g.correlations[k])}"
+            for k, short, _ in SCALED
+            if isinstance(g.correlations[k], Correlation)
+        ]
         name = f"{g.label}, {g.sizes} size{'s' * (g.sizes != 1)}" + (f" ({'; '.join(rs)})" if rs else "")
-        for col, (key, label) in enumerate(SCALED, start=1):
+        for col, (key, short, _) in enumerate(SCALED, start=1):
             y = part[key].to_numpy(dtype=float)
             extent[key] += list(y)
             fig.add_trace(
@@ -157,7 +162,7 @@ def scaling(runs: Mapping[str, Run], groups: list[ScalingGroup] | None = None) -
                     showlegend=col == 1,
                     text=list(part.index),
                     hovertemplate="%{text}<br>%{x:.3s} parameters<br>"
-                    + label.split("  ")[0]
+                    + short
                     + " %{y:.4f}<br>"
                     + _corr_text(g.correlations[key])
                     + "<extra></extra>",
@@ -166,12 +171,11 @@ def scaling(runs: Mapping[str, Run], groups: list[ScalingGroup] | None = None) -
                 col=col,
             )
     params = frame["parameters"].to_numpy(dtype=float)
-    for col, (key, _) in enumerate(SCALED, start=1):
+    for col, (key, _, _) in enumerate(SCALED, start=1):
         fig.update_xaxes(
             type="log", title_text="parameters", range=padded_range(params, log=True), row=1, col=col
         )
         fig.update_yaxes(range=padded_range(extent[key]), row=1, col=col)
-    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
     few = [g for g in groups if g.sizes < MIN_SIZES]
     caption = (
         "Table 5 of the paper: each run's drift ΣΔH/Σ|ΔH| (dimensionless, from −1 to 1: the share of H's "
@@ -185,4 +189,7 @@ def scaling(runs: Mapping[str, Run], groups: list[ScalingGroup] | None = None) -
             f" A correlation needs at least {MIN_SIZES} model sizes; these groups have fewer, so they are "
             "drawn without r: " + ", ".join(f"{g.label} ({g.sizes})" for g in few) + "."
         )
-    return with_meta(fig, "Table 5: drift and ⟨|ΔH|⟩ against model size", caption, 470 + 22 * len(groups))
+    with_meta(fig, "Table 5: drift and ⟨|ΔH|⟩ against model size", caption, 480 + 24 * len(groups))
+    # The legend names carry r and p: below the panels, where they have the page's width.
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0))
+    return fig
