@@ -297,3 +297,136 @@ def test_a_second_writer_is_refused_naming_the_first(tiny: str, tmp_path: Path) 
     run = load_run(out)
     assert run.config["seed"] == 0 and len(run.trajectories) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+# --- issue 20: config files, re-analysis without re-recording; issue 18: --device '' ---------------
+
+
+def test_a_runs_config_toml_reproduces_it(
+    tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tomllib
+
+    import pandas as pd
+
+    argv = [*_small(tiny, tmp_path / "x"), "--decoding", "sample", "--top-k", "7", "--temperature", "0.9"]
+    assert _run([*argv, "--seed", "5"], capsys)[0] == 0
+    settings = tomllib.loads((tmp_path / "x" / "config.toml").read_text())
+    assert settings["top_k"] == 7 and settings["seed"] == 5 and settings["model"] == tiny
+    code, _, err = _run(
+        [
+            "measure",
+            "--config",
+            str(tmp_path / "x" / "config.toml"),
+            "--out",
+            str(tmp_path / "y"),
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    x, y = load_run(tmp_path / "x"), load_run(tmp_path / "y")
+    pd.testing.assert_frame_equal(x.steps, y.steps)  # sampled tokens included: the same run again
+    assert x.config == y.config and x.summary["statistics"] == y.summary["statistics"]
+    # Flags override the file.
+    code, _, err = _run(
+        [
+            "measure",
+            "--config",
+            str(tmp_path / "x" / "config.toml"),
+            "--prompts",
+            "2",
+            *["--out", str(tmp_path / "z")],
+        ],
+        capsys,
+    )
+    assert code == 0 and load_run(tmp_path / "z").config["prompts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("prompt = 3\n", "unknown key 'prompt' (did you mean 'prompts'?)"),
+        ("prompts = [\n", "is not valid TOML"),
+        ("prompts = 0\n", "--prompts must be at least 1"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_exit_2(
+    content: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(content)
+    code, _, err = _run(["measure", "--config", str(path), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_blank_device_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 18: `measure --device ''` silently meant auto."""
+    code, _, err = _run([*_small("smollm2-135m", tmp_path / "run"), "--device", ""], capsys)
+    assert code == 2 and "--device is empty" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def _no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tripwire: loading any model fails the test (re-analysis must read stored steps only)."""
+    import ppmech.measure
+    import ppmech.models.loading
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ppmech.models.loading, "load_model", refuse)
+    monkeypatch.setattr(ppmech.measure, "load_configured", refuse)
+
+
+def test_measure_or_load_returns_the_stored_run_and_reanalyses_without_recording(
+    tiny: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    from ppmech.errors import PPMechError
+    from ppmech.measure import MeasureConfig, measure, measure_or_load
+
+    config = MeasureConfig(model=tiny, prompts=3, context_tokens=16, new_tokens=6, n_boot=50)
+    first = measure_or_load(config, tmp_path / "run", progress=False)  # nothing there: measured
+    steps_file = (tmp_path / "run" / "steps.parquet").read_bytes()
+    _no_model_loads(monkeypatch)
+    again = measure_or_load(config, tmp_path / "run")  # a notebook re-run: the stored run
+    assert again.statistics.to_dict() == first.statistics.to_dict() and again.summary == first.summary
+    pd.testing.assert_frame_equal(again.steps, first.steps)
+    # An execution setting does not change what is recorded: still the stored run.
+    assert (
+        measure_or_load(MeasureConfig(**{**config.to_dict(), "batch_size": 1}), tmp_path / "run").files == []
+    )
+    # An analysis setting: statistics recomputed from the stored steps, nothing recorded.
+    redone = measure_or_load(MeasureConfig(**{**config.to_dict(), "n_boot": 80}), tmp_path / "run")
+    assert redone.statistics.n_boot == 80 and redone.summary["config"]["n_boot"] == 80
+    assert "n_boot = 80" in (tmp_path / "run" / "config.toml").read_text()
+    assert (tmp_path / "run" / "steps.parquet").read_bytes() == steps_file
+    assert load_run(tmp_path / "run").summary["statistics"]["n_boot"] == 80
+    # A protocol setting: refused, naming it.
+    with pytest.raises(PPMechError, match=r"other settings \(new_tokens\)"):
+        measure_or_load(MeasureConfig(**{**config.to_dict(), "new_tokens": 7}), tmp_path / "run")
+    monkeypatch.undo()
+    # The API's overwrite=True replaces it.
+    replaced = measure(
+        MeasureConfig(**{**config.to_dict(), "new_tokens": 7}), tmp_path / "run", overwrite=True
+    )
+    assert replaced.summary["config"]["new_tokens"] == 7
+
+
+def test_analyze_n_boot_loads_no_model_and_device_needs_a_model_analysis(
+    tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _run([*_small(tiny, tmp_path / "run"), "--prompts", "5"], capsys)[0] == 0
+    _no_model_loads(monkeypatch)
+    code, out, err = _run(["analyze", str(tmp_path / "run"), "--n-boot", "40", "--no-nulls"], capsys)
+    assert code == 0, err
+    assert "Analyses" in out
+    for device in ("cuda", "bogus"):
+        code, _, err = _run(["analyze", str(tmp_path / "run"), "--device", device], capsys)
+        assert code == 2 and "--device" in err and "--hidden" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", str(tmp_path / "run"), "--device", ""])
+    assert exc.value.code == 2 and "--device is empty" in capsys.readouterr().err

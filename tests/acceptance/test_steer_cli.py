@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -222,3 +223,76 @@ def test_steer_overwrite_never_replaces_another_commands_output(
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "holds a ppmech measure output, not a steer output" in err
     assert sorted(p.name for p in run.iterdir()) == [".ppmech-run", "summary.json"]
+
+
+# --- issues 18-20: steer's lengths, sampling settings, config files ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Any) -> str:
+    """A tiny random-config model (256 positions); made in setup, so its save chatter is not the test's."""
+    return str(tiny_model_dir("llama"))
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    try:
+        code, _, err = _run(argv, capsys)
+    except SystemExit as exc:
+        code, err = int(exc.code or 0), capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_new_tokens_shorter_than_the_target_is_refused_naming_both(
+    tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 18: the rest of the target was silently dropped."""
+    base = ["steer", "--model", tiny, "--prompt", "Hello", "--out", str(tmp_path / "o")]
+    err = _refused([*base, "--target-ids", "5,6,7", "--new-tokens", "2"], capsys)
+    assert "--new-tokens 2 is shorter than the 3-step target schedule" in err
+    err = _refused([*base, "--target-text", "one two three four", "--new-tokens", "1"], capsys)
+    assert "--new-tokens 1 is shorter than the target, which is 4 tokens" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_too_long_target_names_the_target_not_context_tokens(
+    tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 18: the message named `context_tokens`, which is not a steer flag."""
+    argv = ["steer", "--model", tiny, "--prompt", "Hello", "--out", str(tmp_path / "o")]
+    err = _refused([*argv, "--target-text", " word" * 300], capsys)  # the tiny model has 256 positions
+    assert "300-token target text exceed the model's 256 positions" in err
+    assert "context_tokens" not in err and "context-tokens" not in err
+
+
+@pytest.mark.parametrize("extra", [["--top-p", "0.5"], ["--top-k", "3"], ["--top-k", "3", "--top-p", "0.5"]])
+def test_steer_refuses_sampling_settings_under_greedy(
+    extra: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19: `steer --decoding greedy --top-p 0.5 --top-k 3` was accepted and ignored."""
+    argv = ["steer", "--prompt", "Hi", "--target-text", "x", "--out", str(tmp_path / "o"), *extra]
+    assert "only applies to --decoding sample, not greedy" in _refused(argv, capsys)
+
+
+def test_steer_reads_a_config_file_and_writes_its_own(
+    tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tomllib
+
+    path = tmp_path / "steer.toml"
+    path.write_text(
+        f'model = "{tiny}"\nprompt = "The capital of France is"\ntarget_ids = [5, -1, 7]\neta = 0.4\n'
+    )
+    code, _, err = _run(
+        ["steer", "--config", str(path), "--max-steps", "3", "--out", str(tmp_path / "a")], capsys
+    )
+    assert code == 0, err
+    written = tomllib.loads((tmp_path / "a" / "config.toml").read_text())
+    assert written["target_ids"] == [5, -1, 7] and written["eta"] == 0.4 and written["max_steps"] == 3
+    code, _, err = _run(
+        ["steer", "--config", str(tmp_path / "a" / "config.toml"), "--out", str(tmp_path / "b")], capsys
+    )
+    assert code == 0, err
+    a = pd.read_parquet(tmp_path / "a" / "steps.parquet")
+    b = pd.read_parquet(tmp_path / "b" / "steps.parquet")
+    pd.testing.assert_frame_equal(a, b)
