@@ -39,7 +39,8 @@ import torch
 from ppmech.measure import measure
 from ppmech.provenance import versions
 from ppmech.sweep import SweepOptions, parse_study, sweep
-from ppmech.sweep.runner import connect
+from ppmech.sweep.cluster import connect
+from ppmech.sweep.study import Resources
 
 RESULTS_NAME = "sweep.md"
 
@@ -90,7 +91,7 @@ def main() -> None:
         # Warm: this process (model files, corpus) and Ray (start-up, worker imports, model files).
         measure(one_at_a_time.runs[0].config, scratch / "warm-seq", progress=False)
         t0 = time.perf_counter()
-        connect(SweepOptions(num_cpus=args.threads))  # the local instance `ppmech sweep` starts
+        connect(Resources(), num_cpus=args.threads)  # the local instance `ppmech sweep` starts
         ray_start = time.perf_counter() - t0
         warm_sweep = swept("serial", "warm-sweep")
         methods = ["sequential", "serial", *(["parallel"] if args.threads > 1 else [])]

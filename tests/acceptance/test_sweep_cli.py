@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -47,6 +48,19 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
             "is not auto, HOST:PORT or ray://HOST:PORT",
         ),
         ('models = ["smollm2-135m"]\n', ["--set", "promts=3"], "did you mean 'prompts'"),
+        # What `measure` refuses, `sweep` refuses at validation, before Ray starts.
+        ('models = ["smollm2-135m"]\ndevice = "bogus"\n', [], "unknown device 'bogus'"),
+        ('models = ["smollm2-135m"]\ndevice = ""\n', [], "`device` is empty"),
+        ('models = ["smollm2-135m"]\nbatch_size = [1, 2]\n', [], "measure the same thing"),
+        ('models = [{ model = "smollm2-135m", name = "../escaped" }]\n', [], "not one safe path component"),
+        ('models = ["smollm2-135m"]\n', ["--join-timeout", "0"], "--join-timeout must be more than 0"),
+        # Resources no node has are refused up front, naming what there is (Ray would wait forever).
+        ('models = ["smollm2-135m"]\n[resources]\ngpus = 1\n', [], "no node can run one run of this study"),
+        (
+            'models = ["smollm2-135m"]\n[resources]\ncpus = 8\n',
+            ["--num-cpus", "2"],
+            "([resources] cpus = 8, gpus = 0): this machine's Ray instance has 1 node: 2 CPUs, 0 GPUs",
+        ),
         (
             'models = ["smollm2-135m"]\n',
             ["--preset", "paper-table1"],
@@ -70,6 +84,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
 def test_no_study_and_a_file_as_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["sweep", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "no study given" in err
+    code, _, err = _run(["sweep", "--preset", "paper-table1", "--out", ""], capsys)
+    assert code == 2 and "--out is empty" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "file").write_text("kept")
     code, _, err = _run(["sweep", "--preset", "paper-table1", "--out", str(tmp_path / "file")], capsys)
     assert code == 2 and "is a file, not a directory" in err
@@ -258,3 +274,62 @@ def test_verify_refuses_a_sweep_that_is_not_a_study(
     code, _, err = _run(["verify", "--sweep", str(tmp_path), "--out", str(tmp_path / "v")], capsys)
     assert code == 2 and "is not a ppmech sweep study directory" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "v").exists()
+
+
+def test_joining_something_that_is_not_a_ray_head_times_out_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plain TCP listener accepts the connection and never answers: the join gives up at --join-timeout."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    study = tmp_path / "study.toml"
+    study.write_text('models = ["smollm2-135m"]\nprompts = 2\nnew_tokens = 3\n')
+    started = time.monotonic()
+    try:
+        code, _, err = _run(
+            ["sweep", str(study), "--out", str(tmp_path / "out"), "--address", f"127.0.0.1:{port}",
+             "--join-timeout", "6", "--no-progress"],
+            capsys,
+        )  # fmt: skip
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+    elapsed = time.monotonic() - started
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"cannot join the Ray cluster at 127.0.0.1:{port}: nothing at 127.0.0.1:{port} answered" in err
+    assert "within 6 s" in err and "--join-timeout" in err and "Ray's log: " in err
+    assert accepted, "the join never reached the listener"
+    assert elapsed < 40, elapsed
+    assert not (tmp_path / "out").exists()  # nothing written before the cluster is joined
+
+
+def test_without_ray_a_sweep_that_must_record_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    study = tmp_path / "study.toml"
+    study.write_text('models = ["smollm2-135m"]\nprompts = 2\nnew_tokens = 3\n')
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+        "import ppmech\n"
+        "from ppmech.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "sweep", str(study), "--out", str(tmp_path / "out"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "needs Ray, which is not installed" in done.stderr and "pip install 'ppmech[sweep]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -154,21 +154,20 @@ def test_rerun_skips_every_run(swept: SweepResult, tiny_sizes: dict[int, str]) -
     assert list(frame["wall_seconds"]) == [o.wall_seconds for o in swept.outcomes]
 
 
-def test_changed_settings_are_refused_then_replaced(
+def test_an_analysis_change_is_reanalysed_not_refused(
     swept: SweepResult, tiny_sizes: dict[int, str], tmp_path: Path
 ) -> None:
+    """n_boot is an ANALYSIS setting: the stored steps are re-analysed (no --replace, no recording)."""
     out = tmp_path / "copy"
     shutil.copytree(swept.out, out)
     text = f'models = ["{tiny_sizes[1]}"]\n{SETTINGS.replace("n_boot = 200", "n_boot = 100")}'
     study = parse_study(text, "changed.toml")
     name = "tiny-l1-pretrained-n4-ctx16-new8"
-    before = (out / "runs" / name / "summary.json").read_bytes()
-    with pytest.raises(PPMechError, match=r"different settings \(n_boot: 200 -> 100\).*--replace"):
-        sweep(study, out, SweepOptions(progress=False))
-    assert (out / "runs" / name / "summary.json").read_bytes() == before
-    result = sweep(study, out, SweepOptions(progress=False, replace=True))
-    assert [o.status for o in result.outcomes] == ["complete"]
+    steps = (out / "runs" / name / "steps.parquet").read_bytes()
+    result = sweep(study, out, SweepOptions(progress=False))
+    assert [(o.status, o.reused, o.reanalysed) for o in result.outcomes] == [("complete", True, True)]
     assert load_run(out / "runs" / name).config["n_boot"] == 100
+    assert (out / "runs" / name / "steps.parquet").read_bytes() == steps
     assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]
 
 
@@ -277,3 +276,85 @@ def test_table5_gives_the_ledger_row_a_measured_verdict(swept: SweepResult, tmp_
     with pytest.raises(PPMechError, match="not a ppmech sweep study directory"):
         verify(VerifyConfig(out=str(tmp_path / "v"), sweep=str(tmp_path)), progress=False)
     assert not (tmp_path / "v").exists()
+
+
+def test_a_ray_task_error_is_recorded_as_its_cause_without_colour_codes() -> None:
+    from ray.exceptions import RayTaskError
+
+    from ppmech.sweep.runner import one_line
+
+    cause = PermissionError(13, "Permission denied", "/ro/ppmech-sweep/run")
+    error = RayTaskError("record_run", "Traceback\n\x1b[36mray::record_run()\x1b[39m (pid=1)", cause)
+    for exc in (error, error.as_instanceof_cause()):
+        line = one_line(exc)
+        assert line == "PermissionError: [Errno 13] Permission denied: '/ro/ppmech-sweep/run'"
+        assert "\x1b" not in line and "\n" not in line
+
+
+def _resave(source: str, target: Path, seed: int) -> None:
+    """A copy of a tiny model directory with weights drawn from ``seed`` (its files, so its hash, change)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+
+
+def test_analysis_changes_reanalyse_without_a_model_and_replace_never_deletes_a_users_file(
+    ray_local: None, tiny_sizes: dict[int, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    model = tmp_path / "model"
+    _resave(tiny_sizes[1], model, seed=1)
+    text = f'models = ["{model}"]\n{SETTINGS}'
+    out = tmp_path / "out"
+    first = sweep(parse_study(text, "s.toml"), out, SweepOptions(progress=False))
+    (o,) = first.outcomes
+    run_dir = out / "runs" / o.name
+    steps = (run_dir / "steps.parquet").read_bytes()
+
+    # An analysis setting: no model (its files are gone) and no Ray (it cannot be imported) are needed.
+    hidden = tmp_path / "model-away"
+    model.rename(hidden)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    started = time.perf_counter()
+    again = sweep(parse_study(text, "s.toml", ["n_boot=70"]), out, SweepOptions(progress=False))
+    seconds = time.perf_counter() - started
+    monkeypatch.delitem(sys.modules, "ray")
+    hidden.rename(model)
+    (r,) = again.outcomes
+    assert r.status == "complete" and r.reused and r.reanalysed, r
+    print(f"re-analysis of a finished 1-run study (n_boot=70): {seconds:.2f} s")
+    run = load_run(run_dir)
+    assert run.config["n_boot"] == 70 and "70 replicates" in run.summary["statistics"]["global_cv_ci"]["note"]
+    assert (run_dir / "steps.parquet").read_bytes() == steps  # nothing re-recorded
+    frame = pd.read_parquet(out / "study.parquet")
+    assert list(frame["reanalysed"]) == [True]
+    # An execution setting: reused as it is.
+    same = sweep(
+        parse_study(text, "s.toml", ["n_boot=70", "batch_size=2"]), out, SweepOptions(progress=False)
+    )
+    assert same.outcomes[0].reused and not same.outcomes[0].reanalysed
+
+    # The model's files change: the run is stale. A user's file in it is never deleted, even with --replace.
+    shutil.rmtree(model)
+    _resave(tiny_sizes[1], model, seed=2)
+    (run_dir / "NOTES.txt").write_text("mine")
+    summary = (run_dir / "summary.json").read_bytes()
+    with pytest.raises(PPMechError, match=r"holds files ppmech did not write \(NOTES.txt\)"):
+        sweep(parse_study(text, "s.toml", ["n_boot=70"]), out, SweepOptions(progress=False, replace=True))
+    assert (run_dir / "NOTES.txt").read_text() == "mine" and (
+        run_dir / "summary.json"
+    ).read_bytes() == summary
+    (run_dir / "NOTES.txt").unlink()
+    replaced = sweep(
+        parse_study(text, "s.toml", ["n_boot=70"]), out, SweepOptions(progress=False, replace=True)
+    )
+    assert replaced.outcomes[0].status == "complete" and not replaced.outcomes[0].reused
+    assert (run_dir / "steps.parquet").read_bytes() != steps
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [o.name]  # no staging debris

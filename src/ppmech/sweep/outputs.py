@@ -22,8 +22,9 @@ import json
 import math
 import time
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,8 +39,35 @@ from ppmech.sweep.names import setting_tokens
 from ppmech.sweep.study import Study
 from ppmech.tables import fmt, markdown_table
 
-if TYPE_CHECKING:
-    from ppmech.sweep.runner import RunOutcome
+
+@dataclass
+class RunOutcome:
+    """What happened to one run of the grid (a row of ``study.parquet``).
+
+    Attributes:
+        status: ``complete``, ``failed``, ``interrupted`` (the sweep was stopped
+            before it finished) or ``pending`` (not started yet).
+        reused: complete from an earlier sweep, not recorded again.
+        reanalysed: reused with its statistics recomputed from its stored steps.
+        error: the one-line error of a failed run.
+        summary: the run's ``summary.json`` (complete runs).
+        node_id: the Ray node that recorded it.
+        pids: worker process ids of each attempt on that node (a retry after a
+            dead worker adds one).
+        wall_seconds: the task's wall time (model load, recording, statistics).
+    """
+
+    name: str
+    config: MeasureConfig
+    status: str = "pending"
+    reused: bool = False
+    reanalysed: bool = False
+    error: str | None = None
+    summary: dict[str, Any] | None = None
+    node_id: str | None = None
+    pids: list[int] = field(default_factory=list)
+    wall_seconds: float | None = None
+
 
 #: Per-run statistics copied from ``summary.json`` (see :mod:`ppmech.statistics`).
 STAT_KEYS = (

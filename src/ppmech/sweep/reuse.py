@@ -13,24 +13,21 @@ between the stored run's config and the planned one:
   ``foreign`` and never touched, even with ``--replace`` (the rule of :mod:`ppmech.artifacts`).
 
 Everything here only reads, except :func:`reanalyse`, which rewrites the run's
-``summary.json`` through :mod:`ppmech.artifacts`.
+``summary.json`` and ``config.toml`` (through :func:`ppmech.measure.reanalyze`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ppmech.artifacts import MARKER, OutputLock, foreign_entries, read_marker, write_json
+from ppmech.artifacts import MARKER, foreign_entries, read_marker
 from ppmech.errors import PPMechError
 from ppmech.measure import MeasureConfig
-from ppmech.provenance import json_safe
 from ppmech.runs import Run, load_run
-from ppmech.settings import Role, role_of, values
-from ppmech.statistics import statistics_from_steps
+from ppmech.settings import Role, role_of
 from ppmech.sweep.names import run_path
 from ppmech.sweep.study import Study
 
@@ -175,17 +172,11 @@ def refuse(states: dict[str, Existing], runs_root: Path, replace: bool) -> None:
 def reanalyse(path: Path, config: MeasureConfig) -> Run:
     """Recompute a run's statistics from its stored steps under ``config``'s analysis settings.
 
-    No model is loaded and no step is recorded: ``steps.parquet`` is read, the statistics
-    are computed as :func:`ppmech.measure.measure` computes them
-    (:func:`~ppmech.statistics.statistics_from_steps` with the run's seed), and
-    ``summary.json`` is rewritten atomically with them and the new analysis settings.
+    No model is loaded and no step is recorded: :func:`ppmech.measure.reanalyze` (the one
+    re-analysis, also behind ``ppmech analyze RUN --n-boot``) rewrites the run's
+    ``summary.json`` and ``config.toml`` under its lock.
     """
-    with OutputLock(Path(os.path.abspath(path))):
-        run = load_run(path)
-        stats = statistics_from_steps(run.steps, n_boot=config.n_boot, seed=config.seed)
-        summary = dict(run.summary)
-        summary["statistics"] = stats.to_dict()
-        summary["config"] = {**run.config, **values(config, Role.ANALYSIS)}
-        summary["reanalysed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        write_json(path / "summary.json", json_safe(summary))
+    from ppmech.measure import reanalyze
+
+    reanalyze(path, config)
     return load_run(path)

@@ -41,7 +41,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,10 @@ from ppmech.artifacts import MARKER, Output, OutputLock, check_location, write_b
 from ppmech.errors import PPMechError
 from ppmech.measure import MeasureConfig, measure
 from ppmech.runs import load_run, write_json
-from ppmech.sweep import cluster
+from ppmech.sweep import cluster, outputs
 from ppmech.sweep.cluster import JOIN_TIMEOUT, Session, ray_version, strip_ansi
 from ppmech.sweep.names import run_path
+from ppmech.sweep.outputs import RunOutcome
 from ppmech.sweep.reuse import Existing, existing_run, plan, reanalyse, refuse
 from ppmech.sweep.study import PlannedRun, Resources, Study
 
@@ -88,35 +89,6 @@ class SweepOptions:
     replace: bool = False
     progress: bool = True
     join_timeout: float = JOIN_TIMEOUT
-
-
-@dataclass
-class RunOutcome:
-    """What happened to one run of the grid.
-
-    Attributes:
-        status: ``complete``, ``failed``, ``interrupted`` (the sweep was stopped
-            before it finished) or ``pending`` (not started yet).
-        reused: complete from an earlier sweep, not recorded again.
-        reanalysed: reused with its statistics recomputed from its stored steps.
-        error: the one-line error of a failed run.
-        summary: the run's ``summary.json`` (complete runs).
-        node_id: the Ray node that recorded it.
-        pids: worker process ids of each attempt on that node (a retry after a
-            dead worker adds one).
-        wall_seconds: the task's wall time (model load, recording, statistics).
-    """
-
-    name: str
-    config: MeasureConfig
-    status: str = "pending"
-    reused: bool = False
-    reanalysed: bool = False
-    error: str | None = None
-    summary: dict[str, Any] | None = None
-    node_id: str | None = None
-    pids: list[int] = field(default_factory=list)
-    wall_seconds: float | None = None
 
 
 @dataclass
@@ -365,8 +337,6 @@ def sweep(study: Study, out: str | Path, options: SweepOptions | None = None) ->
             file, a cluster that cannot be joined or cannot hold a run, another sweep
             writing ``out``.
     """
-    from ppmech.sweep import outputs
-
     options = options or SweepOptions()
     _check_out(Path(out))
     out = Path(out)
@@ -420,8 +390,6 @@ def _connect(resources: Resources, options: SweepOptions) -> Session:
 
 def _reused(study: Study, out: Path, states: dict[str, Existing]) -> dict[str, RunOutcome]:
     """Outcomes of the runs the study directory already holds (re-analysed where their analysis changed)."""
-    from ppmech.sweep import outputs
-
     previous = outputs.read_previous(out)
     outcomes: dict[str, RunOutcome] = {}
     for run in study.runs:
@@ -458,7 +426,6 @@ def _run_on_ray(
 ) -> None:
     import ray
 
-    from ppmech.sweep import outputs
     from ppmech.sweep.progress import SweepProgress
 
     pending: dict[Any, PlannedRun] = {}
