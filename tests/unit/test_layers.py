@@ -118,8 +118,6 @@ KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
     {
         # The scaling analysis depends on code that runs models.
         ("ppmech.claims.scaling", "ppmech.measure"),
-        # The sweep's runner <-> outputs.
-        ("ppmech.sweep.outputs", "ppmech.sweep.runner"),
     }
 )
 
