@@ -38,6 +38,7 @@ def test_run_directory_contents(tiny: str, tmp_path: Path) -> None:
     run = load_run(result.path)
     assert sorted(p.name for p in result.path.iterdir()) == [
         ".ppmech-run",
+        "config.toml",
         "hidden",
         "steps.parquet",
         "summary.json",
