@@ -273,7 +273,7 @@ def _tokenizer_hash(tokenizer: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _hub_revision(repo_id: str) -> str:
+def _hub_revision(repo_id: str, revision: str | None = None) -> str:
     """The commit of ``repo_id`` that was just loaded, read from the hub cache's snapshot path.
 
     transformers 5 no longer records it on the config; after a load the cache's
@@ -281,7 +281,7 @@ def _hub_revision(repo_id: str) -> str:
     """
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "config.json")
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     if isinstance(cached, str):
         parts = Path(cached).parts
         if "snapshots" in parts[:-1]:
@@ -304,6 +304,7 @@ def load_model(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     device: str | torch.device = "auto",
+    revision: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode.
 
@@ -315,14 +316,15 @@ def load_model(
         dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
         trust_remote_code: passed to transformers; off unless asked for.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
-            (see :func:`ppmech.engine.device.resolve_device`).
+            (see :func:`ppmech.models.device.resolve_device`).
+        revision: hub revision (branch, tag or commit) of a hub model; refused for any other kind.
 
     Raises:
         PPMechError: unknown model, missing or corrupt file, unsupported dtype.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from ppmech.engine.device import resolve_device
+    from ppmech.models.device import resolve_device
 
     target = resolve_device(device)  # before any loading: a missing device is a one-line error
     if weights not in ("pretrained", "random"):
@@ -330,17 +332,23 @@ def load_model(
     if dtype not in DTYPES:
         raise PPMechError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
     kind, location, digest = _resolve(spec)
+    if revision is not None and kind != "hub":
+        raise PPMechError(
+            f"`revision` {revision!r} pins a hub model, but '{spec}' is not one ({kind})",
+            "drop `revision`, or name a hub id",
+        )
+    pin: dict[str, Any] = {"revision": revision} if revision is not None else {}
     torch_dtype = DTYPES[dtype]
     try:
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **pin)
             model: Any
             if weights == "pretrained":
                 model = AutoModelForCausalLM.from_pretrained(
-                    location, dtype=torch_dtype, trust_remote_code=trust_remote_code
+                    location, dtype=torch_dtype, trust_remote_code=trust_remote_code, **pin
                 )
             else:
-                config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+                config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **pin)
                 torch.manual_seed(seed)
                 model = AutoModelForCausalLM.from_config(
                     config, dtype=torch_dtype, trust_remote_code=trust_remote_code
@@ -367,7 +375,7 @@ def load_model(
     config = model.config
     if kind == "hub":
         # The id alone names no particular weights: pin the revision that was loaded.
-        digest = hashlib.sha256(f"{spec}@{_hub_revision(spec)}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{spec}@{_hub_revision(spec, revision)}".encode()).hexdigest()
     identity = ModelIdentity(
         spec=spec,
         source=location,
@@ -396,4 +404,5 @@ def load_configured(config: Any) -> LoadedModel:
         dtype=config.dtype,
         trust_remote_code=config.trust_remote_code,
         device=getattr(config, "device", "auto"),
+        revision=getattr(config, "revision", None),
     )
