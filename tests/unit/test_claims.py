@@ -120,7 +120,9 @@ def test_evaluate_expands_per_model_and_uses_table1_rows() -> None:
     row = rows[("T1-cv-pre", "smollm2-135m")]
     assert row.paper == "SmolLM2-135M: 0.117"
     assert row.verdict == "supported"
-    assert rows[("KF2", "smollm2-135m")].verdict == "supported"
+    # KF2 passes the paper's rule but is conserved-type: with no controls measured it stays undecided.
+    assert rows[("KF2", "smollm2-135m")].paper_verdict == "supported"
+    assert rows[("KF2", "smollm2-135m")].verdict == "inconclusive"
     assert rows[("KF1-pre", "smollm2-135m")].verdict == "inconclusive"  # CI high 0.13 is not < 0.13
     # Claims whose measurement was not made are left out; untestable ones stay.
     assert ("C5-pre", "smollm2-135m") not in rows
@@ -221,3 +223,134 @@ def test_beyond_the_paper_rows_have_their_own_heading_and_a_plain_summary() -> N
     line = controls_summary(evaluate(mixed, ["smollm2-135m"]))[0]
     assert "H is flatter than its unpaired null" in line and "but K and V do not compensate overall" in line
     assert "they still do not compensate" in not_flat[0]
+
+
+def _conserved(
+    cv: tuple[float, float, float],
+    r: tuple[float, float, float],
+    band: tuple[float, float],
+    cv_half: tuple[float, float, float],
+    cv_two: tuple[float, float, float] = (0.08, 0.07, 0.09),
+) -> dict[str, Estimate]:
+    """Measurements for KF1-pre and its controls on one pretrained run."""
+    pre = "smollm2-135m/pretrained"
+    return {
+        f"{pre}/global_cv": est(*cv),
+        f"{pre}/null_R": est(*r),
+        f"{pre}/null_shuffle_null_R": Estimate(1.0, band[0], band[1], n=100),
+        f"{pre}/null_shuffle_null_cv": Estimate(0.126, 0.125, 0.127, n=100),
+        f"{pre}/null_scale_c_min": est(0.7, 0.6, 0.8),
+        f"{pre}/null_scale_cv_c0.5": est(*cv_half),
+        f"{pre}/null_scale_cv_c2": est(*cv_two),
+    }
+
+
+@pytest.mark.parametrize(
+    ("r", "band", "cv_half", "verdict"),
+    [
+        # Compensation below the shuffle band and below 13% at c = 0.5 and 2: supported.
+        ((0.86, 0.82, 0.89), (0.99, 1.01), (0.12, 0.11, 0.125), "supported"),
+        # Passes at c = 1 but not at c = 0.5: the paper's threshold is a choice of units.
+        ((0.86, 0.82, 0.89), (0.99, 1.01), (0.145, 0.14, 0.15), "holds only in these units"),
+        # R at 1: H is flat because K and V are each flat, not because they compensate.
+        ((1.0, 0.96, 1.04), (0.99, 1.01), (0.12, 0.11, 0.125), "low variance without compensation"),
+        # R below 1 but inside its shuffle band (the band itself lies below 1).
+        ((0.9, 0.88, 0.92), (0.87, 0.95), (0.12, 0.11, 0.125), "low variance without compensation"),
+        # A control must be shown: a CI that straddles 13% at c = 0.5 does not show it.
+        ((0.86, 0.82, 0.89), (0.99, 1.01), (0.128, 0.12, 0.135), "holds only in these units"),
+        # Nor does an R whose CI reaches the band (Gemma's 0.999 [0.92, 1.05]).
+        ((0.999, 0.92, 1.05), (0.99, 1.01), (0.12, 0.11, 0.125), "low variance without compensation"),
+    ],
+)
+def test_conserved_type_verdicts_include_their_controls(
+    r: tuple[float, float, float],
+    band: tuple[float, float],
+    cv_half: tuple[float, float, float],
+    verdict: str,
+) -> None:
+    m = _conserved((0.117, 0.113, 0.12), r, band, cv_half)
+    row = {(x.id, x.model): x for x in evaluate(m, ["smollm2-135m"])}[("KF1-pre", "smollm2-135m")]
+    assert row.paper_verdict == "supported"
+    assert row.verdict == verdict
+    # The controls are shown beside the verdict, with their numbers.
+    assert "vs shuffle band" in row.controls and "shuffle-null CV 0.126" in row.controls
+    assert "13% holds for c > 0.7" in row.controls and "at c = 0.5" in row.controls
+    assert row.control_values["run"] == "smollm2-135m/pretrained"
+
+
+def test_a_failed_paper_criterion_keeps_its_verdict_and_still_shows_the_controls() -> None:
+    m = _conserved((0.2, 0.19, 0.21), (0.86, 0.82, 0.89), (0.99, 1.01), (0.25, 0.24, 0.26))
+    row = {(x.id, x.model): x for x in evaluate(m, ["smollm2-135m"])}[("KF1-pre", "smollm2-135m")]
+    assert row.verdict == "not supported" and row.paper_verdict == "not supported"
+    assert "R 0.86" in row.controls
+
+
+def test_no_conserved_type_row_is_supported_while_one_of_its_controls_fails() -> None:
+    """Every claim with controls, under every combination of passing and failing controls."""
+    import itertools
+
+    from ppmech.claims.catalogue import CLAIMS as ALL
+
+    conserved = [c for c in ALL if c.controls is not None]
+    assert {"KF1-pre", "KF1-rand", "KF2", "CV-E", "OQ-es", "OQ-long-window", "X-layers"} <= {
+        c.id for c in conserved
+    }
+    good, bad = est(0.01, 0.005, 0.015), est(0.02, 0.018, 0.022)  # good < bad, CIs apart
+    for claim, comp_ok, scale_ok in itertools.product(conserved, (True, False), (True, False)):
+        assert claim.controls is not None
+        model = "smollm2-135m"
+        run = claim.controls.run.format(model=model)
+        m: dict[str, Estimate] = {
+            f"{run}/null_R": est(0.8, 0.75, 0.85) if comp_ok else est(1.0, 0.97, 1.03),
+            f"{run}/null_shuffle_null_R": Estimate(1.0, 0.99, 1.01, n=100),
+            # The paper's test passes: below 13%, or lower than the comparison.
+            claim.metric.format(model=model): good,
+        }
+        if claim.other:
+            m[claim.other.format(model=model)] = bad
+        for metric, other in claim.controls.scale:
+            if other:
+                m[metric.format(model=model)], m[other.format(model=model)] = (
+                    (good, bad) if scale_ok else (bad, good)
+                )
+            else:
+                m[metric.format(model=model)] = good if scale_ok else est(0.5, 0.4, 0.6)
+        (row,) = evaluate(m, [model], [claim])
+        assert row.paper_verdict == "supported", row
+        failed = (not comp_ok and claim.controls.compensation) or (not scale_ok and claim.controls.scale)
+        assert (row.verdict == "supported") == (not failed), row
+
+
+def test_unmeasured_controls_leave_a_passing_claim_inconclusive() -> None:
+    m = {"smollm2-135m/pretrained/global_cv": est(0.117, 0.113, 0.12)}
+    row = {(x.id, x.model): x for x in evaluate(m, ["smollm2-135m"])}[("KF1-pre", "smollm2-135m")]
+    assert row.verdict == "inconclusive" and "not measured" in row.why
+
+
+def test_every_verdict_is_counted() -> None:
+    from ppmech.claims.render import verdict_counts
+    from ppmech.claims.rules import VERDICTS
+
+    m = _conserved((0.117, 0.113, 0.12), (1.0, 0.96, 1.04), (0.99, 1.01), (0.12, 0.11, 0.125))
+    counts = verdict_counts(evaluate(m, ["smollm2-135m"]))
+    assert set(counts) == set(VERDICTS)
+    assert counts["low variance without compensation"] == 1
+
+
+def test_the_catalogue_is_validated_on_load() -> None:
+    from ppmech.claims.catalogue import Claim, validate
+
+    good = Claim(
+        id="x", source="Table 1", statement="s", paper="p", metric="{model}/a/b", rule=Rule("below", 1)
+    )
+    validate([good])
+    for bad in (
+        [good, good],
+        [Claim(id="y", source=" ", statement="s", paper="p", metric="{model}/a/b", rule=Rule("below", 1))],
+        [Claim(id="z", source="T", statement="s", paper="p", metric="{model}/a", rule=Rule("below", 1))],
+        [Claim(id="w", source="T", statement="s", paper="p", metric="{model}/a/b", rule=Rule("nope", 1))],  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ValueError):
+            validate(bad)
+    # Every claim names its source table or section.
+    assert all(c.source.strip() for c in CLAIMS)

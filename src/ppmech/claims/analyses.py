@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 from ppmech.errors import PPMechError
 from ppmech.mechanics import kinetic, log_energy, log_kinetic, potential
 from ppmech.models.architectures import Readout
+from ppmech.nulls.base import split_by_trajectory as split_by_trajectory  # one home: ppmech.nulls
 from ppmech.statistics import (
     MIN_TRAJECTORIES_FOR_CI,
     Estimate,
@@ -53,18 +54,6 @@ F64 = NDArray[np.float64]
 
 ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 """§C.5's interpolation grid α ∈ {0, 0.1, …, 1}."""
-
-
-def split_by_trajectory(steps: pd.DataFrame, columns: Sequence[str]) -> list[np.ndarray]:
-    """Per-trajectory ``[n_i, len(columns)]`` float64 arrays in step order.
-
-    Nulls read as NaN. Trajectories appear in ascending id.
-    """
-    ordered = steps.sort_values(["trajectory", "step"], kind="stable")
-    values = np.column_stack([ordered[c].astype("float64").to_numpy(na_value=np.nan) for c in columns])
-    traj = ordered["trajectory"].to_numpy()
-    cuts = np.flatnonzero(np.diff(traj)) + 1
-    return list(np.split(values, cuts))
 
 
 # --------------------------------------------------------------------------- simple statistics

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ppmech.claims.ledger import DEFINITIONS, LedgerRow, inconsistencies
+from ppmech.claims.rules import VERDICTS
 from ppmech.statistics import Estimate
 
 
 def verdict_counts(rows: list[LedgerRow]) -> dict[str, int]:
-    out = {"supported": 0, "not supported": 0, "inconclusive": 0}
+    """Rows per verdict (every verdict of :data:`~ppmech.claims.rules.VERDICTS`, zeros included)."""
+    out = dict.fromkeys(VERDICTS, 0)
     for r in rows:
         out[r.verdict] += 1
     return out

@@ -1,6 +1,8 @@
 """Verdict rules of the claims ledger, as data, and the engine that applies them.
 
-Verdicts are ``supported``, ``not supported`` or ``inconclusive``. Every rule uses
+Verdicts are ``supported``, ``not supported`` or ``inconclusive`` (and, for
+conserved-type claims whose controls fail, ``holds only in these units`` or
+``low variance without compensation``; see :mod:`ppmech.claims.ledger`). Every rule uses
 the 95% CI of the measured figure (trajectory bootstrap), never just the point:
 
 * ``below x``: supported if CI high < x; not supported if CI low >= x.
@@ -24,7 +26,23 @@ from typing import Literal
 
 from ppmech.statistics import Estimate
 
-Verdict = Literal["supported", "not supported", "inconclusive"]
+Verdict = Literal[
+    "supported",
+    "not supported",
+    "inconclusive",
+    "holds only in these units",
+    "low variance without compensation",
+]
+#: Every verdict, in the order tables count them. The last two are the controls' verdicts of
+#: conserved-type claims (:class:`ppmech.claims.catalogue.Controls`): the paper's rule passes
+#: but a control fails.
+VERDICTS: tuple[Verdict, ...] = (
+    "supported",
+    "not supported",
+    "inconclusive",
+    "holds only in these units",
+    "low variance without compensation",
+)
 RuleKind = Literal[
     "below",
     "above",
@@ -36,6 +54,21 @@ RuleKind = Literal[
     "p_below",
     "untestable",
 ]
+
+
+RULE_KINDS: frozenset[str] = frozenset(
+    (
+        "below",
+        "above",
+        "between",
+        "near",
+        "less_than",
+        "greater_than",
+        "point_less_than",
+        "p_below",
+        "untestable",
+    )
+)
 
 
 @dataclass(frozen=True)
