@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,89 @@ def test_bad_overrides_presets_and_files(tmp_path: Path) -> None:
     (tmp_path / "latin1.toml").write_bytes(b'models = ["caf\xe9"]\n')
     with pytest.raises(PPMechError, match="not UTF-8"):
         load_study(tmp_path / "latin1.toml")
+
+
+@pytest.mark.parametrize(
+    ("ray_output", "cause", "fix"),
+    [
+        (
+            "grpc status UNAUTHENTICATED: Invalid or missing authentication token",
+            "requires token authentication",
+            "RAY_AUTH_MODE=token",
+        ),
+        (
+            "RuntimeError: Version mismatch: The cluster was started with:\n Ray: 2.49.0",
+            "Ray or Python version differs",
+            "`ray --version` on the head node",
+        ),
+        (
+            "ConnectionError: Could not find any running Ray instance. Please specify the one to connect to",
+            "no Ray cluster is running on this machine",
+            "ray start --head",
+        ),
+    ],
+)
+def test_a_failed_join_names_its_cause(ray_output: str, cause: str, fix: str) -> None:
+    from ppmech.sweep.cluster import _cause
+
+    found = _cause(ray_output)
+    assert found is not None and cause in found[0] and fix in found[1]
+    assert _cause("rpc_client.h:153: Failed to connect to GCS at address 1.2.3.4:5 within 5 seconds.") is None
+
+
+def test_resources_no_node_has_are_refused_naming_the_nodes() -> None:
+    from ppmech.sweep.cluster import Capacity, check_feasible
+    from ppmech.sweep.study import Resources
+
+    nodes = Capacity(({"CPU": 2.0, "GPU": 0.0, "memory": 4 * 2**30}, {"CPU": 1.0, "GPU": 1.0}), "the cluster")
+    check_feasible(Resources(cpus=2), nodes)
+    check_feasible(Resources(cpus=1, gpus=1), nodes)  # the second node has both
+    check_feasible(Resources(cpus=1, memory_gb=4), nodes)
+    for resources, asked in (
+        (Resources(cpus=2, gpus=1), "cpus = 2, gpus = 1"),
+        (Resources(cpus=8), "cpus = 8, gpus = 0"),
+        (Resources(cpus=1, memory_gb=5), "memory_gb = 5"),
+    ):
+        with pytest.raises(PPMechError, match="no node can run one run") as info:
+            check_feasible(resources, nodes)
+        line = info.value.one_line()
+        assert (
+            asked in line
+            and "the cluster has 2 nodes: 2 CPUs, 0 GPUs, 4.0 GiB memory; 1 CPUs, 1 GPUs" in line
+        )
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_shows_runs_done_running_failed_and_the_current_runs_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ppmech.sweep.progress import SweepProgress
+
+    queued, running = tmp_path / "queued", tmp_path / "running"
+    queued.mkdir()
+    running.mkdir()
+    (running / "worker.json").write_text("{}")  # a worker picked it up
+    (running / "progress.txt").write_text(
+        "recording tiny (pretrained):  40%|####  | 120/300 [00:02<00:03, 60tok/s]"
+    )
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    progress = SweepProgress("s", total=4, done=1, enabled=True, local=True)
+    progress.poll({"a-pretrained": str(running), "b-pretrained": str(queued)})
+    progress.finished("c-pretrained", "failed")
+    progress.close()
+    shown = terminal.getvalue()
+    assert "2/4" in shown and "running 1" in shown and "failed 1" in shown
+    assert "a-pretrained: 120/300 tok" in shown and "b-pretrained" not in shown
+    # Not a terminal, or --no-progress: nothing at all (the command prints a one-line summary at the end).
+    for enabled, stream in ((True, io.StringIO()), (False, _Terminal())):
+        monkeypatch.setattr("sys.stderr", stream)
+        quiet = SweepProgress("s", total=4, done=1, enabled=enabled, local=True)
+        quiet.poll({"a-pretrained": str(running)})
+        quiet.finished("a-pretrained", "complete")
+        quiet.close()
+        assert stream.getvalue() == ""
