@@ -135,7 +135,14 @@ def _synthetic_run(k: np.ndarray, v: np.ndarray) -> Run:
     """A run whose steps are the given ``[N, T]`` K and V (step 0 has no K, as recorded)."""
     n, t = k.shape
     rows = [
-        {"trajectory": i, "step": s, "token": "x", "K": np.nan if s == 0 else k[i, s], "V": v[i, s]}
+        {
+            "trajectory": i,
+            "step": s,
+            "token": "x",
+            "token_id": (7 * i + 3 * s) % 11,
+            "K": np.nan if s == 0 else k[i, s],
+            "V": v[i, s],
+        }
         for i in range(n)
         for s in range(t)
     ]
@@ -174,31 +181,29 @@ def test_null_models_separate_compensating_from_independent_k_and_v() -> None:
 
 
 def test_controls_table_prints_the_shuffle_null_cv_and_corr_kv_beside_r() -> None:
+    from ppmech import nulls
+
     rng = np.random.default_rng(1)
     v = rng.normal(3.0, 1.0, (12, 25))
     run = _synthetic_run(7.0 - v + rng.normal(0, 0.1, v.shape), v)
-    c = F.controls(run, n_perm=50)
-    assert c is not None and c["source"].startswith("steps.parquet (50 permutations")
+    estimates, source = F.null_estimates(run, n_perm=50, n_boot=20)
+    assert source.startswith("steps.parquet (50 permutations, 20 bootstrap")
     kv = np.concatenate([p[1:] for p in F.kv_parts(run.steps)])  # step 0 has no K
-    assert c["corr_KV"] == pytest.approx(np.corrcoef(kv[:, 0], kv[:, 1])[0, 1], rel=1e-12)
-    assert c["corr_KV"] < -0.9 and c["cv"] < c["cv_null_low"]
-    (row,) = controls_rows({"comp": c})
-    assert row["R"] == c["R"] and row["shuffle-null CV"] == c["cv_null"] and row["corr(K, V)"] == c["corr_KV"]
-    assert row["CV / null CV"] == pytest.approx(c["cv"] / c["cv_null"])
-    # A run that stores its controls in summary.json is read, not recomputed.
-    stored = {
-        "R": 0.5,
-        "R_null_low": 0.9,
-        "R_null_high": 1.1,
-        "R_p": 0.01,
-        "cv": 0.1,
-        "cv_null": 0.2,
-        "cv_null_low": 0.19,
-        "cv_null_high": 0.21,
-        "corr_KV": -0.4,
-    }
-    run.summary["statistics"]["controls"] = stored
-    assert F.controls(run) == {**stored, "source": "summary.json"}
+    corr = estimates["null_corr_KV"]["value"]
+    assert corr == pytest.approx(np.corrcoef(kv[:, 0], kv[:, 1])[0, 1], rel=1e-12) and corr < -0.9
+    h = kv.sum(axis=1)
+    c = F.controls(estimates, float(h.std() / h.mean()))
+    assert c is not None and c["cv"] < c["cv_null_low"] and c["R"] < c["R_null_low"]
+    (row,) = controls_rows({"comp": (estimates, source)})
+    # One column per registered null-model column, in registry order: a new null model shows up here.
+    assert list(row) == ["run", *(col.header for col in nulls.columns()), "from"]
+    null_cv = estimates["null_shuffle_null_cv"]
+    assert row["null CV"] == f"{null_cv['value']:.3f} [{null_cv['low']:.3f}, {null_cv['high']:.3f}]"
+    assert row["corr(K,V)"].startswith(f"{corr:.3f} [") and row["p"] == estimates["null_shuffle_p"]["value"]
+    # A run that stores its estimates in summary.json is read, not recomputed.
+    run.summary["nulls"] = {k: {**e, "value": 0.5} for k, e in estimates.items()}
+    stored, where = F.null_estimates(run)
+    assert where == "summary.json" and stored["null_R"]["value"] == 0.5
 
 
 # --------------------------------------------------------------------------- readers validate their inputs

@@ -117,18 +117,20 @@ def _runs_section(pg: _Page, runs: dict[str, Run], trajectory: int, term: str) -
     pg.figure(s, "energy-vs-step", F.energy_vs_step(runs))
     pg.figure(s, "phase-portrait", F.phase_portrait(runs))
     pg.figure(s, "distributions", F.distributions(runs))
-    controls = {name: FN.controls(run) for name, run in runs.items()}
-    pg.figure(s, "null-models", FN.null_models(runs, computed=controls))
+    estimates = {name: FN.null_estimates(run) for name, run in runs.items()}
+    pg.figure(s, "null-models", FN.null_models(runs, computed=estimates))
     s.blocks.append(
         table_block(
-            FN.controls_rows(controls),
+            FN.controls_rows(estimates),
             "controls",
-            "Beyond the paper, per run: the compensation ratio R = Var(H)/(Var(K)+Var(V)) with the 95% band "
-            "of its pairing-shuffle null (V permuted against K within each trajectory) and the one-sided p; "
-            "the Pearson correlation of K and V over valid steps; the global CV of H beside the shuffle-null "
-            "CV (the mean CV of the same K and V unpaired) and their ratio (scale-free; < 1: compensation "
-            "flattens H). 'from' says whether the run's summary.json stored them or they were computed "
-            "here from its steps.",
+            "Beyond the paper: every registered null model's numbers per run (ppmech.nulls; 95% CIs in "
+            "brackets). R = Var(H)/(Var(K)+Var(V)) and 1 − R (scale-free; R < 1: K and V compensate); "
+            "corr(K, V) over valid steps; 'null R' and 'null CV': R and the global CV of H with V permuted "
+            "against K within each trajectory (the shuffle-null CV), with p and the effect in null sd; "
+            "CV / null CV (scale-free; < 1: the pairing flattens H); the CV of H with h rescaled by c and "
+            "the smallest c at which it stays under 13%; R² of K on token, input token and step, and R and p "
+            "with those effects removed. 'from' says whether the run's summary.json stored them or they "
+            "were computed here from its steps.",
         )
     )
     shown = list(runs.items())[:MAX_TOKEN_FIGURES]

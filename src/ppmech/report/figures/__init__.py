@@ -30,7 +30,14 @@ from ppmech.report.figures.common import (
 )
 from ppmech.report.figures.monitor_benchmark import monitor_detection, monitor_roc
 from ppmech.report.figures.monitor_scores import monitor_trace
-from ppmech.report.figures.nulls import REPORT_PERMUTATIONS, REPORT_SCALES, controls, null_models
+from ppmech.report.figures.nulls import (
+    REPORT_PERMUTATIONS,
+    REPORT_SCALES,
+    controls,
+    controls_rows,
+    null_estimates,
+    null_models,
+)
 from ppmech.report.figures.runs import (
     COMPARED,
     comparison,
@@ -56,12 +63,14 @@ __all__ = [
     "comparison",
     "constant_h_levels",
     "controls",
+    "controls_rows",
     "distributions",
     "energy_vs_step",
     "kv_parts",
     "monitor_detection",
     "monitor_roc",
     "monitor_trace",
+    "null_estimates",
     "null_models",
     "padded_range",
     "per_trajectory",

@@ -5,9 +5,11 @@ when K and V move against each other) against its pairing-shuffle band, the glob
 of H against the CV the same K and V give unpaired (the shuffle-null CV), ``corr(K, V)``,
 and the CV of H with ``h`` rescaled by ``c``.
 
-The numbers are read from the run's ``summary.json`` where the run stored them;
-otherwise they are computed here from ``steps.parquet`` by :mod:`ppmech.nulls` (pure
-statistics of stored steps: no model runs).
+The numbers are every registered null model's estimates (:func:`ppmech.nulls.registry`):
+read from the run's ``summary.json`` where the run stored them (``nulls``), otherwise
+computed here from ``steps.parquet`` by :func:`ppmech.nulls.run_nulls` (pure statistics
+of stored steps: no model runs). The table's columns are the registry's, so a new null
+model appears here without an edit.
 """
 
 from __future__ import annotations
@@ -16,91 +18,108 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ppmech import nulls
 from ppmech.errors import PPMechError
 from ppmech.report.figures.common import color, kv_parts, need_runs, padded_range, with_meta
 from ppmech.runs import Run
+from ppmech.tables import fmt
 
-#: Permutations of the report's pairing-shuffle null when a run stores none (the smallest p is 1/201).
+#: Permutations and bootstrap replicates of the report's nulls when a run stores none
+#: (fewer than verify's 1000: the smallest p is 1/201; a report stays quick).
 REPORT_PERMUTATIONS = 200
+REPORT_BOOT = 200
 #: Scales of h drawn in the scale-null panel (log-spaced, the ledger's four among them).
 REPORT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 10.0, 30.0)
-#: The paper's CV threshold (Table 1's "CV < 13%"), drawn as a reference line.
-PAPER_CV_THRESHOLD = 0.13
+
+#: An estimate as stored in JSON: ``value``, ``low``, ``high`` (None where undefined), ``n``, ``note``.
+Estimates = dict[str, dict[str, Any]]
 
 
-def _pooled_corr(parts: list[np.ndarray]) -> float:
-    from ppmech.nulls import valid_pairs
-
-    rows = np.concatenate(valid_pairs(parts)) if parts else np.empty((0, 2))
-    if len(rows) < 2 or rows[:, 0].std() == 0 or rows[:, 1].std() == 0:
-        return math.nan
-    return float(np.corrcoef(rows[:, 0], rows[:, 1])[0, 1])
-
-
-def _stored(run: Run) -> dict[str, Any] | None:
-    """The controls the run's summary.json stores (``statistics.controls``), if it has them."""
-    stored = run.summary.get("statistics", {}).get("controls")
-    return stored if isinstance(stored, dict) and stored.get("R") is not None else None
+def _stored(run: Run) -> Estimates | None:
+    """The null-model estimates the run's summary.json stores (``nulls``), if any."""
+    stored = run.summary.get("nulls", run.summary.get("statistics", {}).get("nulls"))
+    if isinstance(stored, dict) and isinstance(stored.get("null_R"), dict):
+        return stored
+    return None
 
 
-def controls(run: Run, n_perm: int = REPORT_PERMUTATIONS, seed: int = 0) -> dict[str, Any] | None:
-    """R with its shuffle band and p, the global CV with the shuffle-null CV, and corr(K, V).
+def null_estimates(
+    run: Run, n_perm: int = REPORT_PERMUTATIONS, n_boot: int = REPORT_BOOT, seed: int = 0
+) -> tuple[Estimates, str]:
+    """Every registered null model's estimates for ``run``, and where they came from.
 
     Returns:
-        ``R``, ``R_null_low``, ``R_null_high``, ``R_p``, ``cv``, ``cv_null``, ``cv_null_low``,
-        ``cv_null_high``, ``corr_KV``, ``permutations``, ``source`` (where the numbers came
-        from); None when the run has too few trajectories for a null.
+        ``({key: estimate dict}, source)``; a null model that cannot be computed on this run
+        (too few trajectories, a column an older run lacks) is left out and named in ``source``.
     """
     stored = _stored(run)
     if stored is not None:
-        return {**stored, "source": "summary.json"}
-    from ppmech.nulls import pairing_shuffle
+        return stored, "summary.json"
+    out: Estimates = {}
+    missing = []
+    for model in nulls.registry():
+        try:
+            result = model.compute(run.steps, n_boot=n_boot, seed=seed, n_perm=n_perm)
+        except PPMechError as exc:  # e.g. too few trajectories for a null
+            missing.append(f"{model.name}: {exc.problem}")
+            continue
+        except KeyError as exc:  # a run recorded before the column this null needs
+            missing.append(f"{model.name}: steps.parquet has no column {exc}")
+            continue
+        out.update({k: e.to_dict() for k, e in result.estimates.items()})
+    source = f"steps.parquet ({n_perm} permutations, {n_boot} bootstrap replicates, seed {seed})"
+    return out, source + "".join(f"; no {m}" for m in missing)
 
-    parts = kv_parts(run.steps)
-    try:
-        tests = pairing_shuffle(parts, n_perm=n_perm, seed=seed)
-    except PPMechError:  # too few trajectories for a null
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def controls(estimates: Estimates, observed_cv: float | None) -> dict[str, float] | None:
+    """What the figure draws: R and its shuffle band, the CV and its shuffle band, corr(K, V).
+
+    ``observed_cv`` is the run's global CV of H (summary.json). None without estimates.
+    """
+    if "null_R" not in estimates or "null_shuffle_null_R" not in estimates:
         return None
-    r, cv = tests["R"], tests["global_cv"]
+    band_r, band_cv = estimates["null_shuffle_null_R"], estimates["null_shuffle_null_cv"]
     return {
-        "R": r.observed,
-        "R_null_low": r.null_low,
-        "R_null_high": r.null_high,
-        "R_p": r.p_value,
-        "cv": cv.observed,
-        "cv_null": cv.null_mean,
-        "cv_null_low": cv.null_low,
-        "cv_null_high": cv.null_high,
-        "corr_KV": _pooled_corr(parts),
-        "permutations": n_perm,
-        "source": f"steps.parquet ({n_perm} permutations, seed {seed})",
+        "R": _num(estimates["null_R"]["value"]),
+        "R_null_low": _num(band_r["low"]),
+        "R_null_high": _num(band_r["high"]),
+        "R_null": _num(band_r["value"]),
+        "R_p": _num(estimates["null_shuffle_p"]["value"]),
+        # The run's own global CV; the scale null's c = 1 row is the same number for a run without one.
+        "cv": _num(
+            observed_cv if observed_cv is not None else estimates.get("null_scale_cv_c1", {}).get("value")
+        ),
+        "cv_null": _num(band_cv["value"]),
+        "cv_null_low": _num(band_cv["low"]),
+        "cv_null_high": _num(band_cv["high"]),
+        "corr_KV": _num(estimates["null_corr_KV"]["value"]),
     }
 
 
-def controls_rows(all_controls: Mapping[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
-    """One table row per run: R and its band, the CV and the shuffle-null CV, corr(K, V)."""
+def _cell(est: dict[str, Any] | None, ci: bool) -> Any:
+    if est is None or est.get("value") is None:
+        return None
+    if ci and est.get("low") is not None and est.get("high") is not None:
+        return f"{fmt(est['value'], 3)} [{fmt(est['low'], 3)}, {fmt(est['high'], 3)}]"
+    return est["value"]
+
+
+def controls_rows(per_run: Mapping[str, tuple[Estimates, str]]) -> list[dict[str, Any]]:
+    """One table row per run, one column per registered null-model column (with its CI where it has one)."""
+    columns = nulls.columns()
     rows: list[dict[str, Any]] = []
-    for name, c in all_controls.items():
-        if c is None:
-            rows.append({"run": name, "R": "too few trajectories for a null"})
-            continue
-        rows.append(
-            {
-                "run": name,
-                "R": c["R"],
-                "R shuffle band": f"[{c['R_null_low']:.3f}, {c['R_null_high']:.3f}]",
-                "p (R)": c["R_p"],
-                "corr(K, V)": c["corr_KV"],
-                "global CV": c["cv"],
-                "shuffle-null CV": c["cv_null"],
-                "CV / null CV": c["cv"] / c["cv_null"] if c["cv_null"] else math.nan,
-                "from": c["source"],
-            }
-        )
+    for name, (estimates, source) in per_run.items():
+        row: dict[str, Any] = {"run": name}
+        row.update({c.header: _cell(estimates.get(c.key), c.ci) for c in columns})
+        row["from"] = source
+        rows.append(row)
     return rows
 
 
@@ -124,14 +143,12 @@ def null_models(
     runs: Mapping[str, Run],
     n_perm: int = REPORT_PERMUTATIONS,
     seed: int = 0,
-    computed: Mapping[str, dict[str, Any] | None] | None = None,
+    computed: Mapping[str, tuple[Estimates, str]] | None = None,
 ) -> go.Figure:
     """Beyond the paper: R and the CV of H against their shuffle nulls, and the CV of H by scale.
 
-    ``computed``: each run's :func:`controls`, where the caller already has them.
+    ``computed``: each run's :func:`null_estimates`, where the caller already has them.
     """
-    from ppmech.nulls import scale_table
-
     need_runs(runs)
     fig = make_subplots(
         rows=1,
@@ -148,11 +165,15 @@ def null_models(
     extent: dict[int, list[float | None]] = {1: [1.0], 2: []}
     shown_null = False
     for i, (name, run) in enumerate(runs.items()):
-        c = computed[name] if computed is not None and name in computed else controls(run, n_perm, seed)
+        if computed is not None and name in computed:
+            estimates = computed[name][0]
+        else:
+            estimates = null_estimates(run, n_perm, seed=seed)[0]
+        c = controls(estimates, run.summary.get("statistics", {}).get("global_cv"))
         if c is None:
             skipped.append(name)
             continue
-        fig.add_trace(_band(c["R"], c["R_null_low"], c["R_null_high"], name, not shown_null, "R"), 1, 1)
+        fig.add_trace(_band(c["R_null"], c["R_null_low"], c["R_null_high"], name, not shown_null, "R"), 1, 1)
         fig.add_trace(_band(c["cv_null"], c["cv_null_low"], c["cv_null_high"], name, False, "CV of H"), 1, 2)
         shown_null = True
         extent[1] += [c["R"], c["R_null_low"], c["R_null_high"]]
@@ -175,7 +196,7 @@ def null_models(
                 row=1,
                 col=col,
             )
-        table = scale_table(kv_parts(run.steps), REPORT_SCALES)
+        table = nulls.scale_table(kv_parts(run.steps), REPORT_SCALES)
         fig.add_trace(
             go.Scatter(
                 x=table["c"],
@@ -198,7 +219,7 @@ def null_models(
     fig.add_trace(
         go.Scatter(
             x=[REPORT_SCALES[0], REPORT_SCALES[-1]],
-            y=[PAPER_CV_THRESHOLD] * 2,
+            y=[nulls.PAPER_CV_THRESHOLD] * 2,
             hovertemplate="the paper's 13% threshold<extra></extra>",
             **reference,
         ),
