@@ -60,3 +60,30 @@ def test_verify_flags_reach_its_config() -> None:
     args = parser.parse_args(["verify", "--models", "smollm2-135m", "--no-extras", "--n-boot", "50"])
     assert verify_config(args) == VerifyConfig(models=("smollm2-135m",), extras=False, n_boot=50)
     assert verify_config(parser.parse_args(["verify", "--out", "x/v"])).out == "x/v"
+
+
+def test_building_the_parser_imports_no_config_module() -> None:
+    """Flags built from a config dataclass wait until their command is used: `ppmech --help` stays light."""
+    import subprocess
+    import sys
+
+    code = "import sys; from ppmech.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_config_file_fills_what_the_flags_leave(tmp_path: Any) -> None:
+    parser = build_parser()
+    path = tmp_path / "eval.toml"
+    path.write_text('prompts = 4\nbaselines = false\njudge = "embedding"\n')
+    args = parser.parse_args(["evaluate-steering", "--config", str(path), "--prompts", "6"])
+    from ppmech.cli.steer import _eval_config
+
+    config = _eval_config(args)
+    # The file's baselines = false is kept (only a given --no-baselines overrides); the flag wins on prompts.
+    assert (config.prompts, config.baselines, config.judge) == (6, False, "embedding")
+    path.write_text('prompts = 4\nnew_tokens = 9\nrevision = "v1"\nmodel = "org/m"\n')
+    args = parser.parse_args(["measure", "--config", str(path), "--new-tokens", "12"])
+    assert config_from_args(MeasureConfig, args) == MeasureConfig(
+        prompts=4, new_tokens=12, model="org/m", revision="v1"
+    )
