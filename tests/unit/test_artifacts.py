@@ -7,6 +7,7 @@ from small synthetic tables, and read back with the real reader (:func:`load_run
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
@@ -474,3 +475,127 @@ def test_a_writer_killed_at_random_moments_leaves_a_whole_or_resumable_run(tmp_p
         write_run(out, 1, overwrite=True)
     assert check_reads_whole(out) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+# --------------------------------------------------------------------------- the output rule (issue 18)
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "start"),
+    [
+        (
+            "html",
+            "<!doctype html><html><head><title>t</title></head><body>x</body></html>",
+            "<!doctype html>",
+        ),
+        ("html", "<p>no head</p>", '<meta name="generator" content="ppmech '),
+        ("markdown", "| a |\n|---|\n", "<!-- generator: ppmech "),
+        ("json", '{"a": 1}', '{\n  "generator": "ppmech '),
+    ],
+)
+def test_each_format_carries_a_mark_that_is_recognised(
+    tmp_path: Path, kind: str, data: str, start: str
+) -> None:
+    path = tmp_path / f"out.{kind}"
+    artifacts.write_output_file(path, data, kind=kind, replace=False)
+    text = path.read_text()
+    assert text.startswith(start) and artifacts.has_mark(path)
+    assert text.count("ppmech " + files.ppmech_version()) == 1
+    if kind == "html":
+        assert '<meta name="generator"' in text.split("<body>")[0]
+    if kind == "json":
+        assert json.loads(text) == {"generator": artifacts.generator(), "a": 1}
+    # Written again (with the flag): still one mark, the content replaced.
+    artifacts.write_output_file(path, data, kind=kind, replace=True)
+    assert path.read_text() == text
+
+
+def test_a_png_mark_keeps_the_image_readable(tmp_path: Path) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 2), (255, 0, 0)).save(buffer, format="PNG")
+    artifacts.write_output_file(tmp_path / "f.png", buffer.getvalue(), kind="png", replace=False)
+    image = Image.open(tmp_path / "f.png")
+    image.load()
+    assert image.size == (3, 2) and image.info["Software"] == artifacts.generator()
+    assert artifacts.has_mark(tmp_path / "f.png")
+
+
+def test_files_that_only_mention_ppmech_are_not_ppmechs(tmp_path: Path) -> None:
+    for name, text in [
+        ("a.md", "notes about <!-- generator: ppmech 0.1 --> on line 2\n<!-- generator: ppmech 0.1 -->"),
+        ("b.json", '{"a": 1, "generator": "ppmech 0.1"}'),
+        ("c.html", "<html><head></head><body>ppmech wrote this? no</body></html>"),
+        ("d.png", "\x89PNG but not tEXt"),
+    ]:
+        (tmp_path / name).write_text(text)
+        assert not artifacts.has_mark(tmp_path / name), name
+
+
+def _refusal(path: Any, kind: str = "markdown", replace: bool = True, **flags: str) -> str:
+    with pytest.raises(PPMechError) as info:
+        artifacts.check_output_file(path, kind=kind, replace=replace, **flags)
+    return info.value.one_line()
+
+
+def test_check_output_file_refuses_before_anything_is_written(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a user's file")
+    (tmp_path / "link.md").symlink_to(blocker)
+    os.mkfifo(tmp_path / "fifo.md")
+    assert "--out is empty" in _refusal("")
+    assert "/proc/x.md is on the special file system /proc" in _refusal("/proc/x.md")
+    assert "/dev/null is on the special file system /dev" in _refusal("/dev/null")
+    assert f"{tmp_path} is a directory" in _refusal(tmp_path)
+    assert f"{blocker} is a file, not a directory" in _refusal(blocker / "x" / "t.md")
+    assert "symbolic link" in _refusal(tmp_path / "link.md")
+    assert "not a regular file" in _refusal(tmp_path / "fifo.md")
+    message = _refusal(blocker, flag="--markdown", replace_flag="--overwrite")
+    assert f"{blocker} exists and was not written by ppmech" in message and "--markdown" in message
+    assert blocker.read_text() == "a user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "fifo.md", "link.md"]
+
+
+def test_a_ppmech_file_is_replaced_only_with_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "t.md"
+    artifacts.write_output_file(path, "one\n", kind="markdown", replace=False)
+    message = _refusal(path, replace=False, replace_flag="--overwrite")
+    assert "already exists" in message and "--overwrite" in message
+    artifacts.write_output_file(path, "two\n", kind="markdown", replace=True)
+    assert path.read_text().endswith("\ntwo\n")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["t.md"]  # no lock, no temporary left
+
+
+def test_check_output_dir_follows_the_same_rule(tmp_path: Path) -> None:
+    def refused(path: Path, kind: str, replace: bool = True) -> str:
+        with pytest.raises(PPMechError) as info:
+            artifacts.check_output_dir(
+                path, kind=kind, replace=replace, flag="--out", replace_flag="--overwrite"
+            )
+        return info.value.one_line()
+
+    write_run(tmp_path / "run", 0)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    assert "is a file, not a directory" in refused(tmp_path / "file", "steer")
+    assert "holds a ppmech measure output, not a steer output" in refused(tmp_path / "run", "steer")
+    assert "--overwrite" in refused(tmp_path / "run", "measure", replace=False)
+    assert "not a ppmech verify directory" in refused(tmp_path / "mine", "verify")
+    assert "measure output, not a verify directory" in refused(tmp_path / "run", "verify")
+    assert "/sys/x is on the special file system /sys" in refused(Path("/sys/x"), "measure")
+    artifacts.check_output_dir(tmp_path / "run", kind="measure", replace=True)
+    artifacts.check_output_dir(tmp_path / "new", kind="verify", replace=False)
+    assert not (tmp_path / "new").exists()  # a check writes nothing
+    artifacts.open_output_dir(tmp_path / "new", kind="verify")
+    assert artifacts.read_marker(tmp_path / "new") == {
+        **artifacts.read_marker(tmp_path / "new"),
+        "kind": "verify",
+    }
+    artifacts.open_output_dir(tmp_path / "new", kind="verify")  # reused, not replaced
+
+
+def test_an_output_on_a_special_file_system_is_refused_naming_it() -> None:
+    with pytest.raises(PPMechError, match="/proc/ppmech-run is on the special file system /proc"):
+        Output("/proc/ppmech-run", "steer").preflight()
