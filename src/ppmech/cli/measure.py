@@ -69,9 +69,12 @@ def _measure_config(args: argparse.Namespace) -> Any:
 
 def cmd_measure(args: argparse.Namespace) -> int:
     from ppmech.artifacts import output_path
+    from ppmech.cli.track import print_tracked
     from ppmech.measure import measure
     from ppmech.tables import run_row
+    from ppmech.tracking import log_run, parse_track
 
+    track = parse_track(args.track)  # checked before the run: a bad --track costs no recording
     config = _measure_config(args)
     out = output_path(args.out, f"runs/{Path(config.model).name}-{config.weights}-{config.decoding}")
     result = measure(config, out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
@@ -81,6 +84,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     table = pd.DataFrame({"statistic": list(row), "value": [fmt(v) for v in row.values()]})
     print(text_table(table, title=f"\nEnergy statistics ({result.path})"))
     print(f"\nwrote {result.path}: {', '.join(result.files)}")
+    print_tracked(log_run(track, result.path))
     return 0
 
 
@@ -164,6 +168,7 @@ def register(sub: Any) -> None:
 def _measure_flags(p: argparse.ArgumentParser) -> None:
     """``measure``'s flags: one per :class:`~ppmech.measure.MeasureConfig` field, then its own."""
     from ppmech.cli.config import add_config_file_flag, add_config_flags
+    from ppmech.cli.track import add_track_arg
     from ppmech.measure import MeasureConfig
 
     add_config_file_flag(p)
@@ -176,6 +181,7 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_track_arg(p)
 
 
 def _register_others(sub: Any) -> None:
