@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ppmech.cli.track import add_track_arg, print_tracked
 from ppmech.errors import PPMechError
 from ppmech.tables import text_table
 
@@ -63,6 +64,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         print(text_table(frame, title=f"Study {study.name}: {len(study.runs)} runs (dry run)"))
         return 0
+    from ppmech.tracking import log_study, parse_track
+
+    track = parse_track(args.track)  # checked before Ray starts: a bad --track costs no runs
     options = SweepOptions(
         address=args.address,
         num_cpus=args.num_cpus,
@@ -96,6 +100,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(text_table(t["failures"], title="\nRuns not complete"))
     print(f"\n{counts_line(result.frame)}; {result.wall_seconds:.0f} s")
     print(f"wrote {out / 'study.parquet'}, {out / 'tables.md'} and {out / 'runs'}/")
+    print_tracked(log_study(track, out))  # one parent run, one child per grid point
     return 1 if result.failed else 0
 
 
@@ -143,4 +148,5 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are done; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_track_arg(p)
     p.set_defaults(func=cmd_sweep)
