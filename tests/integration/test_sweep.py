@@ -213,7 +213,7 @@ def test_a_worker_killed_while_recording_is_retried(
     assert "error" not in box, box.get("error")
     result: SweepResult = box["result"]
     first, second = result.outcomes
-    assert first.status == "complete" and second.status == "complete"
+    assert first.status == "complete" and second.status == "complete", (first.error, second.error)
     assert first.pids[0] == killed and len(first.pids) == 2 and first.pids[1] != killed, first.pids
     assert len(second.pids) == 1
     runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())

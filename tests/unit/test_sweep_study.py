@@ -343,7 +343,8 @@ def test_progress_shows_runs_done_running_failed_and_the_current_runs_tokens(
     running.mkdir()
     (running / "worker.json").write_text("{}")  # a worker picked it up
     (running / "progress.txt").write_text(
-        "recording tiny (pretrained):  40%|####  | 120/300 [00:02<00:03, 60tok/s]"
+        # The last line measure's bar (ppmech.progress) drew into the worker's stderr.
+        "\x1b[Kppmech: recording tiny (pretrained): 120/300 tok (40%), 60.0 tok/s, 3 s left"
     )
     terminal = _Terminal()
     monkeypatch.setattr("sys.stderr", terminal)

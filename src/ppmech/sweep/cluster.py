@@ -276,12 +276,14 @@ class Session:
     log: Path
 
     def close(self) -> None:
-        if not self.started:
-            return
-        import ray
+        if self.started:
+            import ray
 
-        with _stderr_to(self.log), contextlib.suppress(Exception):
-            ray.shutdown()
+            with _stderr_to(self.log), contextlib.suppress(Exception):
+                ray.shutdown()
+        with contextlib.suppress(OSError):
+            if self.log.stat().st_size == 0:
+                self.log.unlink()  # Ray had nothing to say: leave no empty log behind
 
 
 def connect(

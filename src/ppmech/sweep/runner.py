@@ -137,7 +137,11 @@ def _measure_resumably(config: MeasureConfig, run_dir: Path) -> None:
 
 
 class _LatestLine:
-    """A text stream that keeps only the latest progress line in a file (the driver reads it)."""
+    """A text stream that keeps only the latest progress line in a file (the driver reads it).
+
+    It passes for a terminal, so that ``measure`` draws its status line and token bar
+    (:mod:`ppmech.progress`) into it; a worker's stderr is otherwise not a terminal.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -156,7 +160,7 @@ class _LatestLine:
         pass
 
     def isatty(self) -> bool:
-        return False
+        return True  # so that measure draws its bar (ppmech.progress draws only on a terminal)
 
 
 def _read_files(root: Path) -> dict[str, bytes]:
