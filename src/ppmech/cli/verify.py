@@ -13,6 +13,7 @@ import pandas as pd
 
 from ppmech.cli.config import config_from_args
 from ppmech.cli.measure import add_device_arg, device_name
+from ppmech.cli.track import add_track_arg, print_tracked
 from ppmech.errors import PPMechError
 from ppmech.provenance import json_safe
 from ppmech.tables import fmt, markdown_table, text_table
@@ -38,7 +39,9 @@ def verify_config(args: argparse.Namespace) -> VerifyConfig:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from ppmech.claims.verify import summary_frame, verify
+    from ppmech.tracking import log_ledger, parse_track
 
+    track = parse_track(args.track)  # checked before the runs: a bad --track costs no recording
     config = verify_config(args)
     argv = sys.argv[1:]
     command = (
@@ -52,6 +55,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"{counts.get('inconclusive', 0)} inconclusive; {result.wall_seconds:.0f} s"
     )
     print(f"wrote {result.out / 'claims.md'} and {result.out / 'claims.json'}")
+    print_tracked(log_ledger(track, result.out))
     return 0
 
 
@@ -211,6 +215,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=d, help="seed of prompts and bootstrap (0 to 2**32-1)")
     add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_track_arg(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
