@@ -107,10 +107,9 @@ def _runs_section(pg: _Page, runs: dict[str, Run], trajectory: int, term: str) -
             table1_rows(runs),
             "table1",
             "Table 1 style, from each run's summary.json: CV = std/mean of H (ddof 0); CIs are 95% "
-            "percentile "
-            "bootstrap over trajectories; mean H, K, V in their units (V in nats); <dH>, <|dH|> the "
-            "mean step "
-            "change of H and of its size; drift = ΣΔH/Σ|ΔH|; v=0 steps = zero-velocity steps left out.",
+            "percentile bootstrap over trajectories; mean H, K, V in nats (K = ln(½‖Δh‖²) of a squared "
+            "distance in hidden-state units); <dH>, <|dH|> the mean step change of H and of its size "
+            "(nats); drift = ΣΔH/Σ|ΔH| (dimensionless); v=0 steps = zero-velocity steps left out.",
         )
     )
     pg.figure(s, "table1", F.comparison(runs))
