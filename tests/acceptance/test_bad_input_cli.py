@@ -83,9 +83,9 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "calibrate-over-a-users-file",
         ["monitor", "calibrate", "--overwrite", "--out", "{tmp}/notes.txt"],
-        "is not a monitor calibration written by ppmech",
+        "exists and was not written by ppmech",
     ),
-    ("calibrate-existing", ["monitor", "calibrate", "--out", "{tmp}/notes.txt"], "already exists"),
+    ("calibrate-existing", ["monitor", "calibrate", "--out", "{tmp}/notes.txt"], "not written by ppmech"),
     ("calibrate-empty-out", ["monitor", "calibrate", "--out", ""], "--out is empty"),
     ("calibrate-seed", ["monitor", "calibrate", "--seed", "-1", "--out", "{tmp}/c.json"], "--seed must be"),
     (
