@@ -42,6 +42,9 @@ def render_markdown(
     counts = verdict_counts(rows)
     paper_rows = [r for r in rows if not r.source.startswith("beyond the paper")]
     beyond_rows = [r for r in rows if r.source.startswith("beyond the paper")]
+    counted = ", ".join(
+        f"{n} {v}" for v, n in counts.items() if n or v in ("supported", "not supported", "inconclusive")
+    )
     lines = [
         "# Claims ledger: Momentum–Point-Perplexity Mechanics",
         "",
@@ -49,8 +52,14 @@ def render_markdown(
         f"Models: {', '.join(meta.get('models', []))}; ppmech {meta.get('versions', {}).get('ppmech', '?')}, "
         f"torch {meta.get('versions', {}).get('torch', '?')}; wall time {meta.get('wall_seconds', '?')} s.",
         "",
-        f"Verdicts: {counts['supported']} supported, {counts['not supported']} not supported, "
-        f"{counts['inconclusive']} inconclusive.",
+        f"Verdicts: {counted}.",
+        "",
+        "Conserved-type claims (CV below 13%, conservation, 'conserve more tightly') are supported only "
+        "when the paper's rule passes *and* their controls do: K and V compensate (R's 95% CI below 1 "
+        "and below its pairing-shuffle band) and the claim still holds with h rescaled by c = 0.5 and "
+        "c = 2. Otherwise: 'low variance without compensation' or 'holds only in these units'. The "
+        "controls column shows R with its shuffle band, the shuffle-null CV and the range of c over "
+        "which 13% holds.",
         "",
     ]
     lines += _row_table(paper_rows)
@@ -135,8 +144,8 @@ def _num(x: float | None) -> str:
 
 def _row_table(rows: list[LedgerRow]) -> list[str]:
     lines = [
-        "| id | model | source | claim | paper | measured [95% CI] | verdict | rule |",
-        "|---|---|---|---|---|---|---|---|",
+        "| id | model | source | claim | paper | measured [95% CI] | verdict | controls | rule |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -150,7 +159,13 @@ def _row_table(rows: list[LedgerRow]) -> list[str]:
                     r.claim,
                     r.paper,
                     r.measured,
-                    f"**{r.verdict}**",
+                    f"**{r.verdict}**"
+                    + (
+                        f" (paper's rule: {r.paper_verdict})"
+                        if r.paper_verdict not in (None, r.verdict)
+                        else ""
+                    ),
+                    r.controls or "—",
                     f"{r.rule} ({r.why})",
                 )
             )
