@@ -9,6 +9,7 @@ from typing import Any
 from ppmech.artifacts import check_output_dir, check_output_file, output_path, write_output_file
 from ppmech.cli.config import add_config_file_flag, config_from_args
 from ppmech.cli.measure import add_model_args
+from ppmech.cli.track import add_track_arg, print_tracked
 from ppmech.settings import help_of
 from ppmech.tables import markdown_table, text_table
 
@@ -44,7 +45,9 @@ def _one_line(text: str) -> str:
 
 def cmd_steer(args: argparse.Namespace) -> int:
     from ppmech.steering.run import SteerConfig, run_steer
+    from ppmech.tracking import log_run, parse_track
 
+    track = parse_track(args.track)  # checked before the model loads
     config = config_from_args(SteerConfig, args)
     out = output_path(args.out, f"runs/steer-{Path(config.model).name}")
     check_output_dir(out, kind="steer", replace=args.overwrite)  # the output rule, before the model loads
@@ -56,6 +59,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     print(f"steering at: {where}; η = {config.eta}, K = {config.max_steps}")
     print(text_table(result.comparison, title="\nEnergy comparison (K, V, H in nats; steps with a velocity)"))
     print(f"\nwrote {out}: {', '.join(result.files)}")
+    print_tracked(log_run(track, out))
     return 0
 
 
@@ -149,6 +153,7 @@ def _steer_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace a steer output ppmech wrote at --out (once the new one is complete)",
     )
+    add_track_arg(p)
 
 
 def _register_evaluate(sub: Any) -> None:
