@@ -82,6 +82,9 @@ def test_models_lists_the_embedded_models(capsys: pytest.CaptureFixture[str]) ->
         (["--out", ""], "--out is empty"),
         (["--overwrite", "--resume"], "--overwrite and --resume conflict"),
         (["--corpus", ""], "--corpus is empty"),
+        # Issue 20: --revision pins a hub model; an embedded one has none to pin.
+        (["--revision", "main"], "pins a hub model, but 'smollm2-135m' is not one"),
+        (["--model", "smollm2-135m@main"], "pins a hub model"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

@@ -194,3 +194,31 @@ def test_flags_follow_the_field_types() -> None:
 def test_dump_toml_is_valid_toml_for_awkward_strings() -> None:
     text = dump_toml({"a": 'back\\slash "q" \n\t é', "b": float("inf"), "c": [1, 2]})
     assert tomllib.loads(text) == {"a": 'back\\slash "q" \n\t é', "b": float("inf"), "c": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('prompts = "abc"', "`prompts` must be a whole number (got 'abc')"),
+        ("prompts = 2.5", "`prompts` must be a whole number"),
+        ("stop_at_eos = 1", "`stop_at_eos` must be true or false"),
+        ("model = 3", "`model` must be a string"),
+        ("top_p = true", "`top_p` must be a number"),
+        ("batch_size = 1.5", "`batch_size` must be a whole number or a word"),
+    ],
+)
+def test_a_config_file_value_of_the_wrong_type_is_one_line(line: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(PPMechError) as exc:
+        load_config_file(MeasureConfig, path)
+    assert message in exc.value.one_line() and str(path) in exc.value.one_line()
+
+
+def test_config_file_values_are_converted_to_the_field_types(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('temperature = 1\nbatch_size = "auto"\n')
+    assert load_config_file(MeasureConfig, path) == {"temperature": 1.0, "batch_size": "auto"}
+    path.write_text('target_ids = [1, "x"]\n')
+    with pytest.raises(PPMechError, match="`target_ids` must be a list of whole numbers"):
+        load_config_file(SteerConfig, path)

@@ -155,10 +155,39 @@ def config_values(cls: Any, data: dict[str, Any], source: str) -> dict[str, Any]
             what = "section" if isinstance(value, dict) else "key"
             message = unknown_key_message(key, names).replace("unknown key", f"unknown {what}")
             raise PPMechError(f"{source}: {message}", f"the keys are the setting names: {', '.join(names)}")
-        if isinstance(value, list) and typing.get_origin(_strip_none(hints[key])) is tuple:
-            value = tuple(value)
-        out[key] = value
+        out[key] = _typed(key, value, _strip_none(hints[key]), source)
     return out
+
+
+def _typed(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """``value`` as field ``key`` of type ``annotation`` holds it, or one line naming the key.
+
+    A flag's value is typed by argparse; a file's is whatever TOML made of it, so it is checked
+    here (a string where a number belongs would otherwise end in a traceback).
+    """
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if annotation is bool:
+        ok, want = isinstance(value, bool), "true or false"
+    elif annotation is int:
+        ok, want = whole, "a whole number"
+    elif annotation is float:
+        ok, want = whole or isinstance(value, float), "a number"
+        value = float(value) if ok else value
+    elif annotation is str:
+        ok, want = isinstance(value, str), "a string"
+    elif typing.get_origin(annotation) is tuple:
+        item = typing.get_args(annotation)[0]
+        ok = isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+        want = f"a list of {'whole numbers' if item is int else item.__name__ + 's'}"
+        value = tuple(value) if ok else value
+    elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        # int | str (batch_size: a number or "auto"); the config checks which words it takes.
+        ok, want = whole or isinstance(value, str), "a whole number or a word"
+    else:
+        ok, want = True, ""
+    if not ok:
+        raise PPMechError(f"{source}: `{key}` must be {want} (got {value!r})", "fix the file")
+    return value
 
 
 def _strip_none(annotation: Any) -> Any:
