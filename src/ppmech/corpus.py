@@ -119,7 +119,15 @@ def jsonl_records(raw: str, name: str, text_field: str) -> list[tuple[int, dict[
                 f"{name}:{lineno} is not valid JSON ({exc.msg})",
                 "write one JSON object per line",
             ) from exc
-        if not isinstance(record, dict) or text_field not in record:
+        if not isinstance(record, dict):
+            # An array or a bare string is not a record: naming the text field would not help.
+            kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+            kind = kinds.get(type(record), "a number")
+            raise PPMechError(
+                f"{name}:{lineno} is {kind}, not a JSON object",
+                'write one JSON object per line, e.g. {"text": "..."}',
+            )
+        if text_field not in record:
             raise PPMechError(
                 f"{name}:{lineno} has no field '{text_field}'",
                 "name the text field with `text_field`",

@@ -18,8 +18,8 @@ from ppmech.monitor.calibration import (
     MonitorConfig,
     calibration_split,
     fit_calibration,
-    score_trace,
 )
+from ppmech.monitor.results import score_trace
 from ppmech.monitor.scoring import (
     SIGNALS,
     TokenTrace,

@@ -1,4 +1,4 @@
-"""Benchmark metrics by hand."""
+"""Benchmark metrics by hand; the combined alarm's rate; the benchmark config shares its fields."""
 
 from __future__ import annotations
 
@@ -9,17 +9,14 @@ import pytest
 from tests.unit.test_monitor import IDENTITY  # the one toy identity of the monitor tests
 
 from ppmech.errors import PPMechError
-from ppmech.monitor.benchmark import (
-    DELAY_SIGNALS,
-    Baselines,
-    BenchmarkConfig,
-    delay_stats,
-    false_alarm_table,
-    shrunk_covariance,
-)
-from ppmech.monitor.calibration import MonitorConfig, fit_calibration
+from ppmech.monitor.baselines import Baselines, shrunk_covariance
+from ppmech.monitor.benchmark import BenchmarkConfig
+from ppmech.monitor.calibration import MonitorConfig, MonitorSettings, cusum_max, fit_calibration
 from ppmech.monitor.detection import auroc, roc_curve, tpr_at_fpr
+from ppmech.monitor.evaluation import ALARMS, delay_stats, false_alarm_table
+from ppmech.monitor.results import score_trace
 from ppmech.monitor.scoring import TokenTrace
+from ppmech.settings import ModelSpec, Role, keys, role_of
 
 
 def _traces(seed: int, n: int, length: int = 16) -> list[TokenTrace]:
@@ -122,16 +119,68 @@ def test_baselines_by_hand() -> None:
     assert far > near > 0
 
 
-def test_false_alarm_table_counts_alarms_with_intervals() -> None:
+def test_false_alarm_table_counts_alarms_per_kind_with_intervals() -> None:
     cal = fit_calibration(_traces(0, 60), IDENTITY, MonitorConfig(model="toy", sequences=60, tokens=20))
-    normal = _traces(1, 200)
-    table = false_alarm_table({"split": cal}, normal)
-    assert set(table["calibration"]) == {"split"} and len(table) == 1 + len(DELAY_SIGNALS)
-    row = table[table["alarm"].str.startswith("anomaly")].iloc[0]
-    expected = sum(cal.anomaly(t.H) > cal.anomaly_threshold for t in normal)
+    kinds = {"a": _traces(1, 200), "b": _traces(2, 50, length=40)}
+    table = false_alarm_table(cal, kinds)
+    assert list(table["normal text"].unique()) == ["a", "b"] and len(table) == 2 * len(ALARMS)
+    row = table[(table["normal text"] == "a") & (table["alarm"] == "anomaly flag")].iloc[0]
+    expected = sum(cal.anomaly(t.H) > cal.anomaly_threshold for t in kinds["a"])
     assert row["alarms"] == expected and row["texts"] == 200
     assert row["CI low"] <= row["rate"] <= row["CI high"]
-    assert row["nominal in CI"] == (row["CI low"] <= 0.05 <= row["CI high"])
+    by = table.set_index(["normal text", "alarm"])["alarms"]
+    for kind in kinds:
+        # Either alarm at its own threshold fires at least as often as each; the combined
+        # alarm is one of "anomaly or CUSUM" at higher thresholds, so never more than "either".
+        assert by[(kind, "either, separate thresholds")] >= max(
+            by[(kind, "anomaly flag")], by[(kind, "CUSUM on z_H")]
+        )
+        assert by[(kind, "combined alarm")] <= by[(kind, "either, separate thresholds")]
+
+
+def test_combined_alarm_is_anomaly_or_cusum_at_its_own_thresholds() -> None:
+    cal = fit_calibration(_traces(0, 400), IDENTITY, MonitorConfig(model="toy", sequences=400, tokens=20))
+    assert cal.combined_anomaly_threshold >= cal.anomaly_threshold
+    assert cal.combined_cusum_threshold >= cal.signals["H"].cusum_threshold
+    fresh = _traces(3, 2000)
+    hits = 0
+    for t in fresh:
+        seq = score_trace(t, cal).sequence
+        by_anomaly = cal.anomaly(t.H) > cal.combined_anomaly_threshold
+        by_cusum = cusum_max(cal, t) > cal.combined_cusum_threshold
+        assert seq.alarm == (by_anomaly or by_cusum)
+        assert seq.alarm_by == {(True, True): "both", (True, False): "anomaly", (False, True): "cusum"}.get(
+            (by_anomaly, by_cusum)
+        )
+        hits += seq.alarm
+    # Split conformal on 200 held-out texts: rate <= alpha in expectation over calibrations; one
+    # calibration's rate on 2000 fresh texts stays within a few binomial standard errors of it.
+    assert hits / len(fresh) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 200)
+    # Either separate alarm fires on more normal texts than the combined one.
+    either = sum(
+        cal.anomaly(t.H) > cal.anomaly_threshold or cusum_max(cal, t) > cal.signals["H"].cusum_threshold
+        for t in fresh
+    )
+    assert either > hits
+
+
+def test_benchmark_config_shares_the_model_and_monitor_fields() -> None:
+    shared = keys(ModelSpec) + keys(MonitorSettings)
+    bench = BenchmarkConfig(
+        model="gemma3-270m", dtype="bfloat16", device="cpu", seed=7, tokens=32, splice_at=16, alpha=0.1,
+        holdout_fraction=0.4, cusum_k=0.7, z_clip=4.0, batch_size=3, positions="openings",
+        calibration_sequences=50,
+    )  # fmt: skip
+    mcfg = bench.monitor_config()
+    assert isinstance(mcfg, MonitorConfig) and mcfg.sequences == 50
+    for name in shared:
+        assert getattr(mcfg, name) == getattr(bench, name), name
+    assert role_of(BenchmarkConfig, "batch_size") is Role.EXECUTION
+    assert role_of(MonitorConfig, "positions") is Role.PROTOCOL
+    # The library default equals measure's: auto with out-of-memory back-off.
+    assert MonitorConfig().batch_size == BenchmarkConfig().batch_size == "auto"
+    with pytest.raises(PPMechError, match="batch_size"):
+        MonitorConfig(batch_size=0)
 
 
 def test_roc_curve_by_hand() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +17,78 @@ from ppmech.provenance import json_safe
 from ppmech.tables import markdown_table, text_table
 
 
-def _read_texts(source: str, text_field: str, whole: bool) -> list[tuple[str, str]]:
-    """``(name, text)`` pairs from a file or ``-``: blank-line separated blocks, or JSONL records."""
+def _read_raw(source: str) -> tuple[str, str]:
+    """``(name, raw text)`` of a file or ``-`` (stdin)."""
     if source == "-":
-        raw = sys.stdin.read()
-        name = "stdin"
-    else:
-        path = Path(source)
+        return "stdin", sys.stdin.read()
+    path = Path(source)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise PPMechError(f"input file {path} not found", "check the path, or pass - for stdin") from exc
+    except UnicodeDecodeError as exc:
+        raise PPMechError(f"{path} is not valid UTF-8 (byte {exc.start})", "convert it to UTF-8") from exc
+    except OSError as exc:
+        raise PPMechError(f"cannot read {path}: {exc.strerror}", "check the path") from exc
+    return path.name, raw
+
+
+def _looks_like_jsonl(raw: str) -> bool:
+    """JSONL when the first non-blank line is a JSON object (the rest may still hold bad lines)."""
+    first = next((line for line in raw.splitlines() if line.strip()), "")
+    if not first.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
+def _jsonl_texts(raw: str, name: str, text_field: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Texts of JSONL records, and ``(line, why)`` for each line skipped (one bad record never
+    aborts the others)."""
+    from ppmech.corpus import jsonl_records
+
+    texts, skipped = [], []
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{lineno}"
         try:
-            raw = path.read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise PPMechError(f"input file {path} not found", "check the path, or pass - for stdin") from exc
-        except UnicodeDecodeError as exc:
-            raise PPMechError(f"{path} is not valid UTF-8 (byte {exc.start})", "convert it to UTF-8") from exc
-        except OSError as exc:
-            raise PPMechError(f"cannot read {path}: {exc.strerror}", "check the path") from exc
-        name = path.name
+            for _, _, text in jsonl_records(line, where, text_field):
+                texts.append((where, text))
+        except PPMechError as exc:
+            # The record's own message names the line (jsonl_records numbers this one line 1).
+            skipped.append((where, exc.for_cli({"text_field": "--text-field"}).replace(f"{where}:1", where)))
+    return texts, skipped
+
+
+def _read_texts(
+    source: str, text_field: str, whole: bool, fmt: str = "auto"
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(name, text)`` pairs from a file or ``-``, and ``(name, why)`` for records skipped.
+
+    Formats: ``text`` (blank-line separated blocks, named by the line they start on, or by their
+    index on stdin), ``jsonl`` (one JSON object per line, named by line), or ``auto``: JSONL for a
+    ``.jsonl`` file or when the first non-blank line is a JSON object, else text.
+    """
+    name, raw = _read_raw(source)
     if not raw.strip():
         raise PPMechError(f"the input ({name}) is empty", "give the monitor some text to score")
     if whole:
-        return [(name, raw.strip())]
-    if source.endswith(".jsonl"):
-        from ppmech.corpus import jsonl_records
-
-        return [(f"{name}:{lineno}", text) for lineno, _, text in jsonl_records(raw, name, text_field)]
-    blocks = [b.strip() for b in raw.split("\n\n")]
-    return [(f"{name}#{i}", b) for i, b in enumerate(blocks) if b]
+        return [(name, raw.strip())], []
+    jsonl = fmt == "jsonl" or (fmt == "auto" and (source.endswith(".jsonl") or _looks_like_jsonl(raw)))
+    if jsonl:
+        return _jsonl_texts(raw, name, text_field)
+    texts, line, index = [], 1, 0
+    for block in raw.split("\n\n"):
+        stripped = block.strip()
+        if stripped:
+            index += 1
+            first = line + len(block) - len(block.lstrip("\n"))
+            texts.append((f"stdin #{index}" if source == "-" else f"{name}:{first}", stripped))
+        line += block.count("\n") + 2
+    return texts, []
 
 
 def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
@@ -61,6 +109,29 @@ def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
     )
 
 
+def _interruptible(command: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[..., int]]:
+    """Ctrl-C ends ``command`` with one line that says what to do (the monitor commands have no
+    ``--resume``: their files are written only when complete, so nothing half-written is left)."""
+
+    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+        @functools.wraps(fn)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return fn(args)
+            except KeyboardInterrupt:
+                print(
+                    f"ppmech: interrupted; `ppmech monitor {command}` writes its output only when done, "
+                    "so nothing was written: run it again",
+                    file=sys.stderr,
+                )
+                return 130
+
+        return run
+
+    return wrap
+
+
+@_interruptible("calibrate")
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -94,6 +165,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
     )
     print(f"anomaly threshold (split conformal, alpha={cal.alpha}): {cal.anomaly_threshold:.4g}")
+    print(
+        f"combined alarm (anomaly or CUSUM on z_H, at most {cal.alpha:.0%} of normal texts): anomaly above "
+        f"{cal.combined_anomaly_threshold:.4g} or CUSUM above {cal.combined_cusum_threshold:.4g}"
+    )
+    if cal.normal_text is not None:
+        print(f"normal text: {cal.normal_text.summary()}")
     if math.isinf(cal.anomaly_threshold):
         print(
             f"warning: {cal.n_holdout} held-out texts are too few for a threshold with a false-alarm rate "
@@ -104,35 +181,117 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(message: str) -> None:
+    print(f"ppmech: warning: {message}", file=sys.stderr)
+
+
+def _scorable(
+    lm: Any, texts: list[tuple[str, str]]
+) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str]]]:
+    """``(name, text, ids)`` of the texts the monitor can score, and ``(name, why)`` of the others
+    (empty, too short, longer than the context): one bad text never aborts the rest."""
+    from ppmech.monitor.stream import text_ids
+
+    ok, skipped = [], []
+    for name, text in texts:
+        try:
+            ok.append((name, text, text_ids(lm, text)))
+        except PPMechError as exc:
+            skipped.append((name, exc.one_line()))
+    return ok, skipped
+
+
+def _warn_outside_normal(cal: Any, lm: Any, scored: list[tuple[str, str, list[int]]]) -> None:
+    """Warn once when scored texts are far outside the calibration's normal text (length, language),
+    or when the calibration saw only document openings."""
+    from ppmech.corpus import special_prefix
+    from ppmech.monitor.windows import input_outside_normal, outside_normal
+
+    normal = cal.normal_text
+    if normal is None:
+        return
+    p = len(special_prefix(lm.tokenizer))
+    far = [
+        (name, why) for name, text, ids in scored if (why := outside_normal(normal, len(ids) - p, len(text)))
+    ]
+    alpha = f"{cal.alpha:.0%}"
+    problem = None
+    if far:
+        problem = (
+            f"{len(far)} of {len(scored)} texts are far outside the calibration's normal text "
+            f"(first: {far[0][0]}, {far[0][1]})"
+        )
+    elif why := input_outside_normal(
+        normal, [len(ids) - p for _, _, ids in scored], [len(text) for _, text, _ in scored]
+    ):
+        problem = f"the input is far outside the calibration's normal text: {why}"
+    if problem:
+        _warn(
+            f"{problem}; the {alpha} false-alarm rate is promised only for text like the calibration's "
+            f"({normal.summary()}). Calibrate on text like yours (--corpus, --tokens)"
+        )
+    elif normal.positions == "openings":
+        _warn(
+            f"the calibration saw only document openings ({normal.summary()}); texts from later in a "
+            f"document raise more false alarms than {alpha}. Calibrate with --positions anywhere"
+        )
+
+
+@_interruptible("score")
 def cmd_score(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from ppmech.engine.batching import parse_batch_size
     from ppmech.monitor.calibration import Calibration
-    from ppmech.monitor.stream import EnergyMonitor
+    from ppmech.monitor.results import score_trace
+    from ppmech.monitor.stream import EnergyMonitor, trace_many
 
+    batch_size = parse_batch_size(args.batch_size)  # checked before anything loads
     cal = Calibration.load(args.calibration)
-    texts = _read_texts(args.input, args.text_field, args.whole)
+    texts, skipped = _read_texts(args.input, args.text_field, args.whole, args.format)
     lm = _load_for_calibration(args, cal)
     cal.check_model(lm.identity, source=f"calibration file {args.calibration}")
     monitor = EnergyMonitor(lm, cal)
-    scores = monitor.score_many([t for _, t in texts], batch_size=args.batch_size)
+    scorable, too_short = _scorable(lm, texts)
+    skipped += too_short
+    for name, why in skipped:
+        _warn(f"skipped {name}: {why}")
+    if not scorable:
+        raise PPMechError(
+            f"none of the {len(skipped)} texts in {args.input} could be scored (see the warnings above)",
+            "give the monitor texts of at least a few words, within the model's context",
+        )
+    _warn_outside_normal(cal, lm, scorable)
+    traces = trace_many(lm, [ids for _, _, ids in scorable], batch_size)
+    scores = [score_trace(t, cal, monitor.token_strings(t.token_ids)) for t in traces]
+    names = [name for name, _, _ in scorable]
+    summary = f"scored {len(scores)} texts" + (
+        f", skipped {len(skipped)} (see the warnings)" if skipped else ""
+    )
     if args.json:
-        for (name, _), sc in zip(texts, scores, strict=True):
+        for name, sc in zip(names, scores, strict=True):
             record: dict[str, Any] = {"source": name, **json_safe(sc.sequence.to_dict())}
             if args.tokens:
                 record["tokens"] = [json_safe(r) for r in sc.tokens.to_dict(orient="records")]
             print(json.dumps(record, ensure_ascii=False))
+        print(f"ppmech: {summary}", file=sys.stderr)
         return 0
     if args.tokens:
         cols = ["index", "token", "V", "K", "H", "z_V", "z_K", "z_H", "cusum", "alarm"]
-        for (name, _), sc in zip(texts, scores, strict=True):
+        for name, sc in zip(names, scores, strict=True):
             frame = sc.tokens[cols].copy()
             frame["token"] = [repr(t)[1:-1] for t in frame["token"]]
             frame["alarm"] = ["ALARM" if a else "" for a in frame["alarm"]]
             print(text_table(frame, title=f"\n{name}: per-token scores"))
     rows = []
-    for (name, _), sc in zip(texts, scores, strict=True):
+    for name, sc in zip(names, scores, strict=True):
         s = sc.sequence
+        alarm = "no"
+        if s.alarm:
+            at = f" at {s.combined_alarm_at}" if s.combined_alarm_at is not None else ""
+            alarm = {"anomaly": "ALARM (anomaly)", "cusum": f"ALARM (CUSUM{at})"}.get(
+                s.alarm_by or "", f"ALARM (both{at})"
+            )
         rows.append(
             {
                 "source": name,
@@ -146,9 +305,14 @@ def cmd_score(args: argparse.Namespace) -> int:
                 "flagged": "yes" if s.flagged else "no",
                 "CUSUM max": s.cusum_max,
                 "alarm at": "—" if s.alarm_at is None else str(s.alarm_at),
+                "alarm": alarm,
             }
         )
     print(text_table(pd.DataFrame(rows), title=f"\nEnergy monitor ({lm.identity.spec}, alpha={cal.alpha})"))
+    print(
+        f"\nalarm: the anomaly score or the CUSUM above the combined thresholds (at most {cal.alpha:.0%} of "
+        f"normal texts raise it); flagged / alarm at: each alone at {cal.alpha:.0%}. {summary}."
+    )
     return 0
 
 
@@ -165,6 +329,7 @@ def _escape_pipes(frame: Any) -> Any:
 def benchmark_report(result: Any) -> str:
     """The benchmark as markdown: sizes, the table, the delay table."""
     cfg = result.config
+    normal = result.normal_text
     lines = [
         f"### {result.model['spec']} ({result.model['num_parameters'] / 1e6:.0f}M parameters)",
         "",
@@ -179,14 +344,16 @@ def benchmark_report(result: Any) -> str:
         "",
         markdown_table(result.delays),
         "",
-        f"False alarms at nominal {cfg['alpha']:.0%} on {result.false_alarms['texts'].iloc[0]} fresh normal "
-        "texts (none used for calibration), Clopper–Pearson 95% interval:",
+        f"False alarms at a nominal {cfg['alpha']:.0%} on fresh normal text of three kinds (none from a "
+        "calibration document), with Clopper–Pearson 95% intervals; calibration: "
+        f"{normal.get('count', '?')} windows placed '{normal.get('positions', '?')}':",
         "",
-        markdown_table(result.false_alarms),
+        markdown_table(result.false_alarm_display()),
     ]
     return "\n".join(lines) + "\n"
 
 
+@_interruptible("benchmark")
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from ppmech.artifacts import check_output_file, write_output_file
     from ppmech.monitor.benchmark import BenchmarkConfig, run_benchmark
@@ -202,8 +369,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     print(text_table(result.delays, title="\nSpliced set: per-token CUSUM alarms"))
     print(
         text_table(
-            result.false_alarms,
-            title=f"\nFalse alarms on fresh normal text at nominal {config.alpha} (Clopper–Pearson 95%)",
+            result.false_alarm_display(),
+            title=f"\nFalse alarms on fresh normal text at a nominal {config.alpha:.0%} "
+            "(rate with its Clopper–Pearson 95% interval)",
         )
     )
     sizes = ", ".join(f"{k} {v}" for k, v in result.sizes.items())
@@ -216,8 +384,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+BATCH_HELP = "texts per forward batch, or auto: the largest that fits, halved on out-of-memory (CPU: 50)"
+
+
 def register(sub: Any) -> None:
-    from ppmech.cli.measure import add_device_arg, add_model_args
+    from ppmech.cli.measure import _batch_size, add_device_arg, add_model_args
 
     group = sub.add_parser(
         "monitor",
@@ -250,6 +421,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--sequences", type=int, default=d, help="calibration texts")
     p.add_argument("--tokens", type=int, default=d, help="tokens per calibration text")
+    p.add_argument(
+        "--positions",
+        choices=["anywhere", "openings", "later"],
+        default=d,
+        help="where calibration windows start: anywhere (openings and later sentence starts), "
+        "openings, or later (after the opening window)",
+    )
     p.add_argument("--alpha", type=float, default=d, help="false-alarm rate of the thresholds")
     p.add_argument(
         "--holdout-fraction",
@@ -259,7 +437,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--cusum-k", type=float, default=d, help="CUSUM slack (std units)")
     p.add_argument("--z-clip", type=float, default=d, help="clip |z| before the CUSUM")
-    p.add_argument("--batch-size", type=int, default=d, help="texts per forward batch")
+    p.add_argument("--batch-size", type=_batch_size, default=d, help=BATCH_HELP)
     p.add_argument("--out", required=True, help="calibration JSON file to write")
     p.add_argument(
         "--overwrite", action="store_true", help="replace a calibration file ppmech wrote at --out"
@@ -296,9 +474,16 @@ def register(sub: Any) -> None:
     add_device_arg(p, "auto")
     p.add_argument("--tokens", action="store_true", help="also print per-token scores")
     p.add_argument("--whole", action="store_true", help="score the whole input as one text")
+    p.add_argument(
+        "--format",
+        choices=["auto", "text", "jsonl"],
+        default="auto",
+        help="input format: text (blank-line separated), jsonl (one JSON object per line), or auto: "
+        "jsonl for a .jsonl file or when the first line is a JSON object",
+    )
     p.add_argument("--text-field", default="text", help="text field of JSONL input")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
-    p.add_argument("--batch-size", type=int, default=8, help="texts per forward batch")
+    p.add_argument("--batch-size", type=_batch_size, default="auto", help=BATCH_HELP)
     p.set_defaults(func=cmd_score)
 
     p = msub.add_parser(
@@ -333,7 +518,8 @@ def register(sub: Any) -> None:
         "--false-alarm-sequences",
         type=int,
         default=d,
-        help="fresh normal texts, beyond --sequences, on which false alarms are counted",
+        help="fresh normal texts per kind (openings, later windows, other split) on which false alarms "
+        "are counted",
     )
     p.add_argument("--alpha", type=float, default=d, help="nominal false-alarm rate")
     p.add_argument(
@@ -343,8 +529,14 @@ def register(sub: Any) -> None:
         help="share of the calibration texts held out to set thresholds",
     )
     p.add_argument("--tokens", type=int, default=d, help="tokens per text")
+    p.add_argument(
+        "--positions",
+        choices=["anywhere", "openings", "later"],
+        default=d,
+        help="where the calibration's windows start (see `monitor calibrate --help`)",
+    )
     p.add_argument("--splice-at", type=int, default=d, help="token where the spliced set switches text")
-    p.add_argument("--batch-size", type=int, default=d, help="texts per forward batch")
+    p.add_argument("--batch-size", type=_batch_size, default=d, help=BATCH_HELP)
     p.add_argument("--markdown", default=None, help="also write the tables as markdown to this file")
     p.add_argument("--json", default=None, help="also write all numbers as JSON to this file")
     p.add_argument(

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from ppmech.errors import PPMechError, check_seed
 from ppmech.models.identity import ModelIdentity
@@ -26,59 +25,63 @@ from ppmech.monitor.scoring import (
     calibrate_signal,
     conformal_threshold,
     cusum_path,
-    first_alarm,
     mahalanobis,
     sequence_features,
-    tail_p_value,
 )
+from ppmech.monitor.windows import POSITIONS, NormalText
+from ppmech.settings import ModelSpec, Role, setting
 
 CALIBRATION_KIND = "ppmech-monitor-calibration"
-CALIBRATION_SCHEMA = 2  # 2: split-conformal thresholds (fit and held-out texts)
+CALIBRATION_SCHEMA = (
+    3  # 2: split-conformal thresholds; 3: windows from anywhere, their record, combined alarm
+)
 
 
-@dataclass
-class MonitorConfig:
-    """Configuration of a calibration (the CLI's ``ppmech monitor calibrate`` flags).
+@dataclass(frozen=True)
+class MonitorSettings:
+    """The monitor's own settings, shared by a calibration and the benchmark (one declaration each).
 
     Attributes:
-        model, weights, seed, dtype, trust_remote_code: which model
-            (see :func:`ppmech.models.loading.load_model`).
-        corpus: normal text: ``wiki-en`` (default) or any :func:`ppmech.corpus.load_documents` source.
-        split: ``heldout`` (default: documents never used as prompts elsewhere),
-            ``prompts`` or ``all``.
-        sequences: number of calibration texts.
-        tokens: tokens per calibration text (the first ``tokens`` of each document).
-        alpha: false-alarm rate that sets the CUSUM threshold and the ``flagged`` cut-off.
-        holdout_fraction: share of the calibration texts held out to set the
-            thresholds (split conformal); the rest fit the moments.
+        seed: seed of the text choice (and of a random-weight model's init).
+        tokens: tokens per normal text (after the special prefix).
+        positions: where in the documents the calibration windows start
+            (:mod:`ppmech.monitor.windows`): ``anywhere`` (default: openings and sentence starts
+            later on), ``openings`` or ``later``.
+        alpha: false-alarm rate of every alarm (the anomaly flag, the CUSUM, and their combination).
+        holdout_fraction: share of the calibration texts held out to set the thresholds
+            (split conformal); the rest fit the moments.
         cusum_k: CUSUM slack, in standard deviations.
         z_clip: |z| is clipped to this before the CUSUM (heavy-tailed surprisal).
-        batch_size: texts per forward pass.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        batch_size: texts per forward pass, or ``auto``: as ``measure``'s
+            (:mod:`ppmech.engine.batching`: 50 on the CPU, larger on an accelerator, halved on
+            out-of-memory).
     """
 
-    model: str = "smollm2-135m"
-    weights: str = "pretrained"
-    seed: int = 0
-    dtype: str = "float32"
-    trust_remote_code: bool = False
-    corpus: str = "wiki-en"
-    split: str = "heldout"
-    sequences: int = 200
-    tokens: int = 64
-    alpha: float = 0.05
-    holdout_fraction: float = 0.5
-    cusum_k: float = 0.5
-    z_clip: float = 5.0
-    batch_size: int = 16
-    device: str = "auto"
+    seed: int = setting(0, role=Role.PROTOCOL, help="seed (0 to 2**32-1) of the text choice and random init")
+    tokens: int = setting(64, role=Role.PROTOCOL, help="tokens per normal text")
+    positions: str = setting(
+        "anywhere",
+        role=Role.PROTOCOL,
+        help="where calibration windows start: anywhere (openings and later sentence starts), "
+        "openings or later",
+        choices=POSITIONS,
+    )
+    alpha: float = setting(0.05, role=Role.PROTOCOL, help="false-alarm rate of the thresholds")
+    holdout_fraction: float = setting(
+        0.5, role=Role.PROTOCOL, help="share of the calibration texts held out to set the thresholds"
+    )
+    cusum_k: float = setting(0.5, role=Role.PROTOCOL, help="CUSUM slack (standard deviations)")
+    z_clip: float = setting(5.0, role=Role.PROTOCOL, help="clip |z| to this before the CUSUM")
+    batch_size: int | str = setting(
+        "auto",
+        role=Role.EXECUTION,
+        help="texts per forward batch, or auto: the largest that fits, halved on out-of-memory (CPU: 50)",
+    )
 
     def __post_init__(self) -> None:
+        from ppmech.engine.batching import parse_batch_size
+
         check_seed(self.seed)
-        if self.sequences < 4:
-            raise PPMechError(
-                f"`sequences` must be at least 4 (got {self.sequences}): 3 to fit, 1 held out", "use e.g. 200"
-            )
         if not 0 < self.holdout_fraction < 1:
             raise PPMechError(
                 f"`holdout_fraction` must be in (0, 1) (got {self.holdout_fraction})", "use e.g. 0.5"
@@ -89,8 +92,42 @@ class MonitorConfig:
             raise PPMechError(f"`alpha` must be in (0, 1) (got {self.alpha})", "use e.g. 0.05")
         if self.cusum_k < 0 or self.z_clip <= 0:
             raise PPMechError("`cusum_k` must be >= 0 and `z_clip` > 0", "use e.g. 0.5 and 5")
-        if self.batch_size < 1:
-            raise PPMechError(f"`batch_size` must be >= 1 (got {self.batch_size})", "use e.g. 16")
+        if self.positions not in POSITIONS:
+            raise PPMechError(f"unknown positions '{self.positions}'", f"use {', '.join(POSITIONS)}")
+        object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
+
+
+@dataclass(frozen=True)
+class MonitorConfig(ModelSpec, MonitorSettings):
+    """Configuration of a calibration (the CLI's ``ppmech monitor calibrate`` flags).
+
+    Model fields from :class:`~ppmech.settings.ModelSpec`, the monitor's from
+    :class:`MonitorSettings`, and where the normal text comes from:
+
+    Attributes:
+        corpus: normal text: ``wiki-en`` (default) or any :func:`ppmech.corpus.load_documents` source.
+        split: ``heldout`` (default: documents never used as prompts elsewhere), ``prompts`` or ``all``.
+        sequences: number of calibration texts.
+    """
+
+    corpus: str = setting(
+        "wiki-en", role=Role.PROTOCOL, help="normal text: wiki-en, wiki-es, wiki-fr or a path"
+    )
+    split: str = setting(
+        "heldout",
+        role=Role.PROTOCOL,
+        help="which part of the corpus (heldout: never used as measure/steer prompts)",
+        choices=("heldout", "prompts", "all"),
+    )
+    sequences: int = setting(200, role=Role.PROTOCOL, help="calibration texts")
+
+    def __post_init__(self) -> None:
+        ModelSpec.__post_init__(self)
+        MonitorSettings.__post_init__(self)
+        if self.sequences < 4:
+            raise PPMechError(
+                f"`sequences` must be at least 4 (got {self.sequences}): 3 to fit, 1 held out", "use e.g. 200"
+            )
         if self.split not in ("heldout", "prompts", "all"):
             raise PPMechError(f"unknown split '{self.split}'", "use heldout, prompts or all")
 
@@ -148,6 +185,12 @@ class Calibration:
             reference of the conformal p-value).
         anomaly_threshold: conformal threshold on the anomaly score (``+inf``: too
             few held-out texts for ``alpha``; never flags).
+        combined_anomaly_threshold, combined_cusum_threshold: the thresholds of the combined
+            alarm (anomaly *or* CUSUM on ``z_H``, what a user watching the console sees), set
+            together so that the combination alarms on at most ``alpha`` of normal texts
+            (:func:`combined_thresholds`); higher than the separate ones.
+        normal_text: what the normal texts were (:class:`~ppmech.monitor.windows.NormalText`),
+            ``None`` when the calibration was given id sequences rather than a corpus.
         n_sequences: calibration sequences used (fit + held out).
         n_fit, n_holdout: how many fit the moments and how many set the thresholds.
         versions: software versions.
@@ -164,6 +207,9 @@ class Calibration:
     n_sequences: int
     n_fit: int
     n_holdout: int
+    combined_anomaly_threshold: float = float("inf")
+    combined_cusum_threshold: float = float("inf")
+    normal_text: NormalText | None = None
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
 
@@ -217,6 +263,9 @@ class Calibration:
             "feature_cov": self.feature_cov,
             "anomaly_reference": self.anomaly_reference,
             "anomaly_threshold": _inf_as_null(self.anomaly_threshold),
+            "combined_anomaly_threshold": _inf_as_null(self.combined_anomaly_threshold),
+            "combined_cusum_threshold": _inf_as_null(self.combined_cusum_threshold),
+            "normal_text": self.normal_text.to_dict() if self.normal_text else None,
             "n_sequences": self.n_sequences,
             "n_fit": self.n_fit,
             "n_holdout": self.n_holdout,
@@ -257,6 +306,11 @@ class Calibration:
             cov = [[float(x) for x in row] for row in data["feature_cov"]]
             ref = sorted(float(x) for x in data["anomaly_reference"])
             threshold = _null_as_inf(data["anomaly_threshold"])
+            combined = (
+                _null_as_inf(data["combined_anomaly_threshold"]),
+                _null_as_inf(data["combined_cusum_threshold"]),
+            )
+            normal = None if data["normal_text"] is None else NormalText.from_dict(data["normal_text"])
             n_fit, n_holdout = int(data["n_fit"]), int(data["n_holdout"])
             model = dict(data["model"])
             config = dict(data["config"])
@@ -280,7 +334,7 @@ class Calibration:
         problem = _calibration_problem(signals, cov, config)
         if problem:
             raise corrupt(problem)
-        if math.isnan(threshold) or n_fit + n_holdout != n:
+        if any(math.isnan(t) or t < 0 for t in (threshold, *combined)) or n_fit + n_holdout != n:
             raise corrupt("thresholds or split sizes do not add up")
         return cls(
             model=model,
@@ -293,13 +347,16 @@ class Calibration:
             n_sequences=n,
             n_fit=n_fit,
             n_holdout=n_holdout,
+            combined_anomaly_threshold=combined[0],
+            combined_cusum_threshold=combined[1],
+            normal_text=normal,
             versions=dict(data.get("versions", {})),
             created=str(data.get("created", "")),
         )
 
     def save(self, path: str | Path) -> Path:
         """Write the calibration as JSON, atomically."""
-        from ppmech.runs import write_json
+        from ppmech.artifacts import write_json
 
         path = Path(path)
         if path.parent and not path.parent.exists():
@@ -352,6 +409,7 @@ def fit_calibration(
     config: MonitorConfig,
     versions: dict[str, str] | None = None,
     in_sample: bool = False,
+    normal_text: NormalText | None = None,
 ) -> Calibration:
     """Learn a :class:`Calibration` from teacher-forced traces of normal text (pure statistics).
 
@@ -361,6 +419,7 @@ def fit_calibration(
     Args:
         in_sample: fit *and* threshold on all traces, the pre-conformal method
             (its alarm rate on fresh text exceeds ``alpha``); for comparison only.
+        normal_text: the record of what the traces' texts were, kept in the file.
     """
     n_fit = len(traces) if in_sample else calibration_split(len(traces), config.holdout_fraction)
     if n_fit < 3:
@@ -394,6 +453,7 @@ def fit_calibration(
         n_sequences=len(traces),
         n_fit=n_fit,
         n_holdout=0 if in_sample else len(traces) - n_fit,
+        normal_text=normal_text,
         versions=dict(versions or {}),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
@@ -402,7 +462,38 @@ def fit_calibration(
         raise PPMechError("no held-out calibration sequence has a finite energy", "use longer texts")
     cal.anomaly_reference = ref
     cal.anomaly_threshold = conformal_threshold(ref, config.alpha)
+    cal.combined_anomaly_threshold, cal.combined_cusum_threshold = combined_thresholds(cal, fit, held)
     return cal
+
+
+def cusum_max(cal: Calibration, trace: TokenTrace) -> float:
+    """The largest CUSUM statistic on ``z_H`` along a trace."""
+    z = cal.signals["H"].z(trace.H)
+    return float(cusum_path(z, cal.cusum_k, cal.z_clip).max(initial=0.0))
+
+
+def combined_thresholds(
+    cal: Calibration, fit: Sequence[TokenTrace], held: Sequence[TokenTrace]
+) -> tuple[float, float]:
+    """Thresholds ``(a*, c*)`` of the combined alarm "anomaly > a* or CUSUM max > c*".
+
+    Each score is put on a common scale by its own ``1 − α`` quantile over the *fit* texts,
+    ``q_a`` and ``q_c`` (a fixed function once the moments are fitted, so the held-out texts
+    stay exchangeable with new ones); the combined score is ``s = max(a / q_a, c / q_c)`` and
+    its split-conformal threshold ``t`` over the held-out texts gives ``P(s > t) ≤ α`` for a new
+    normal text. ``s > t`` is exactly ``a > t·q_a`` or ``c > t·q_c``. (Alarming when either
+    separate alarm fires would reach up to ``2α``: 7.5% at a nominal 5% in issue #21.)
+    """
+    alpha = cal.alpha
+    fit_a = _finite(np.array([cal.anomaly(t.H) for t in fit], dtype=np.float64))
+    fit_c = _finite(np.array([cusum_max(cal, t) for t in fit], dtype=np.float64))
+    q_a = float(np.quantile(fit_a, 1 - alpha)) if len(fit_a) else 1.0
+    q_c = float(np.quantile(fit_c, 1 - alpha)) if len(fit_c) else 1.0
+    # A scale of 0 (every fit text below the CUSUM slack) would make every positive score infinite.
+    q_a, q_c = (q if q > 0 else 1.0 for q in (q_a, q_c))
+    combined = [max(cal.anomaly(t.H) / q_a, cusum_max(cal, t) / q_c) for t in held]
+    t = conformal_threshold(combined, alpha)
+    return t * q_a, t * q_c
 
 
 def _inf_as_null(obj: Any) -> Any:
@@ -414,105 +505,3 @@ def _inf_as_null(obj: Any) -> Any:
 
 def _null_as_inf(value: Any) -> float:
     return float("inf") if value is None else float(value)
-
-
-# --------------------------------------------------------------------------- scores
-
-
-@dataclass
-class SequenceScore:
-    """Per-sequence scores of one text.
-
-    Attributes:
-        n_tokens: scored tokens.
-        n_energy: tokens with a finite ``H``.
-        mean_H, std_H, drift_H: the features (nats; nats per token for drift).
-        mean_K, mean_V: sequence means of ``K`` and ``V`` (nats).
-        z_mean_H: z-score of ``mean_H`` against the calibration's sequence means.
-        anomaly: Mahalanobis distance of the features from the calibration.
-        p_value: conformal p-value of ``anomaly`` (tail probability among the held-out texts).
-        flagged: ``anomaly`` above the calibration's conformal threshold (``p_value <= alpha``).
-        cusum_max: the largest CUSUM statistic reached on ``z_H``.
-        alarm_at: index (into the scored tokens) of the first CUSUM alarm, or ``None``.
-    """
-
-    n_tokens: int
-    n_energy: int
-    mean_H: float
-    std_H: float
-    drift_H: float
-    mean_K: float
-    mean_V: float
-    z_mean_H: float
-    anomaly: float
-    p_value: float
-    flagged: bool
-    cusum_max: float
-    alarm_at: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class MonitorScore:
-    """A scored text: per-sequence scores and a per-token frame.
-
-    ``tokens`` columns: ``index`` (into the scored tokens), ``token_id``, ``token``,
-    ``V``, ``K``, ``H``, ``z_V``, ``z_K``, ``z_H``, ``cusum`` (the CUSUM statistic on
-    ``z_H`` after this token), ``alarm`` (``cusum`` above the threshold), and the
-    baseline signals ``entropy``, ``msp``, ``neg_lse``.
-    """
-
-    sequence: SequenceScore
-    tokens: pd.DataFrame
-    trace: TokenTrace
-
-
-def score_trace(
-    trace: TokenTrace, cal: Calibration, token_strings: Sequence[str] | None = None
-) -> MonitorScore:
-    """Score a trace against a calibration (pure; shared by teacher forcing and streaming)."""
-    sig = cal.signals
-    z = {name: sig[name].z(trace.signal(name)) for name in ("H", "K", "V")}
-    path = cusum_path(z["H"], cal.cusum_k, cal.z_clip)
-    threshold = sig["H"].cusum_threshold
-    mean_h, std_h, drift = sequence_features(trace.H)
-    anomaly = cal.anomaly(trace.H)
-    p = tail_p_value(anomaly, cal.anomaly_reference)
-    h_finite = _finite(trace.H)
-    k_finite = _finite(trace.K)
-    seq = SequenceScore(
-        n_tokens=len(trace),
-        n_energy=len(h_finite),
-        mean_H=mean_h,
-        std_H=std_h,
-        drift_H=drift,
-        mean_K=float(k_finite.mean()) if len(k_finite) else float("nan"),
-        mean_V=float(np.mean(trace.V)),
-        z_mean_H=sig["H"].seq_z(trace.H),
-        anomaly=anomaly,
-        p_value=p,
-        flagged=bool(anomaly > cal.anomaly_threshold),
-        cusum_max=float(path.max(initial=0.0)),
-        alarm_at=first_alarm(path, threshold),
-    )
-    frame = pd.DataFrame(
-        {
-            "index": np.arange(len(trace)),
-            "token_id": trace.token_ids,
-            "token": list(token_strings) if token_strings is not None else [""] * len(trace),
-            "V": trace.V,
-            "K": trace.K,
-            "H": trace.H,
-            "z_V": z["V"],
-            "z_K": z["K"],
-            "z_H": z["H"],
-            "cusum": path,
-            "alarm": path > threshold,
-            "entropy": trace.entropy,
-            "msp": trace.msp,
-            "neg_lse": trace.neg_lse,
-        }
-    )
-    return MonitorScore(sequence=seq, tokens=frame, trace=trace)

@@ -14,21 +14,20 @@ from ppmech.engine.decoder import Engine, Session
 from ppmech.engine.hooks import FINAL_NORM
 from ppmech.engine.sampling import Decoding, TokenChooser
 from ppmech.errors import PPMechError
-from ppmech.mechanics import (
-    entropy_from_logprobs,
-    log_energy,
-    log_kinetic,
-    potential,
-    speed_squared,
-    step_speed_squared,
-)
+from ppmech.mechanics import log_energy, log_kinetic, speed_squared, step_speed_squared, step_terms
 from ppmech.models.identity import LoadedModel
-from ppmech.monitor.calibration import Calibration, MonitorConfig, MonitorScore, fit_calibration, score_trace
+from ppmech.monitor.calibration import Calibration, MonitorConfig, fit_calibration
+from ppmech.monitor.results import MonitorScore, score_trace
 from ppmech.monitor.scoring import F64, MIN_TOKENS, TokenTrace, cusum_step
+from ppmech.monitor.windows import NormalText, Window, select_windows
 
 
 def distribution_terms(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, F64]:
     """``V``, ``entropy``, ``msp`` and ``neg_lse`` from logits predicting ``targets``.
+
+    ``V`` and the entropy come from :func:`ppmech.mechanics.step_terms` (the one home of the
+    per-step terms: float32 log-softmax, chosen token's surprisal, entropy); ``msp`` and
+    ``neg_lse`` are the benchmark's baseline signals, from the same log-probabilities and logits.
 
     Args:
         logits: ``[n, V]`` logits (any float dtype; computed in float32).
@@ -37,15 +36,12 @@ def distribution_terms(logits: torch.Tensor, targets: torch.Tensor) -> dict[str,
     Returns:
         dict of ``[n]`` float64 arrays.
     """
-    z = logits.float()
-    lse = torch.logsumexp(z, dim=-1)
-    logprobs = z - lse[:, None]
-    entropy = entropy_from_logprobs(logprobs)
-    v = potential(logprobs.gather(-1, targets[:, None].to(z.device))[:, 0])
-    msp = logprobs.max(-1).values.exp()
+    terms = step_terms(logits, targets)
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    msp = terms.logprobs.max(-1).values.exp()
     return {
-        "V": v.double().cpu().numpy(),
-        "entropy": entropy.double().cpu().numpy(),
+        "V": terms.surprisal.double().cpu().numpy(),
+        "entropy": terms.entropy.double().cpu().numpy(),
         "msp": msp.double().cpu().numpy(),
         "neg_lse": (-lse).double().cpu().numpy(),
     }
@@ -70,7 +66,7 @@ def check_ids(lm: LoadedModel, ids: Sequence[int]) -> None:
     """Refuse sequences the monitor cannot score (too short, or longer than the context)."""
     if len(ids) < MIN_TOKENS:
         raise PPMechError(
-            f"the text has only {len(ids)} tokens (special prefix included); the monitor needs "
+            f"the text has only {len(ids)} token(s) (special prefix included); the monitor needs "
             f"at least {MIN_TOKENS}",
             "give it a longer text",
         )
@@ -116,17 +112,32 @@ def trace_batch(lm: LoadedModel, sequences: Sequence[Sequence[int]]) -> list[Tok
 
 
 def trace_many(
-    lm: LoadedModel, sequences: Sequence[Sequence[int]], batch_size: int = 16, progress: str | None = None
+    lm: LoadedModel,
+    sequences: Sequence[Sequence[int]],
+    batch_size: int | str = "auto",
+    progress: str | None = None,
 ) -> list[TokenTrace]:
-    """:func:`trace_batch` over many sequences; ``progress`` names a tqdm bar on stderr."""
+    """:func:`trace_batch` over many sequences; ``progress`` names a tqdm bar on stderr.
+
+    ``batch_size`` means what it means for ``measure`` (:class:`ppmech.engine.batching.BatchSizer`):
+    a number of texts per forward pass, or ``auto`` (50 on the CPU, more on an accelerator), halved
+    when a batch runs out of memory.
+    """
     from tqdm.auto import tqdm
 
-    batches = [sequences[i : i + batch_size] for i in range(0, len(sequences), batch_size)]
-    out: list[TokenTrace] = []
-    for batch in tqdm(batches, desc=progress, disable=progress is None, unit="batch", leave=False):
-        out.extend(trace_batch(lm, batch))
+    from ppmech.engine.batching import BatchSizer
+
+    bar = tqdm(total=len(sequences), desc=progress, disable=progress is None, unit="text", leave=False)
+
+    def run(batch: list[Sequence[int]]) -> list[TokenTrace]:
+        traces = trace_batch(lm, batch)
         _release_freed_memory()
-    return out
+        bar.update(len(batch))
+        return traces
+
+    with bar:
+        batches = BatchSizer(batch_size, lm.device).map(list(sequences), run)
+    return [t for batch in batches for t in batch]
 
 
 def _release_freed_memory() -> None:
@@ -342,10 +353,15 @@ class EnergyMonitor:
         from ppmech.provenance import versions
 
         config = config or MonitorConfig(model=lm.identity.spec)
+        normal = None
         if sequences is None:
-            sequences = calibration_sequences(lm, config)
+            windows = calibration_windows(lm, config)
+            sequences = [w.ids for w in windows]
+            normal = NormalText.describe(
+                windows, config.corpus, config.split, config.positions, config.tokens
+            )
         traces = trace_many(lm, sequences, config.batch_size, "calibrating" if progress else None)
-        return cls(lm, fit_calibration(traces, lm.identity, config, versions()))
+        return cls(lm, fit_calibration(traces, lm.identity, config, versions(), normal_text=normal))
 
     @classmethod
     def load(cls, lm: LoadedModel, path: str | Path) -> EnergyMonitor:
@@ -375,7 +391,7 @@ class EnergyMonitor:
         """
         return self.score_ids(text_ids(self.lm, text))
 
-    def score_many(self, texts: Sequence[str], batch_size: int = 16) -> list[MonitorScore]:
+    def score_many(self, texts: Sequence[str], batch_size: int | str = "auto") -> list[MonitorScore]:
         """Teacher-forced scores of several texts, batched."""
         seqs = [text_ids(self.lm, t) for t in texts]
         traces = trace_many(self.lm, seqs, batch_size)
@@ -423,23 +439,31 @@ class EnergyMonitor:
                 stream._advance(out.logits[0, -1].float(), out.states[FINAL_NORM][0, -1])
 
 
-def calibration_sequences(lm: LoadedModel, config: MonitorConfig, offset: int = 0) -> list[list[int]]:
-    """The normal texts a calibration uses: ``config.sequences`` prompts of ``config.tokens``
-    tokens from ``config.corpus`` (``config.split`` side), chosen with ``config.seed``.
+def calibration_windows(
+    lm: LoadedModel, config: MonitorConfig, offset: int = 0, positions: str | None = None
+) -> list[Window]:
+    """The normal texts a calibration uses: ``config.sequences`` windows of ``config.tokens`` tokens
+    from ``config.corpus`` (``config.split`` side), at ``config.positions`` (or ``positions``),
+    chosen with ``config.seed`` (:func:`ppmech.monitor.windows.select_windows`).
 
     ``offset`` skips that many qualifying documents first (the benchmark takes its
     held-out *test* texts after the calibration's).
     """
-    from ppmech.corpus import load_documents, select_prompts
+    from ppmech.corpus import load_documents
 
     docs = load_documents(config.corpus)
-    split = None if config.split == "all" else config.split
-    prompts = select_prompts(
+    return select_windows(
         docs,
         lm.tokenizer,
-        offset + config.sequences,
-        context_tokens=config.tokens,
+        config.sequences,
+        config.tokens,
+        positions=positions or config.positions,
         seed=config.seed,
-        split=split,
+        split=None if config.split == "all" else config.split,
+        offset=offset,
     )
-    return [p.ids for p in prompts[offset:]]
+
+
+def calibration_sequences(lm: LoadedModel, config: MonitorConfig, offset: int = 0) -> list[list[int]]:
+    """The id sequences of :func:`calibration_windows`."""
+    return [w.ids for w in calibration_windows(lm, config, offset)]
