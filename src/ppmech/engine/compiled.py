@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ppmech import artifacts
 from ppmech.engine.hooks import Patch, Switch, capture
 from ppmech.errors import PPMechError
 from ppmech.models.identity import LoadedModel
@@ -166,10 +167,8 @@ def remember_warmup(key: str, seconds: float) -> None:
         data = json.loads(path.read_text()) if path.is_file() else {}
         data[key] = round(seconds, 2)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(path)
-    except (OSError, ValueError):
+        artifacts.write_text(path, json.dumps(data, indent=1))  # atomic
+    except (OSError, ValueError, PPMechError):  # PPMechError: a full disk
         pass
 
 
