@@ -306,10 +306,15 @@ def test_sweep_scaling_figure_reports_the_table5_correlation(inputs: Inputs) -> 
     assert sweep.kind == "sweep" and len(sweep.runs) == 6  # type: ignore[union-attr]
     fig = figures.scaling(sweep.runs)  # type: ignore[union-attr]
     pre = [r for r in sweep.runs.values() if r.config["weights"] == "pretrained"]  # type: ignore[union-attr]
-    r = scipy_stats.pearsonr(
-        [x.model["num_parameters"] for x in pre], [x.summary["statistics"]["global_cv"] for x in pre]
-    )
-    assert f"llama (pretrained): r = {r.statistic:.3f}" in figures.caption_of(fig)
+    params = [x.model["num_parameters"] for x in pre]
+    for key, short in (("drift", "drift"), ("mean_abs_dH", "⟨|ΔH|⟩")):
+        values = [x.summary["statistics"][key] for x in pre]
+        r = scipy_stats.pearsonr(params, values)
+        (line,) = [t for t in fig.data if t.legendgroup == "llama (pretrained)" and t.showlegend]
+        assert f"{short}: r = {r.statistic:.3f}, p = {r.pvalue:.3g}" in line.name
+        drawn = next(t for t in fig.data if t.legendgroup == "llama (pretrained)" and list(t.y) == values)
+        assert list(drawn.x) == sorted(params)
+    assert "fewer" not in figures.caption_of(fig)  # both groups have 3 sizes: no note
 
 
 def _only_line(err: str) -> str:

@@ -370,3 +370,29 @@ def test_table5_figure_plots_drift_and_abs_dh_per_group_with_r_p_and_one_note() 
         rows[pre.label]["runs"] == "llama-1-pre, llama-2-pre, llama-4-pre" and rows[pre.label]["sizes"] == 3
     )
     assert rows["gemma3_text (pretrained)"]["drift r"] is None
+
+
+# --------------------------------------------------------------------------- --config
+
+
+def test_report_reads_a_config_file_and_flags_override_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ppmech.cli import main
+
+    data = {**BENCH, "text_scores": {"H": {"normal": [1, 2, 3], "shuffled": [2, 4]}}}
+    bench = _write_json(tmp_path / "bench.json", data)
+    out = tmp_path / "from-file.html"
+    config = tmp_path / "report.toml"
+    config.write_text(f'paths = ["{bench}"]\nout = "{out}"\ntitle = "from the file"\n')
+    assert main(["report", "--config", str(config), "--title", "from the flag"]) == 0
+    page = out.read_text()
+    assert "<title>from the flag</title>" in page and "ROC curves" in page
+    # Paths on the command line replace the file's; an unknown key names the closest valid one.
+    assert main(["report", str(bench), "--config", str(config), "--overwrite"]) == 0
+    assert "<title>from the file</title>" in out.read_text()
+    capsys.readouterr()
+    config.write_text('titel = "typo"\n')
+    assert main(["report", str(bench), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "titel" in err and "title" in err.replace("titel", "")

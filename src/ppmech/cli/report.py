@@ -7,46 +7,40 @@ from typing import Any
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ppmech.cli.config import config_from_args
     from ppmech.report import build_report
+    from ppmech.report.config import ReportConfig
 
+    # Paths on the command line replace the file's list; none given: the file's (or none).
+    given = {"paths": tuple(args.cli_paths)} if args.cli_paths else {}
+    config = config_from_args(ReportConfig, args, **given)
     result = build_report(
-        args.paths,
-        args.out,
-        png_dir=args.png,
-        trajectory=args.trajectory,
-        term=args.term,
-        title=args.title,
-        overwrite=args.overwrite,
+        config.paths,
+        config.out,
+        png_dir=config.png,
+        trajectory=config.trajectory,
+        term=config.term,
+        title=config.title,
+        overwrite=config.overwrite,
     )
     print(f"{len(result.figures)} figures from {len(result.sources)} inputs")
     if result.pngs:
-        print(f"wrote {len(result.pngs)} PNGs to {args.png}")
+        print(f"wrote {len(result.pngs)} PNGs to {config.png}")
     print(f"wrote {result.out} ({result.size_bytes / 1e6:.1f} MB, self-contained)")
     return 0
 
 
 def register(sub: Any) -> None:
+    from ppmech.cli.config import add_config_file_flag, add_config_flags
+    from ppmech.report.config import ReportConfig
+    from ppmech.settings import help_of
+
     p = sub.add_parser(
         "report",
         epilog="example:\n  ppmech report runs/demo --out runs/demo/report.html",
         help="figures and a self-contained HTML report over runs, sweeps, verify, monitor, steering",
     )
-    p.add_argument(
-        "paths",
-        nargs="*",
-        metavar="PATH",
-        help="run, sweep, verify, steer or evaluate-steering directories; monitor benchmark --json files; "
-        "monitor score --json --tokens output (.jsonl)",
-    )
-    p.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace --out (and --png's images) if ppmech wrote them; a file ppmech did not write is "
-        "never replaced",
-    )
-    p.add_argument("--png", default=None, metavar="DIR", help="also write every figure as a PNG into DIR")
-    p.add_argument("--trajectory", type=int, default=0, help="trajectory whose tokens are shown (default 0)")
-    p.add_argument("--term", choices=["H", "K", "V"], default="H", help="what shades the tokens (default H)")
-    p.add_argument("--title", default="ppmech report", help="page title")
+    p.add_argument("cli_paths", nargs="*", metavar="PATH", help=help_of(ReportConfig, "paths"))
+    add_config_file_flag(p)
+    add_config_flags(p, ReportConfig)
     p.set_defaults(func=cmd_report)

@@ -7,16 +7,27 @@ For notebooks, every figure is a plotly ``Figure``::
     run = load_run("runs/demo")
     figures.energy_vs_step({"demo": run}).show()
 
-and :func:`build_report` writes the whole page (see :mod:`ppmech.report.build`).
+and :func:`build_report` writes the whole page (see :mod:`ppmech.report.build`). The
+names load on first use, so that the CLI can read :class:`ReportConfig` without plotly.
 """
 
 from __future__ import annotations
 
-from ppmech.report import figures
-from ppmech.report.build import ReportResult, build_figures, build_report
-from ppmech.report.sources import detect, load_source, load_sources
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ReportConfig": "ppmech.report.config",
+    "ReportResult": "ppmech.report.build",
+    "build_figures": "ppmech.report.build",
+    "build_report": "ppmech.report.build",
+    "detect": "ppmech.report.sources",
+    "load_source": "ppmech.report.sources",
+    "load_sources": "ppmech.report.sources",
+}
 
 __all__ = [
+    "ReportConfig",
     "ReportResult",
     "build_figures",
     "build_report",
@@ -25,3 +36,11 @@ __all__ = [
     "load_source",
     "load_sources",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "figures":
+        return importlib.import_module("ppmech.report.figures")
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'ppmech.report' has no attribute {name!r}")
