@@ -60,11 +60,18 @@ def _steer_args(model: str, out: Path) -> list[str]:
     return ["steer", "--model", model, *target, "--out", str(out)]
 
 
+def _calibrate_args(model: str, out: Path) -> list[str]:
+    small = ["--sequences", "8", "--tokens", "8", "--no-progress"]
+    return ["monitor", "calibrate", "--model", model, *small, "--out", str(out)]
+
+
 @pytest.fixture(scope="module")
 def outputs(tiny: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Real outputs made once: a measure run, a steer output, a report, a compare table."""
     root = tmp_path_factory.mktemp("made")
     made = {"run": root / "run", "steer": root / "steer", "html": root / "r.html", "md": root / "t.md"}
+    made["cal"] = root / "cal.json"
+    assert _cli(_calibrate_args(tiny, made["cal"]))[0] == 0
     assert _cli(_measure_args(tiny, made["run"]))[0] == 0
     assert _cli(_steer_args(tiny, made["steer"]))[0] == 0
     assert _cli(["report", str(made["run"]), "--out", str(made["html"])])[0] == 0
@@ -244,7 +251,7 @@ def test_analyze_never_replaces_a_users_json(outputs: dict[str, Path], tmp_path:
 # --------------------------------------------------------------------------- the property
 
 # Each command that writes: (the flags that name its output, kind of output, replace flag).
-COMMANDS = ("compare", "report", "analyze", "measure", "steer")
+COMMANDS = ("compare", "report", "analyze", "calibrate", "measure", "steer")
 SITUATIONS = (
     "absent",
     "user-file",
@@ -264,6 +271,8 @@ def _command(name: str, tiny: str, run: Path, out: Path, overwrite: bool) -> lis
         return ["report", str(run), "--out", str(out), *flag]
     if name == "analyze":
         return ["analyze", str(run), "--no-nulls", "--n-boot", "40", "--json", str(out), *flag]
+    if name == "calibrate":
+        return [*_calibrate_args(tiny, out), *flag]
     if name == "measure":
         return [*_measure_args(tiny, out), *flag]
     return [*_steer_args(tiny, out), *flag]
@@ -273,6 +282,8 @@ def _own_output(name: str, outputs: dict[str, Path], tiny: str, at: Path) -> Non
     """Put a real ppmech output of command ``name`` at ``at``."""
     if name in ("measure", "steer"):
         shutil.copytree(outputs["run" if name == "measure" else "steer"], at)
+    elif name == "calibrate":
+        shutil.copy(outputs["cal"], at)
     elif name == "analyze":
         assert _cli(_command("analyze", tiny, outputs["run"], at, False))[0] == 0
     else:
@@ -282,7 +293,8 @@ def _own_output(name: str, outputs: dict[str, Path], tiny: str, at: Path) -> Non
 OTHER = {
     "compare": "report",
     "report": "compare",
-    "analyze": "compare",
+    "analyze": "calibrate",
+    "calibrate": "analyze",
     "measure": "steer",
     "steer": "measure",
 }
@@ -321,7 +333,8 @@ def test_no_user_byte_is_lost_and_nothing_is_written_outside_the_output(
     (root / "elsewhere").mkdir()
     (root / "elsewhere" / "keep.bin").write_bytes(content[::-1])
     is_dir = name in ("measure", "steer")
-    out = root / ("out" if is_dir else {"compare": "o.md", "report": "o.html", "analyze": "o.json"}[name])
+    names = {"compare": "o.md", "report": "o.html", "analyze": "o.json", "calibrate": "o.json"}
+    out = root / ("out" if is_dir else names[name])
     if situation == "absent-parent":
         out = root / "new" / "deeper" / out.name
     elif situation == "user-file":
