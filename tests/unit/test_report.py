@@ -396,3 +396,24 @@ def test_report_reads_a_config_file_and_flags_override_it(
     assert main(["report", str(bench), "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "titel" in err and "title" in err.replace("titel", "")
+
+
+def test_png_without_chromium_or_kaleido_is_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from ppmech.cli import main
+    from ppmech.report.export import CHROMIUM_ENV
+
+    bench = _write_json(tmp_path / "bench.json", BENCH)
+    out, png = tmp_path / "r.html", tmp_path / "png"
+    monkeypatch.setenv(CHROMIUM_ENV, str(tmp_path / "no-chromium"))
+    assert main(["report", str(bench), "--out", str(out), "--png", str(png)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "apt-get install chromium" in err and "no-chromium" in err
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # as if not installed: import raises ImportError
+    assert main(["report", str(bench), "--out", str(out), "--png", str(png)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'ppmech[png]'" in err
+    assert not out.exists() and not png.exists()
