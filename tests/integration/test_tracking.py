@@ -423,3 +423,47 @@ def test_wandb_study_is_a_group(clean_env: Path, study_dir: Path) -> None:
     assert runs["tiny"] == ("tiny", "study", 0)
     for name, status in frame["status"].items():
         assert runs[name] == ("tiny", "measure", 0 if status == "complete" else 1)
+
+
+# --------------------------------------------------------------------------- --track on the commands
+
+
+def ppmech_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ppmech", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_measure_track_logs_the_run_it_wrote(clean_env: Path) -> None:
+    out = clean_env / "run"
+    tiny = [
+        "--prompts",
+        "2",
+        "--context-tokens",
+        "10",
+        "--new-tokens",
+        "5",
+        "--n-boot",
+        "20",
+        "--no-progress",
+    ]
+    proc = ppmech_cli("measure", *tiny, "--out", str(out), "--track", "mlflow", cwd=clean_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "tracked run in MLflow: run " in proc.stdout
+    row = mlflow_runs(clean_env / "mlruns").iloc[0]
+    stats = json.loads((out / "summary.json").read_text())["statistics"]
+    assert row["metrics.mean_energy"] == pytest.approx(stats["mean_energy"], rel=1e-12)
+    assert row["tags.ppmech.path"] == str(out.resolve())
+
+
+@pytest.mark.parametrize(
+    "command", [["measure"], ["sweep", "study.toml"], ["verify"], ["steer", "--prompt", "x"]]
+)
+def test_bad_track_is_refused_before_any_work(clean_env: Path, command: list[str]) -> None:
+    (clean_env / "study.toml").write_text(STUDY)
+    proc = ppmech_cli(*command, "--out", str(clean_env / "out"), "--track", "mlfow", cwd=clean_env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"ppmech: error: --track 'mlfow' is not a tracker; use {FORMS}"
+    ]
+    assert not (clean_env / "out").exists() and not (clean_env / "mlruns").exists()
