@@ -200,9 +200,11 @@ def test_a_worker_killed_while_recording_is_retried(
     deadline = time.time() + 180
     while killed is None and time.time() < deadline and thread.is_alive():
         for d in _work_dirs(work):
-            # Recording has begun once the run has written anything besides the worker's own note.
-            if d.name.startswith("tiny-l2") and any(
-                p.is_file() and p.name != "worker.json" for p in d.rglob("*")
+            # Recording has begun once the run's directory has a file (the worker's note is written first).
+            if (
+                d.name.startswith("tiny-l2")
+                and (d / "worker.json").is_file()
+                and any(p.is_file() for p in (d / "run").rglob("*"))
             ):
                 killed = json.loads((d / "worker.json").read_text())["pids"][-1]
                 os.kill(killed, signal.SIGKILL)
