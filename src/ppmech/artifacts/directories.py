@@ -410,8 +410,11 @@ def _check_reusable(shown: Path, target: Path, kind: str, flag: str) -> None:
         return
     marker = read_marker(target)
     if marker is None:
+        legacy = any((target / name).exists() for name in KINDS[kind] if "*" not in name)
         raise PPMechError(
-            f"{shown} is not empty and is not a ppmech {kind} directory (no {MARKER} marker)",
+            f"{shown} is not empty and is not a ppmech {kind} directory (no {MARKER} marker"
+            + (f"; {kind} directories of ppmech before 0.2 have none" if legacy else "")
+            + ")",
             f"choose another {flag}; ppmech writes only into directories it made",
         )
     if marker["kind"] != kind:
