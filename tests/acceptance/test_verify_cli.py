@@ -94,6 +94,10 @@ def test_analyze_prints_every_analysis_and_writes_json(
     ):
         assert needle in out
     assert "Per-layer mechanics" in out and "CV of H by position" in out and "Scale null" in out
+    # Beside R: its shuffle band, the shuffle-null CV and corr(K, V) (issue 21), from the same estimates.
+    line = next(x for x in out.splitlines() if x.startswith(f"{runs['hidden']}: R = "))
+    assert "shuffle band [" in line and "shuffle-null CV" in line and "corr(K, V)" in line
+    assert "1 − R" in line and "CV / null CV" in line
     data = json.loads(out_json.read_text())
     entry = data[str(runs["hidden"])]
     assert len(entry["layers"]) == 2  # the tiny llama has 2 decoder layers
@@ -106,6 +110,20 @@ def test_analyze_prints_every_analysis_and_writes_json(
     assert scale["R"].iloc[0] == pytest.approx(r)
     assert 0.0 <= entry["estimates"]["null_shuffle_p"]["value"] <= 1.0
     assert 0.0 <= entry["estimates"]["curvature_deg"]["value"] <= 180.0
+    est = entry["estimates"]
+    assert -1.0 <= est["null_corr_KV"]["value"] <= 1.0
+    assert est["null_one_minus_R"]["value"] == pytest.approx(1.0 - r)
+    assert est["null_shuffle_null_cv"]["low"] <= est["null_shuffle_null_cv"]["high"]
+    # summary.json carries the same controls (point values) for every measured run.
+    stored = json.loads((runs["hidden"] / "summary.json").read_text())["conservation"]
+    assert stored["R"] == pytest.approx(r) and stored["corr_KV"] == pytest.approx(
+        est["null_corr_KV"]["value"]
+    )
+    assert stored["shuffle_null_cv"] is not None and stored["cv_ratio"] is not None
+    # CV / null CV = observed global CV of H over the null's mean CV.
+    assert est["null_cv_ratio"]["value"] == pytest.approx(
+        est["global_cv"]["value"] / est["null_shuffle_null_cv"]["value"], rel=1e-6
+    )
 
 
 def test_analyze_hidden_without_saved_states_is_a_one_line_error(
@@ -228,6 +246,16 @@ def test_verify_refuses_other_models(capsys: pytest.CaptureFixture[str], tmp_pat
     code, _, err = _run(["verify", "--models", "gpt-5", "--out", str(tmp_path)], capsys)
     assert code == 2
     assert "embedded models only" in err and len(err.strip().splitlines()) == 1
+
+
+def test_verify_refuses_a_repeated_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Issue 18: `--models smollm2-135m smollm2-135m` counted every claim twice (151 rows, doubled verdicts).
+    code, _, err = _run(
+        ["verify", "--models", "smollm2-135m", "smollm2-135m", "--out", str(tmp_path / "v")], capsys
+    )
+    assert code == 2
+    assert "names smollm2-135m more than once" in err and "--models smollm2-135m" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "v").exists()
 
 
 @pytest.mark.parametrize(

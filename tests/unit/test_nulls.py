@@ -354,3 +354,35 @@ def test_curvature_of_lines_zigzags_and_padded_trajectories() -> None:
     # Independent random steps in high dimension: close to 90°.
     walk = np.cumsum(np.random.default_rng(0).normal(size=(6, 30, 2000)), axis=1)
     assert N.curvature(walk, n_boot=50)["mean_deg"].value == pytest.approx(90.0, abs=2.0)
+
+
+# ----------------------------------------------------------------------------- summary.json controls
+
+
+def test_conservation_summary_matches_the_full_null_models() -> None:
+    parts = _series(np.random.default_rng(3), 12, 40, coupling=-0.5, noise=0.5)
+    steps = pd.DataFrame(
+        [
+            {"trajectory": i, "step": t, "K": k, "V": v}
+            for i, p in enumerate(parts)
+            for t, (k, v) in enumerate(p)
+        ]
+    )
+    s = N.conservation_summary(steps, n_perm=200, seed=0)
+    tests = N.pairing_shuffle(parts, 200, 0)
+    pooled = np.concatenate(parts)
+    assert s["R"] == pytest.approx(N.compensation_ratio(pooled))
+    assert s["one_minus_R"] == pytest.approx(1 - s["R"])
+    assert s["corr_KV"] == pytest.approx(np.corrcoef(pooled[:, 0], pooled[:, 1])[0, 1])
+    assert s["shuffle_null_R_low"] == pytest.approx(tests["R"].null_low)
+    assert s["shuffle_null_cv"] == pytest.approx(tests["global_cv"].null_mean)
+    h = pooled.sum(1)
+    assert s["cv_ratio"] == pytest.approx(h.std() / h.mean() / tests["global_cv"].null_mean)
+    # At c = c_min the CV of H is exactly 13%.
+    c = s["c_min"]
+    assert h.std() / (h.mean() + 2 * math.log(c)) == pytest.approx(N.PAPER_CV_THRESHOLD)
+    # Compensating K and V: R below its shuffle band, observed CV below the null CV.
+    assert s["R"] < s["shuffle_null_R_low"] and s["cv_ratio"] < 1
+    # Too few trajectories for the permutation test: point values only, no traceback.
+    few = N.conservation_summary(steps[steps["trajectory"] < 3])
+    assert few["R"] is not None and few["shuffle_null_cv"] is None

@@ -153,6 +153,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if not args.no_nulls:
             nulls, scale = null_analyses(run, args.n_boot, args.seed, args.n_perm)
             est.update(nulls)
+            print(f"\n{name}: {conservation_line(nulls)}")
             if (run.path / "hidden").is_dir():
                 est.update(curvature_analysis(run, args.n_boot, args.seed))
         layers = None
@@ -186,6 +187,24 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         write_output_file(args.markdown, text, kind="markdown", replace=args.overwrite, flag="--markdown")
         print(f"wrote {args.markdown}")
     return 0
+
+
+def conservation_line(est: dict[str, Any]) -> str:
+    """R with its pairing-shuffle band, the shuffle-null CV, corr(K, V) and the unit-free measures."""
+
+    def f(key: str, ci: bool = True) -> str:
+        e = est.get(key)
+        if e is None or not np.isfinite(e.value):
+            return "—"
+        return f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]" if ci and e.has_ci else f"{e.value:.3g}"
+
+    band = est.get("null_shuffle_null_R")
+    band_text = f"[{band.low:.3g}, {band.high:.3g}]" if band is not None and band.has_ci else "—"
+    return (
+        f"R = {f('null_R')} (shuffle band {band_text}, p = {f('null_shuffle_p', False)}); "
+        f"shuffle-null CV {f('null_shuffle_null_cv')}; corr(K, V) {f('null_corr_KV')}; "
+        f"1 − R {f('null_one_minus_R')}; CV / null CV {f('null_cv_ratio')}"
+    )
 
 
 def register(sub: Any) -> None:

@@ -54,6 +54,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+import numpy as np
 import pandas as pd
 
 from ppmech.nulls.base import (
@@ -118,6 +119,50 @@ def run_nulls(
     return estimates, tables
 
 
+def conservation_summary(steps: pd.DataFrame, n_perm: int = 200, seed: int = 0) -> dict[str, float | None]:
+    """Point estimates of the conservation controls for a run's ``summary.json`` (no bootstrap).
+
+    ``R`` and its pairing-shuffle band (2.5–97.5%), the shuffle-null global CV of ``H``,
+    ``corr(K, V)``, the unit-free ``1 − R`` and ``CV / null CV``, and ``c_min``: the paper's
+    13% holds for every ``h → c·h`` with ``c > c_min``. ``None`` where undefined (e.g. fewer
+    trajectories than a permutation test needs).
+    """
+    import math
+
+    from ppmech.errors import PPMechError
+
+    def clean(x: float) -> float | None:
+        return float(x) if math.isfinite(x) else None
+
+    parts = kv_parts(steps)
+    vp = valid_pairs(parts)
+    pooled = np.concatenate(vp) if vp else np.empty((0, 2))
+    r = compensation_ratio(pooled)
+    out: dict[str, float | None] = {
+        "R": clean(r),
+        "one_minus_R": clean(1.0 - r),
+        "corr_KV": clean(corr_kv(pooled)),
+        "c_min": clean(threshold_scale(pooled)) if len(pooled) else None,
+        "shuffle_null_R_low": None,
+        "shuffle_null_R_high": None,
+        "shuffle_null_cv": None,
+        "cv_ratio": None,
+        "n_perm": n_perm,
+    }
+    try:
+        tests = pairing_shuffle(parts, n_perm, seed, chunk=10)
+    except PPMechError:  # too few trajectories for a permutation test: the point values stand
+        return out
+    cv = tests["global_cv"]
+    out.update(
+        shuffle_null_R_low=clean(tests["R"].null_low),
+        shuffle_null_R_high=clean(tests["R"].null_high),
+        shuffle_null_cv=clean(cv.null_mean),
+        cv_ratio=clean(cv.observed / cv.null_mean) if cv.null_mean else None,
+    )
+    return out
+
+
 def columns() -> list[Column]:
     """The per-run null-model table's columns, registry order."""
     return [c for m in registry() for c in m.columns]
@@ -140,6 +185,7 @@ __all__ = [
     "columns",
     "compensation",
     "compensation_ratio",
+    "conservation_summary",
     "corr_kv",
     "cross_fitted_prediction",
     "curvature",
