@@ -81,14 +81,14 @@ class _Ticker:
 
 
 @contextlib.contextmanager
-def status(message: str, stream: TextIO | None = None) -> Iterator[None]:
+def status(message: str, enabled: bool = True, stream: TextIO | None = None) -> Iterator[None]:
     """A status line (``ppmech: loading smollm2-135m … 12 s``) while the block runs.
 
     On a terminal the elapsed time is redrawn once a second and the line ends with the
     total time; elsewhere (or with progress off) nothing is printed.
     """
     out = stream if stream is not None else sys.stderr
-    if not _interactive(out):
+    if not (enabled and _interactive(out)):
         yield
         return
     started = time.perf_counter()
@@ -116,10 +116,18 @@ class Progress:
         total: units of work (e.g. tokens).
         description: what is being done (``recording smollm2-135m``).
         unit: the unit's name, for the rate (``tok`` gives ``tok/s``).
+        enabled: ``False`` (``--no-progress``): draw nothing, print the summary line at the end.
         stream: where to draw (default stderr).
     """
 
-    def __init__(self, total: int, description: str, unit: str = "tok", stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        description: str,
+        unit: str = "tok",
+        enabled: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
         self.total = max(int(total), 0)
         self.description = description
         self.unit = unit
@@ -130,7 +138,7 @@ class Progress:
         self._skipped = 0
         self._lock = threading.Lock()
         self._closed = False
-        self.drawing = _interactive(self._out)
+        self.drawing = enabled and _interactive(self._out)
         self._ticker = _Ticker(self._draw) if self.drawing else None
         if self.drawing:
             self._draw()
@@ -147,6 +155,11 @@ class Progress:
         with self._lock:
             self.done = min(self.total, self.done + n)
             self._skipped += n
+
+    def rewind(self, done: int) -> None:
+        """Set the count back to ``done`` (work that failed and will be run again)."""
+        with self._lock:
+            self.done = max(0, min(self.done, done))
 
     def rate(self) -> float:
         """Units per second since the start (NaN before any time has passed)."""
@@ -181,12 +194,21 @@ class Progress:
         if self.drawing:
             self._draw()
 
-    def close(self) -> None:
-        """Stop drawing; print the final line (the one summary line when nothing was drawn)."""
+    def close(self, failed: bool = False) -> None:
+        """Stop drawing; print the final line (the one summary line when nothing was drawn).
+
+        With ``failed`` (the work raised) no summary is printed: a drawn bar just ends its line.
+        """
         if self._closed:
             return
         if self._ticker is not None:
             self._ticker.stop()
+        if failed:
+            self._closed = True
+            if self.drawing:
+                self._out.write("\n")
+                self._out.flush()
+            return
         elapsed = _duration(time.perf_counter() - self._started)
         rate = self.rate()
         summary = f"{self.description}: {self.done}/{self.total} {self.unit} in {elapsed}"
@@ -202,5 +224,5 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self.close(failed=kind is not None)

@@ -179,3 +179,29 @@ def test_auto_batch_size_backs_off_on_out_of_memory(
     assert execution["batch_size"] == 2 and execution["out_of_memory_backoffs"] == 1
     assert execution["device"] == "cpu" and execution["name"] and execution["decode"] == "eager"
     pd.testing.assert_frame_equal(_steps(result.path), _steps(reference.path))
+
+
+def test_the_progress_callback_moves_within_a_single_batch(tiny_model_dir: Callable[[str], str]) -> None:
+    """The recorder reports tokens after every decoding step, not once per batch."""
+    recorder = Recorder(load_model(tiny_model_dir("llama")), Decoding())
+    calls: list[int] = []
+    recorder.on_tokens = calls.append
+    recorder.record(PROMPTS, 6)  # one batch of 3 rows, 6 steps
+    assert calls == [3] * 6
+    teacher = Recorder(recorder.lm, Decoding(strategy="teacher"))
+    teacher.on_tokens = calls.append
+    teacher.record(PROMPTS, 4, targets=[[1, 2, 3, 4]] * 3)  # one forward pass scores every step
+    assert calls[6:] == [12]
+
+
+def test_measure_without_progress_prints_one_summary_line(
+    tiny_model_dir: Callable[[str], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = MeasureConfig(
+        model=tiny_model_dir("llama"), prompts=3, context_tokens=8, new_tokens=5, n_boot=0, batch_size=3
+    )
+    measure(config, tmp_path / "run", progress=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ppmech: recording ") and ": 15/15 tok in " in lines[0], (
+        lines
+    )

@@ -146,11 +146,65 @@ def test_directory_without_config(tmp_path: Path) -> None:
         load_model(str(tmp_path))
 
 
-def test_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The hub reads HF_HUB_OFFLINE at import; patch the constant so no network is tried.
-    import huggingface_hub.constants
+#: Loads ``spec`` with the hub's endpoint unreachable; prints the load's seconds and its one-line error.
+_OUT_OF_REACH = (
+    "import sys, time; from ppmech.models.loading import load_model; from ppmech.errors import PPMechError\n"
+    "from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer\n"  # imports are not the load
+    "import huggingface_hub\n"
+    "t = time.perf_counter()\n"
+    "try:\n"
+    "    i = load_model(sys.argv[1]).identity; print('LOADED', i.source_hash)\n"
+    "except PPMechError as e:\n"
+    "    print('ERROR', e.one_line())\n"
+    "print('SECONDS', time.perf_counter() - t)\n"
+)
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(PPMechError, match="could not load model 'nobody/no-such-model'"):
-        load_model("nobody/no-such-model")
+
+def _out_of_reach(cache: Path, spec: str, offline: bool) -> tuple[list[str], str]:
+    """Run :data:`_OUT_OF_REACH` with an empty (or given) hub cache: nothing listens on port 9."""
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_REACH, spec], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines(), done.stderr
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["endpoint-refuses", "HF_HUB_OFFLINE"])
+def test_hub_id_out_of_reach_fails_fast_in_one_line(tmp_path: Path, offline: bool) -> None:
+    out, err = _out_of_reach(tmp_path, "nobody/no-such-model", offline)
+    assert out[0].startswith("ERROR model 'nobody/no-such-model' is not in the local Hugging Face cache")
+    assert ("HF_HUB_OFFLINE is set" if offline else "cannot reach http://127.0.0.1:9") in out[0]
+    # Before: 5 retries per file with 1+2+4+8+8 = 23 s of back-off, twice (22 log lines, 40-50 s).
+    # The bound is not a speed figure: it fails only if a retry's back-off comes back.
+    assert "Retrying" not in err and err.strip() == ""
+    assert float(out[1].split()[1]) < 20.0
+
+
+def test_cached_hub_model_loads_when_the_hub_is_out_of_reach(
+    tiny_model_dir: Callable[[str], str], tmp_path: Path
+) -> None:
+    commit = "c" * 40
+    _hub_cache_entry(tmp_path, "someone/tiny", tiny_model_dir("llama"), commit)
+    out, err = _out_of_reach(tmp_path, "someone/tiny", offline=False)
+    assert out[0] == "LOADED " + hashlib.sha256(f"someone/tiny@{commit}".encode()).hexdigest()
+    assert err.strip().splitlines() == [
+        "ppmech: note: the Hugging Face hub is out of reach (cannot reach http://127.0.0.1:9 "
+        "([Errno 111] Connection refused)); loading someone/tiny from the local cache"
+    ]
+
+
+@pytest.mark.parametrize(
+    "spec", ["./nope", "~/ppmech-no-such-model", "/no/such/model", "a/b/c", "models/qwen"]
+)
+def test_path_like_name_is_no_such_directory(
+    spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "models").mkdir()  # `models/qwen` names a folder under an existing ./models: a path
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PPMechError, match=f"^no such directory: {spec}; check the path"):
+        load_model(spec)

@@ -3,16 +3,19 @@ the token chooser."""
 
 from __future__ import annotations
 
+import io
 import math
+import time
 
 import pytest
 import torch
 
 from ppmech.engine.batching import AUTO_CHUNK, CPU_BATCH, BatchSizer, auto_start, chunk_size, parse_batch_size
 from ppmech.engine.compiled import compile_pays
-from ppmech.models.device import device_record, is_out_of_memory, resolve_device
 from ppmech.engine.sampling import Decoding, TokenChooser, filter_logits
 from ppmech.errors import PPMechError
+from ppmech.models.device import device_record, is_out_of_memory, resolve_device
+from ppmech.progress import Progress, showing, status
 
 CPU = torch.device("cpu")
 
@@ -180,3 +183,84 @@ def test_chooser_greedy_and_seeded_sampling_per_row() -> None:
     with pytest.raises(PPMechError, match="teacher"):
         TokenChooser(Decoding(strategy="teacher"), 1, CPU)
     assert math.isclose(float(together.distribution(logits).sum(-1).mean()), 1.0, rel_tol=1e-6)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, as stderr does in an interactive shell."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_off_a_terminal_prints_only_a_final_summary() -> None:
+    out = io.StringIO()
+    bar = Progress(10, "recording x", stream=out)
+    bar.update(4)
+    bar.tick()
+    bar.update(6)
+    assert out.getvalue() == ""
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ppmech: recording x: 10/10 tok in "), lines
+
+
+def test_progress_disabled_on_a_terminal_is_quiet_until_its_summary() -> None:
+    out = _Terminal()
+    with Progress(5, "recording x", enabled=False, stream=out) as bar:
+        bar.update(5)
+        assert out.getvalue() == ""
+    assert out.getvalue().startswith("ppmech: recording x: 5/5 tok in ")
+
+
+def test_progress_on_a_terminal_shows_count_rate_and_time_left() -> None:
+    out = _Terminal()
+    bar = Progress(10, "recording x", stream=out)
+    assert out.getvalue().startswith("\r\x1b[Kppmech: recording x: 0/10 tok (0%), ")
+    time.sleep(0.01)
+    bar.update(3)
+    bar.tick()
+    last = out.getvalue().split("\r\x1b[K")[-1]
+    assert (
+        last.startswith("ppmech: recording x: 3/10 tok (30%), ")
+        and " tok/s, " in last
+        and last.endswith(" left")
+    )
+    bar.close()
+    assert out.getvalue().endswith("\n") and "3/10 tok in " in out.getvalue().split("\r\x1b[K")[-1]
+
+
+def test_progress_counts_skipped_and_rewound_work() -> None:
+    bar = Progress(100, "x", stream=io.StringIO())
+    bar.skip(40)  # a resumed run's finished batches
+    bar.update(30)
+    bar.rewind(40)  # the batch failed (out of memory) and runs again
+    assert bar.done == 40
+    bar.update(200)
+    assert bar.done == 100  # never past the total
+    bar.close()
+
+
+def test_a_failed_run_prints_no_summary() -> None:
+    out = io.StringIO()
+    with pytest.raises(RuntimeError), Progress(10, "recording x", stream=out) as bar:
+        bar.update(2)
+        raise RuntimeError("boom")
+    assert out.getvalue() == ""
+
+
+def test_status_line_only_on_a_terminal_and_only_when_showing() -> None:
+    quiet = io.StringIO()
+    with status("loading m", stream=quiet):
+        pass
+    assert quiet.getvalue() == ""
+    tty = _Terminal()
+    with status("loading m", stream=tty):
+        pass
+    assert tty.getvalue().startswith("\r\x1b[Kppmech: loading m … ") and tty.getvalue().endswith(" \n")
+    off = _Terminal()
+    with showing(False), status("loading m", stream=off):
+        pass
+    assert off.getvalue() == ""

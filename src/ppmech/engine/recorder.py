@@ -28,6 +28,7 @@ the model's dtype: a bfloat16 model's states are differenced exactly.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -124,6 +125,9 @@ class Recorder:
         self.last_step_seconds: float | None = None
         #: Trajectories the job still has to record (``compile='auto'`` decides with it); ``None``: unknown.
         self.rows_left: int | None = None
+        #: Called with the number of tokens just recorded, from inside the decoding loop (after
+        #: every step, for the batch's real rows), so a progress bar moves within a batch.
+        self.on_tokens: Callable[[int], None] | None = None
         self._rows = 0
 
     def check_length(self, prompt_len: int, new_tokens: int) -> None:
@@ -153,7 +157,9 @@ class Recorder:
         if self.decoding.strategy == "teacher":
             if targets is None or len(targets) != len(prompts):
                 raise PPMechError("teacher decoding needs one target per prompt", "pass target tokens")
-            return self._teacher(prompts, [t[:new_tokens] for t in targets])
+            record = self._teacher(prompts, [t[:new_tokens] for t in targets])
+            self._count(len(prompts) * new_tokens)  # one forward pass scores every step
+            return record
         started = time.perf_counter()
         record = self._generate(prompts, new_tokens, seeds)
         self.last_step_seconds = (time.perf_counter() - started) / new_tokens
@@ -184,6 +190,7 @@ class Recorder:
         logp = torch.full((rows, new_tokens), float("nan"), dtype=torch.float32, device=device)
         entropy = torch.full((rows, new_tokens), float("nan"), dtype=torch.float32, device=device)
         hidden: torch.Tensor | None = None
+        steps_run = 0
         with engine.start(prompts, new_tokens) as session:
             chooser = TokenChooser(self.decoding, rows, device, seeds)
             for step in engine.steps(session, new_tokens, chooser, stop_at_eos=self.decoding.stop_at_eos):
@@ -198,10 +205,18 @@ class Recorder:
                 token_ids[:, step.t] = torch.where(alive, terms.tokens, -1)
                 logp[:, step.t] = torch.where(alive, terms.logp, float("nan"))
                 entropy[:, step.t] = torch.where(alive, terms.entropy, float("nan"))
+                self._count(batch)
+                steps_run = step.t + 1
+            # Rows that all ended at EOS end the loop early: their remaining steps count as done.
+            self._count(batch * (new_tokens - steps_run))
             assert session.ended_at is not None
             lengths = session.ended_at
         assert hidden is not None
         return self._finish(token_ids, lengths, logp, entropy, hidden).rows(batch)
+
+    def _count(self, tokens: int) -> None:
+        if self.on_tokens is not None and tokens > 0:
+            self.on_tokens(tokens)
 
     def _finish(
         self,

@@ -35,7 +35,9 @@ import torch
 
 from ppmech import artifacts
 from ppmech.errors import PPMechError
+from ppmech.models.hub import hub_access, looks_like_path, quiet_hub
 from ppmech.models.identity import LoadedModel, ModelIdentity
+from ppmech.progress import showing, status
 
 Weights = Literal["pretrained", "random"]
 DTYPES: dict[str, torch.dtype] = {
@@ -191,7 +193,8 @@ def _quiet_transformers() -> Iterator[None]:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with quiet_hub():
+            yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:
@@ -208,7 +211,7 @@ def _convert_gguf(path: Path, digest: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}-", dir=target.parent))
     try:
-        with _quiet_transformers():
+        with _quiet_transformers(), status(f"converting {path.name} to float32 (once; cached afterwards)"):
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model: Any = AutoModelForCausalLM.from_pretrained(
                 str(path.parent), gguf_file=path.name, dtype=torch.float32
@@ -257,7 +260,12 @@ def _resolve(spec: str) -> tuple[str, str, str]:
                 "pass a directory written by save_pretrained, a .gguf file, or an embedded name",
             )
         return "dir", str(path), _directory_hash(path)
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+    if looks_like_path(spec):
+        raise PPMechError(
+            f"no such directory: {spec}",
+            "check the path (a model directory written by save_pretrained, or a .gguf file)",
+        )
+    if spec.count("/") == 1:
         return "hub", spec, hashlib.sha256(spec.encode()).hexdigest()
     names = ", ".join(EMBEDDED_MODELS)
     raise PPMechError(
@@ -305,6 +313,7 @@ def load_model(
     trust_remote_code: bool = False,
     device: str | torch.device = "auto",
     revision: str | None = None,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode.
 
@@ -318,6 +327,7 @@ def load_model(
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
             (see :func:`ppmech.models.device.resolve_device`).
         revision: hub revision (branch, tag or commit) of a hub model; refused for any other kind.
+        progress: on a terminal, a status line while the model loads or converts.
 
     Raises:
         PPMechError: unknown model, missing or corrupt file, unsupported dtype.
@@ -331,16 +341,19 @@ def load_model(
         raise PPMechError(f"unknown weights '{weights}'", "use pretrained or random")
     if dtype not in DTYPES:
         raise PPMechError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
-    kind, location, digest = _resolve(spec)
+    with showing(progress):
+        kind, location, digest = _resolve(spec)  # may convert a GGUF file once (its own status line)
     if revision is not None and kind != "hub":
         raise PPMechError(
             f"`revision` {revision!r} pins a hub model, but '{spec}' is not one ({kind})",
             "drop `revision`, or name a hub id",
         )
     pin: dict[str, Any] = {"revision": revision} if revision is not None else {}
+    if kind == "hub":  # one quick probe: offline, a cached model loads, an uncached one fails in seconds
+        pin.update(hub_access(spec, revision))
     torch_dtype = DTYPES[dtype]
     try:
-        with _quiet_transformers():
+        with _quiet_transformers(), status(f"loading {spec}", enabled=progress):
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **pin)
             model: Any
             if weights == "pretrained":
