@@ -55,7 +55,7 @@ ray.shutdown()
 _CAUSES: tuple[tuple[str, str, str], ...] = (
     (
         r"UNAUTHENTICATED|Invalid or missing authentication token|authentication token",
-        "the cluster requires token authentication, which this machine does not use",
+        "the cluster requires token authentication and refused this machine's token (or its lack of one)",
         "set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) here",
     ),
     (
@@ -210,13 +210,20 @@ def probe(address: str, timeout: float, log: Path) -> Capacity:
             stderr=sink,
             start_new_session=True,  # so that a timeout kills whatever Ray started for it
         )
-        try:
-            stdout, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            stdout = None
+        deadline = time.monotonic() + timeout
+        stdout: bytes | None = None
+        while True:
+            try:
+                stdout, _ = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            # Ray retries a refused token until the timeout; its log says so at once.
+            if time.monotonic() > deadline or _cause(log.read_text(errors="replace")):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                break
     text = log.read_text(errors="replace")
     cause = _cause(text)
     if stdout is None:
