@@ -37,6 +37,11 @@ def test_calibrate_writes_a_calibration_tied_to_the_model(calibration: Path) -> 
     assert (data["n_fit"], data["n_holdout"]) == (3, 3)
     assert data["anomaly_threshold"] is None
     assert data["signals"]["H"]["token_std"] > 0
+    # What the normal text was: windows from anywhere in held-out English Wikipedia documents.
+    normal = data["normal_text"]
+    assert (normal["corpus"], normal["split"], normal["positions"]) == ("wiki-en", "heldout", "anywhere")
+    assert (normal["tokens"], normal["count"]) == (20, 6)
+    assert 0 <= normal["opening_fraction"] <= 1 and normal["chars_per_token_mean"] > 1
 
 
 def test_calibrate_refuses_to_overwrite(calibration: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,7 +57,8 @@ def test_score_prints_sequence_and_token_scores(
     path.write_text(TEXTS)
     assert main(["monitor", "score", "--calibration", str(calibration), str(path)]) == 0
     out = capsys.readouterr().out
-    assert "texts.txt#0" in out and "texts.txt#1" in out and "anomaly" in out
+    # Each text is named by the line it starts on.
+    assert "texts.txt:1" in out and "texts.txt:3" in out and "anomaly" in out and "alarm" in out
     assert main(["monitor", "score", "--calibration", str(calibration), "--json", "--tokens", str(path)]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(records) == 2
@@ -93,7 +99,12 @@ def test_bad_input_exits_2_with_one_line(
     long_text = tmp_path / "long.txt"
     long_text.write_text("word " * 8300)
     rc = main(["monitor", "score", "--calibration", str(calibration), str(long_text)])
-    _one_line_error(capsys, rc, "8192-token context")
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "skipped long.txt:1" in err and "8192-token context" in err and "none of the 1 texts" in err
+
+    rc = main(["monitor", "score", "--calibration", str(calibration), "--batch-size", "0", str(text)])
+    _one_line_error(capsys, rc, "--batch-size must be 'auto' or at least 1")
 
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text(calibration.read_text()[:300])
@@ -109,6 +120,69 @@ def test_bad_input_exits_2_with_one_line(
 
     rc = main(["monitor", "score", "--calibration", str(calibration), "--weights", "random", str(text)])
     _one_line_error(capsys, rc, "was made for model")
+
+
+def test_one_short_or_bad_text_is_skipped_and_named_not_fatal(
+    calibration: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "texts.txt"
+    path.write_text(TEXTS + "\nHi\n")  # the third text, on line 5, has 1 token
+    assert main(["monitor", "score", "--calibration", str(calibration), str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped texts.txt:5: the text has only 1 token(s)" in captured.err
+    assert "texts.txt:1" in captured.out and "texts.txt:3" in captured.out
+    assert "scored 2 texts, skipped 1" in captured.out
+
+
+def test_jsonl_on_stdin_is_recognised_and_bad_records_are_named(
+    calibration: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    first, second = (t.strip() for t in TEXTS.split("\n\n"))
+    lines = [json.dumps({"text": first}), "[1, 2]", json.dumps({"body": "x"}), json.dumps({"text": second})]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    assert main(["monitor", "score", "--calibration", str(calibration), "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["source"] for r in records] == ["stdin:1", "stdin:4"]  # scored as texts, not raw JSON
+    assert "stdin:2 is an array, not a JSON object" in captured.err
+    assert (
+        "--text-field" not in captured.err.split("stdin:2", 1)[1].split("\n")[0]
+    )  # no field advice for an array
+    assert "stdin:3 has no field 'text'" in captured.err and "--text-field" in captured.err
+    assert "skipped 2" in captured.err
+    # --format text scores the same input as raw text (two blocks? no: one, no blank line).
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    assert (
+        main(["monitor", "score", "--calibration", str(calibration), "--json", "--format", "text", "-"]) == 0
+    )
+    assert [json.loads(x)["source"] for x in capsys.readouterr().out.splitlines()] == ["stdin #1"]
+
+
+def test_score_warns_once_when_the_input_is_far_outside_the_calibration(
+    calibration: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "long_texts.txt"
+    # Far longer than the 20-token calibration windows: one warning for all of them.
+    path.write_text("\n\n".join([TEXTS.split("\n\n")[0] * 3] * 3))
+    assert main(["monitor", "score", "--calibration", str(calibration), str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("far outside the calibration's normal text") == 1
+    assert "3 of 3 texts" in err and "tokens, the calibration's texts had 20" in err
+
+
+def test_ctrl_c_does_not_advise_resume(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from ppmech.cli.monitor import _interruptible
+
+    def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    assert _interruptible("calibrate")(interrupted)(argparse.Namespace()) == 130
+    err = capsys.readouterr().err
+    assert "--resume" not in err and "nothing was written" in err and "monitor calibrate" in err
 
 
 def test_benchmark_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,8 +219,11 @@ def test_benchmark_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixtur
         "Mahalanobis final hidden state",
     ):
         assert method in out
-    assert "False alarms on fresh normal text" in out and "split conformal (5 fit + 5 held out)" in out
-    assert "False alarms at nominal 5% on 15 fresh normal texts" in md.read_text()
+    assert "False alarms on fresh normal text" in out
+    for kind in ("openings", "later windows", "other split"):
+        for alarm in ("anomaly flag", "CUSUM on z_H", "either, separate thresholds", "combined alarm"):
+            assert any(kind in line and alarm in line and "/ 5" in line for line in out.splitlines())
+    assert "False alarms at a nominal 5% on fresh normal text of three kinds" in md.read_text()
     assert "median delay (tokens)" in out
     report = md.read_text()
     assert "| method |" in report
