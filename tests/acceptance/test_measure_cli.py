@@ -55,6 +55,9 @@ def test_measure_prints_table_and_compare_reads_runs(
     )
     assert code == 0 and "pretrained" in out and "random" in out
     table = (tmp_path / "t.md").read_text()
+    # First line: the generator mark (ppmech.artifacts' output rule), then the table.
+    mark, table = table.split("\n", 1)
+    assert mark.startswith("<!-- generator: ppmech")
     assert table.startswith("| model | weights |") and table.count("\n") == 4
 
 
