@@ -467,3 +467,23 @@ def test_bad_track_is_refused_before_any_work(clean_env: Path, command: list[str
         f"ppmech: error: --track 'mlfow' is not a tracker; use {FORMS}"
     ]
     assert not (clean_env / "out").exists() and not (clean_env / "mlruns").exists()
+
+
+def test_step_quantiles_use_finite_values_only() -> None:
+    """K is -inf at a zero velocity and K, H are null at step 0: those never enter a quantile."""
+    from ppmech.tracking.content import step_quantiles
+
+    steps = pd.DataFrame(
+        {
+            "trajectory": [0, 0, 1, 1, 2, 2],
+            "step": [0, 1, 0, 1, 0, 1],
+            "K": [np.nan, -np.inf, np.nan, 2.0, np.nan, 4.0],
+            "V": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "H": [np.nan, np.nan, np.nan, 6.0, np.nan, 10.0],
+        }
+    ).astype({"K": "float32", "V": "float32", "H": "float32"})
+    out = step_quantiles(steps)
+    assert list(out.index) == [0, 1] and (out.dtypes == np.float64).all()
+    assert np.isnan(out.loc[0, "K/median"]) and np.isnan(out.loc[0, "H/q25"])
+    assert out.loc[1, "K/median"] == 3.0 and out.loc[1, "H/q75"] == 9.0  # -inf and null left out
+    assert out.loc[0, "V/median"] == 3.0 and out.loc[1, "V/q25"] == 3.0
