@@ -33,6 +33,14 @@ from ppmech.monitor.scoring import (
     tail_p_value,
 )
 from ppmech.monitor.stream import distribution_terms
+from ppmech.monitor.windows import (
+    NormalText,
+    Window,
+    input_outside_normal,
+    outside_normal,
+    select_windows,
+    sentence_starts,
+)
 
 IDENTITY = ModelIdentity(
     spec="toy",
@@ -340,3 +348,87 @@ def test_conformal_threshold_covers_exchangeable_data(n: int) -> None:
     # The naive in-sample (1 − α) quantile of the same scores alarms more often for small n.
     naive = float(np.mean(new > np.quantile(cal, 1 - alpha, axis=1)))
     assert naive >= rate
+
+
+# --------------------------------------------------------------------------- normal text (issue #21)
+
+
+class WordTokenizer:
+    """A toy tokenizer (one token per space-separated word) for the window rule's bookkeeping."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        words = text.split()
+        if add_special_tokens:  # no special prefix, like SmolLM2
+            return {"input_ids": [len(w) for w in words]}
+        return {"input_ids": [len(w) for w in words]}
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join("x" * i for i in ids)
+
+
+def test_sentence_starts_by_hand() -> None:
+    text = 'One two. Three four! "Five" six? seven. 8 nine.  Ten'
+    starts = sentence_starts(text)
+    assert [text[s : s + 5] for s in starts] == ["Three", '"Five', "8 nin", "Ten"]  # not "seven" (lower case)
+
+
+def test_windows_openings_later_and_anywhere() -> None:
+    from ppmech.corpus import Document
+
+    body = " ".join(f"Word{i} is here." for i in range(12))  # 12 sentences of 3 words
+    docs = [Document(f"d{i}", body) for i in range(6)] + [Document("short", "Too short.")]
+    tok = WordTokenizer()
+    openings = select_windows(docs, tok, 6, 6, positions="openings")
+    assert all(w.start_char == 0 and w.start_token == 0 and len(w.ids) == 6 for w in openings)
+    later = select_windows(docs, tok, 6, 6, positions="later")
+    # The first sentence start at or after the opening window's text (6 words = 2 sentences).
+    assert all(w.start_token == 6 and w.ids == openings[0].ids for w in later)
+    anywhere = select_windows(docs, tok, 6, 6, positions="anywhere", seed=3)
+    assert all(w.start_token % 3 == 0 and w.start_token <= 36 - 6 for w in anywhere)
+    assert len({w.start_token for w in anywhere}) > 1  # not all at one position
+    assert select_windows(docs, tok, 6, 6, positions="anywhere", seed=3) == anywhere  # seeded
+    # offset skips qualifying documents (the short one never qualifies).
+    assert [w.source for w in select_windows(docs, tok, 2, 6, positions="openings", offset=4)] == [
+        w.source for w in openings[4:6]
+    ]
+    with pytest.raises(PPMechError, match="only 6 documents"):
+        select_windows(docs, tok, 7, 6, positions="openings")
+
+
+def test_normal_text_record_and_the_outside_check() -> None:
+    windows = [
+        Window("a", 0, 0, [1] * 10, 40),
+        Window("b", 30, 8, [1] * 10, 50),
+        Window("c", 9, 3, [1] * 10, 45),
+    ]
+    normal = NormalText.describe(windows, "wiki-en", "heldout", "anywhere", 10)
+    assert normal.opening_fraction == pytest.approx(1 / 3) and normal.start_token_max == 8
+    assert normal.chars_per_token_mean == pytest.approx(4.5)
+    assert normal.chars_per_token_std == pytest.approx(0.5)
+    assert NormalText.from_dict(normal.to_dict()) == normal
+    assert outside_normal(normal, 10, 45) is None
+    assert "30 tokens" in str(outside_normal(normal, 30, 135))  # 3x longer
+    assert "4 tokens" in str(outside_normal(normal, 4, 18))  # 2.5x shorter
+    assert "characters per token" in str(outside_normal(normal, 10, 20))  # 2.0 per token: 5 std away
+    # One text 2 std away is not far outside; eight of them together are (8 standard errors).
+    assert outside_normal(normal, 10, 35) is None
+    assert input_outside_normal(normal, [10], [35]) is None
+    assert "8 texts average 3.50" in str(input_outside_normal(normal, [10] * 8, [35] * 8))
+    assert input_outside_normal(normal, [10] * 8, [45] * 8) is None
+
+
+def test_calibration_keeps_its_normal_text_and_combined_thresholds(tmp_path: Path) -> None:
+    windows = [Window(str(i), 0, 0, [1] * 20, 90) for i in range(3)]
+    normal = NormalText.describe(windows, "wiki-en", "heldout", "anywhere", 20)
+    cal = fit_calibration(
+        _traces(n=60), IDENTITY, MonitorConfig(model="toy", sequences=60, tokens=20), normal_text=normal
+    )
+    assert math.isfinite(cal.combined_anomaly_threshold) and math.isfinite(cal.combined_cusum_threshold)
+    back = Calibration.load(cal.save(tmp_path / "cal.json"))
+    assert back.normal_text == normal
+    assert back.combined_anomaly_threshold == cal.combined_anomaly_threshold
+    assert back.combined_cusum_threshold == cal.combined_cusum_threshold
+    data = json.loads((tmp_path / "cal.json").read_text())
+    data["schema_version"] = 2  # a file from before the combined alarm and the normal-text record
+    with pytest.raises(PPMechError, match="schema version 2, expected 3"):
+        Calibration.from_dict(data)
