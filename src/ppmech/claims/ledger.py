@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ppmech.claims.catalogue import CLAIMS, NEAR_TOL, THRESHOLD, Claim, Controls
 from ppmech.claims.paper import (
@@ -215,7 +215,7 @@ def evaluate(
                 rule = Rule("near", other.value, None, rule.tol)
             verdict, why = apply_rule(rule, m, other)
             paper_verdict = verdict
-            controls_text, control_values = "", {}
+            controls_text, control_values = "", cast(dict[str, Any], {})
             if claim.controls is not None:
                 verdict, why, controls_text, control_values = judge_controls(
                     claim.controls, model, rule, verdict, why, measurements

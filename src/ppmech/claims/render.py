@@ -11,7 +11,7 @@ from ppmech.statistics import Estimate
 
 def verdict_counts(rows: list[LedgerRow]) -> dict[str, int]:
     """Rows per verdict (every verdict of :data:`~ppmech.claims.rules.VERDICTS`, zeros included)."""
-    out = dict.fromkeys(VERDICTS, 0)
+    out: dict[str, int] = dict.fromkeys(VERDICTS, 0)
     for r in rows:
         out[r.verdict] += 1
     return out

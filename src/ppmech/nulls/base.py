@@ -7,9 +7,9 @@ Pure math (float64, numpy); no model is loaded anywhere in :mod:`ppmech.nulls`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -282,9 +282,12 @@ class NullModel(Protocol):
 _REGISTRY: dict[str, NullModel] = {}
 
 
-def register(cls: Callable[[], NullModel]) -> Callable[[], NullModel]:
+T = TypeVar("T")
+
+
+def register(cls: type[T]) -> type[T]:
     """Class decorator: add one instance of a :class:`NullModel` to the registry (by ``name``)."""
-    model = cls()
+    model = cast(NullModel, cls())
     if model.name in _REGISTRY and type(_REGISTRY[model.name]) is not cls:
         raise ValueError(f"two null models are named {model.name!r}")
     _REGISTRY[model.name] = model

@@ -4,9 +4,10 @@ models' rows; and the validation every catalogue passes on load."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from ppmech import nulls as N
-from ppmech.claims.rules import RULE_KINDS, Rule
+from ppmech.claims.rules import RULE_KINDS, Rule, RuleKind
 
 THRESHOLD = N.PAPER_CV_THRESHOLD
 """The paper's conservation criterion, global CV < 13% (its one home is :mod:`ppmech.nulls.scale`)."""
@@ -82,7 +83,7 @@ def null_claims() -> list[Claim]:
                         statement=spec.statement.format(**fill),
                         paper=spec.paper.format(**fill),
                         metric=spec.metric.format(**fill),
-                        rule=Rule(spec.rule, spec.value),
+                        rule=Rule(cast(RuleKind, spec.rule), spec.value),
                         other=spec.other.format(**fill) if spec.other else None,
                     )
                 )
