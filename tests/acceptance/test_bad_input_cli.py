@@ -51,7 +51,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("verify-seed", ["verify", "--seed", "-1", "--out", "{tmp}/v"], "--seed must be an integer"),
     ("verify-unknown-model", ["verify", "--models", "gpt-5", "--out", "{tmp}/v"], "gpt-5"),
     # steer, evaluate-steering
-    ("steer-no-prompt", ["steer", "--target-text", "x"], "the following arguments are required: --prompt"),
+    ("steer-no-prompt", ["steer", "--target-text", "x"], "--prompt is missing or empty"),
     (
         "steer-two-targets",
         ["steer", "--prompt", "a", "--target-text", "b", "--target-ids", "3"],

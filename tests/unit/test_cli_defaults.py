@@ -87,3 +87,16 @@ def test_a_config_file_fills_what_the_flags_leave(tmp_path: Any) -> None:
     assert config_from_args(MeasureConfig, args) == MeasureConfig(
         prompts=4, new_tokens=12, model="org/m", revision="v1"
     )
+
+
+def test_a_target_flag_replaces_the_files_target(tmp_path: Any) -> None:
+    from ppmech.cli.steer import steer_config
+
+    parser = build_parser()
+    path = tmp_path / "steer.toml"
+    path.write_text('prompt = "Hi"\ntarget_ids = [5, 6]\n')
+    assert steer_config(parser.parse_args(["steer", "--config", str(path)])).target_ids == (5, 6)
+    config = steer_config(parser.parse_args(["steer", "--config", str(path), "--target-text", "there"]))
+    assert (config.target_text, config.target_ids) == ("there", None)
+    with pytest.raises(SystemExit):  # both as flags: argparse's one-line refusal
+        parser.parse_args(["steer", "--prompt", "a", "--target-text", "b", "--target-ids", "3"])

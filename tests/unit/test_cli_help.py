@@ -108,7 +108,7 @@ def test_measure_help_explains_the_three_decodings(capsys: pytest.CaptureFixture
     [
         (
             ["measure", "--eta", "0.5"],
-            ["unrecognized --eta", "this command takes --config, --model", "--new-tokens"],
+            ["unrecognized --eta", "this command takes --model", "--new-tokens", "--config"],
         ),
         (["measure", "--new-tokenz", "5"], ["did you mean --new-tokens?"]),
         (["steer", "--prompt", "a", "--target-text", "b", "--prompts", "3"], ["did you mean --prompt?"]),

@@ -171,8 +171,8 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     from ppmech.cli.track import add_track_arg
     from ppmech.measure import MeasureConfig
 
-    add_config_file_flag(p)
     add_config_flags(p, MeasureConfig)
+    add_config_file_flag(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<weights>-<decoding>)")
     p.add_argument(
         "--overwrite",

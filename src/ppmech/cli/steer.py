@@ -43,12 +43,22 @@ def _one_line(text: str) -> str:
     return text.replace("\n", "\\n")
 
 
+def steer_config(args: argparse.Namespace) -> Any:
+    """The :class:`~ppmech.steering.run.SteerConfig` of parsed ``steer`` flags (and ``--config``)."""
+    from ppmech.steering.run import SteerConfig
+
+    # A target given as a flag replaces whichever target a --config file holds.
+    given = [name for name in ("target_text", "target_ids") if name in args]
+    overrides = {"target_ids" if name == "target_text" else "target_text": None for name in given}
+    return config_from_args(SteerConfig, args, **overrides)
+
+
 def cmd_steer(args: argparse.Namespace) -> int:
-    from ppmech.steering.run import SteerConfig, run_steer
+    from ppmech.steering.run import run_steer
     from ppmech.tracking import log_run, parse_track
 
     track = parse_track(args.track)  # checked before the model loads
-    config = config_from_args(SteerConfig, args)
+    config = steer_config(args)
     out = output_path(args.out, f"runs/steer-{Path(config.model).name}")
     check_output_dir(out, kind="steer", replace=args.overwrite)  # the output rule, before the model loads
     result = run_steer(config, out, overwrite=args.overwrite)
@@ -137,16 +147,19 @@ def _steer_flags(p: argparse.ArgumentParser) -> None:
     from ppmech.cli.config import add_config_file_flag, add_config_flags
     from ppmech.steering.run import SteerConfig
 
-    add_config_file_flag(p)
-    add_config_flags(p, SteerConfig, skip=("target_ids", "layer"))
+    add_config_flags(p, SteerConfig, skip=("target_text", "target_ids", "layer"))
+    # One target or the other (a --config file may hold either: a flag replaces the file's).
+    target = p.add_mutually_exclusive_group()
+    add_config_flags(target, SteerConfig, only=("target_text",))
     # Parsed from the forms a shell makes easy: "5,-,7" and "final".
-    p.add_argument(
+    target.add_argument(
         "--target-ids",
         type=_schedule,
         default=argparse.SUPPRESS,
         help=help_of(SteerConfig, "target_ids") + " (default: none; give it or --target-text)",
     )
     p.add_argument("--layer", type=_layer, default=argparse.SUPPRESS, help=help_of(SteerConfig, "layer"))
+    add_config_file_flag(p)
     p.add_argument("--out", default=None, help="output directory (default runs/steer-<model>)")
     p.add_argument(
         "--overwrite",

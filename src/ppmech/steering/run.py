@@ -88,7 +88,7 @@ class SteerConfig(ModelSpec):
         if (self.target_text is None) == (self.target_ids is None):
             raise PPMechError("give exactly one of `target_text` and `target_ids`", "pass one of them")
         if not self.prompt.strip():
-            raise PPMechError("the prompt is empty", "pass `prompt` with some text")
+            raise PPMechError("`prompt` is missing or empty", "pass `prompt` with some text")
         if self.decoding not in ("greedy", "sample"):
             raise PPMechError(f"`decoding` {self.decoding!r} cannot be steered", "use greedy or sample")
         Decoding.of(self)  # validates the sampling parameters (and refuses them under greedy)
