@@ -41,7 +41,7 @@ def add_config_file_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_config_flags(
-    parser: argparse.ArgumentParser,
+    parser: argparse.ArgumentParser | argparse._ActionsContainer,
     cls: Any,
     *,
     only: tuple[str, ...] | None = None,
@@ -57,7 +57,7 @@ def add_config_flags(
     ``tuple[X, ...]`` -> one or more values, ``int | str`` -> a number or a word.
 
     Args:
-        parser: the command's parser.
+        parser: the command's parser (or an argument group of it).
         cls: the config dataclass.
         only: add just these fields (in this order).
         skip: fields not to add (the command defines them itself, or has no use for them).
