@@ -97,3 +97,18 @@ def test_layer_table_reproduces_the_recorded_states(run: Run, smollm2: LoadedMod
 def test_verify_rejects_non_embedded_models(tmp_path: Path) -> None:
     with pytest.raises(PPMechError, match="embedded models only"):
         VerifyConfig(out=str(tmp_path), models=("my/model",))
+
+
+def test_reuse_is_keyed_on_protocol_settings_only() -> None:
+    from ppmech.claims.verify.store import protocol_differences
+
+    planned = MeasureConfig(model="smollm2-135m", prompts=5, new_tokens=10)
+    stored = planned.to_dict()
+    assert protocol_differences(stored, planned) == []
+    # Execution and analysis settings never block reuse.
+    assert protocol_differences(stored | {"device": "cuda", "batch_size": 1, "n_boot": 7}, planned) == []
+    # A protocol setting does.
+    assert protocol_differences(stored | {"top_k": 3}, planned) == ["top_k"]
+    # A setting added after the run was recorded compares as its default.
+    older = {k: v for k, v in stored.items() if k != "text_field"}
+    assert protocol_differences(older, planned) == []

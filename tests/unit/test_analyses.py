@@ -307,3 +307,23 @@ def test_layer_energy_table_by_hand() -> None:
     h1 = np.array([1 + math.log(2), 1 + math.log(4)])
     assert table.loc[1, "mean_H"] == pytest.approx(h1.mean())
     assert table.loc[1, "global_cv"] == pytest.approx(h1.std() / h1.mean())
+
+
+def test_table5_groups_differ_in_no_protocol_setting() -> None:
+    """Issue 19: runs that differ in any setting that changes what is measured never share a group."""
+    from ppmech.measure import MeasureConfig
+
+    base = MeasureConfig(model="smollm2-135m").to_dict()
+    keys = S.comparison_keys()
+    # The settings the old hand-written list left out are now part of the comparison.
+    for k in ("top_k", "top_p", "seed", "stop_at_eos", "prompts", "corpus", "decoding", "dtype", "weights"):
+        assert k in keys
+    # The model's identity is what Table 5 varies; execution and analysis settings do not matter.
+    for k in ("model", "revision", "device", "batch_size", "compile", "n_boot"):
+        assert k not in keys
+    other_model = base | {"model": "gemma3-270m", "device": "cpu", "batch_size": 3, "n_boot": 7}
+    assert S.protocol_differences([base, other_model]) == []
+    assert sorted(S.protocol_differences([base, base | {"top_k": 5}, base | {"seed": 1}])) == [
+        "seed",
+        "top_k",
+    ]

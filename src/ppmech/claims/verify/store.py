@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,12 @@ def protocol_differences(stored: dict[str, Any], expected: MeasureConfig) -> lis
     A setting the stored config lacks was added after the run was recorded, which
     then ran with that setting's default: it is compared as the default.
     """
-    defaults = {f.name: f.default for f in fields(MeasureConfig)}
+    defaults = {
+        f.name: f.default_factory()
+        if f.default is MISSING and f.default_factory is not MISSING
+        else f.default
+        for f in fields(MeasureConfig)
+    }
     want = expected.to_dict()
     return sorted(
         k for k in keys(MeasureConfig, Role.PROTOCOL) if stored.get(k, defaults.get(k)) != want.get(k)
