@@ -170,10 +170,10 @@ def imports_of(module: str, path: Path, modules: set[str]) -> set[str]:
                 found.add(full if full in modules else _owner(source, modules))
         elif isinstance(node, ast.Attribute) and node.attr == "import_module":
             dynamic = True
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value:
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             # A dotted module name only: the bare "ppmech" is a word in messages, not an import.
-            if node.value in modules:
-                strings.add(node.value)
+            strings.add(node.value)
+    strings = {name for name in strings if "." in name and name in modules}
     if dynamic:
         found.update(strings)
     found.discard(module)
