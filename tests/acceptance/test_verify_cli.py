@@ -343,7 +343,18 @@ def test_verify_quick_writes_the_ledger(quick: tuple[Path, list[str], str]) -> N
     } <= ids
     assert "## Beyond the paper: null models and confounder controls" in md
     assert "Null models and confounder controls, per run" in md
-    assert all(c["verdict"] in ("supported", "not supported", "inconclusive") for c in data["claims"])
+    from ppmech.claims.rules import VERDICTS
+
+    assert all(c["verdict"] in VERDICTS for c in data["claims"])
+    # Every conserved-type row shows its controls, measured on its own run (OQ runs included).
+    conserved = [c for c in data["claims"] if c["paper_verdict"] is not None]
+    assert {"KF1-pre", "OQ-es", "OQ-long", "X-layers"} <= {c["id"] for c in conserved}
+    for c in conserved:
+        assert "vs shuffle band" in c["controls"] and "holds for c >" in c["controls"]
+        if c["verdict"] == "supported":
+            assert c["control_values"]["compensation"] == "pass" and c["control_values"]["scale"] == "pass"
+    assert "| controls |" in md and "1 − R" in md and "CV / null CV" in md
+    assert data["measurements"]["smollm2-135m/pretrained-wiki-es/null_shuffle_null_cv"]["value"] > 0
     m = data["measurements"]
     # The ledger's global CV is the run's own statistic (same definition, same steps).
     summary = json.loads((out / "runs" / "smollm2-135m-pretrained" / "summary.json").read_text())

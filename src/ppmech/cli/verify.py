@@ -49,11 +49,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     )
     result = verify(config, progress=not args.no_progress, command=command.strip())
     print(text_table(summary_frame(result), title="\nClaims ledger"))
+    from ppmech.claims.rules import VERDICTS
+
     counts = result.ledger["verdict"].value_counts().to_dict() if len(result.ledger) else {}
-    print(
-        f"\n{counts.get('supported', 0)} supported, {counts.get('not supported', 0)} not supported, "
-        f"{counts.get('inconclusive', 0)} inconclusive; {result.wall_seconds:.0f} s"
-    )
+    shown = [v for v in VERDICTS if counts.get(v) or v in VERDICTS[:3]]
+    print("\n" + ", ".join(f"{counts.get(v, 0)} {v}" for v in shown) + f"; {result.wall_seconds:.0f} s")
     print(f"wrote {result.out / 'claims.md'} and {result.out / 'claims.json'}")
     print_tracked(log_ledger(track, result.out))
     return 0
