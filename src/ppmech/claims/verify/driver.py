@@ -37,7 +37,7 @@ from ppmech.claims.verify.plan import RunPlan, VerifyConfig, plan_runs
 from ppmech.claims.verify.store import cache_key, cached, ensure_run, model_for_run
 from ppmech.provenance import versions
 from ppmech.runs import Run, write_json
-from ppmech.statistics import Estimate
+from ppmech.statistics import MIN_TRAJECTORIES_FOR_CI, Estimate
 
 
 @dataclass
@@ -85,9 +85,13 @@ def analyse_plan(
         tables["cv_by_position"] = windows
         if last is not None:
             est["last_window_cv"] = last
-    nulls, scale = null_analyses(run, config.n_boot, config.seed, sizes.n_perm)
-    est.update(nulls)
-    tables["scale"] = scale
+    # The core runs always get the null models (a run too small for them is an error there); the
+    # others get them when they have enough trajectories for a CI (else their controls read
+    # "not measured" and a passing conserved-type claim stays inconclusive).
+    if core or teacher or run.steps["trajectory"].nunique() >= MIN_TRAJECTORIES_FOR_CI:
+        nulls, scale = null_analyses(run, config.n_boot, config.seed, sizes.n_perm)
+        est.update(nulls)
+        tables["scale"] = scale
     if core or teacher:
         est.update(curvature_analysis(run, config.n_boot, config.seed))
     if core:
