@@ -29,8 +29,9 @@ from ppmech.report.figures import runs as F
 from ppmech.report.figures import steering as FS
 from ppmech.report.figures import steering_evaluation as FE
 from ppmech.report.figures import sweep as FW
-from ppmech.report.html import Section, figure_block, page, paragraph, table_block
+from ppmech.report.html import Section, esc, figure_block, page, paragraph, table_block
 from ppmech.report.sources import (
+    CLAIM_COLUMNS,
     MonitorBenchmarkSource,
     MonitorScoreSource,
     RunSource,
@@ -201,10 +202,27 @@ def _plain(value: Any) -> Any:
     """numpy scalars as Python ones, lists/dicts as short text, for table cells."""
     if hasattr(value, "item") and not isinstance(value, str | bytes):
         try:
-            return value.item()
+            value = value.item()
         except (ValueError, AttributeError):
             return str(value)
+    # Counts read back as floats (a parquet column with nulls): 6328512, not 6328512.000.
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        return int(value)
     return value
+
+
+#: Background of each verdict (the table's cells use the same, html.STYLE); any other verdict is grey.
+VERDICT_COLOURS = {
+    "supported": "#d4f4dd",
+    "not supported": "#f9d2d2",
+    "inconclusive": "#fcefc7",
+    "holds only in these units": "#fde0c2",
+    "low variance without compensation": "#e6dcf5",
+}
+OTHER_VERDICT = "#e4e4e4"
+
+#: Ledger fields the page leaves out: the parts of 'measured' and the metric's internal name.
+LEDGER_COPIES = ("value", "low", "high", "n", "metric")
 
 
 def _verify_section(pg: _Page, source: VerifySource) -> None:
@@ -212,24 +230,27 @@ def _verify_section(pg: _Page, source: VerifySource) -> None:
     claims = source.claims
     meta = claims.get("meta", {})
     counts = claims.get("verdicts", {})
+    # Every verdict the ledger counts, the paper's three first (a control's own verdicts follow).
+    names = list(dict.fromkeys(["supported", "not supported", "inconclusive", *counts]))
     s.blocks.append(
         '<p class="counts">'
         + "".join(
-            f'<span class="verdict-{_slug(k)}" style="background:{c}">{v} {k}</span>'
-            for k, v, c in (
-                ("supported", counts.get("supported", 0), "#d4f4dd"),
-                ("not supported", counts.get("not supported", 0), "#f9d2d2"),
-                ("inconclusive", counts.get("inconclusive", 0), "#fcefc7"),
-            )
+            f'<span class="verdict-{_slug(k)}" style="background:{VERDICT_COLOURS.get(k, OTHER_VERDICT)}">'
+            f"{counts.get(k, 0)} {esc(k)}</span>"
+            for k in names
         )
         + "</p>"
     )
     if meta.get("quick"):
         s.blocks.append(paragraph("QUICK MODE: tiny runs, the verdicts are not meaningful."))
-    cols = ["id", "model", "source", "claim", "paper", "measured", "verdict", "rule", "why"]
-    # Columns a newer ledger adds (e.g. each row's own controls) follow, in their order.
-    cols += [c for c in dict.fromkeys(k for r in claims.get("claims", []) for k in r) if c not in cols]
-    rows = [{c: r.get(c, "") for c in cols} for r in claims.get("claims", [])]
+    cols = list(CLAIM_COLUMNS)
+    # Text columns a newer ledger adds (e.g. each row's controls) follow, in their order; the
+    # measured value's own parts and machine-readable copies are already in 'measured' / 'controls'.
+    rows_in = claims.get("claims", [])
+    seen = dict.fromkeys(k for r in rows_in for k in r)
+    extra = [c for c in seen if c not in cols and c not in LEDGER_COPIES]
+    cols += [c for c in extra if all(isinstance(r.get(c), str | int | float | bool | None) for r in rows_in)]
+    rows = [{c: r.get(c, "") for c in cols} for r in rows_in]
     s.blocks.append(
         table_block(
             rows,

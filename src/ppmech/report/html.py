@@ -42,6 +42,9 @@ table.ppm-table td.num { text-align: right; font-variant-numeric: tabular-nums; 
 tr.verdict-supported td.verdict { background: #d4f4dd; }
 tr.verdict-not-supported td.verdict { background: #f9d2d2; }
 tr.verdict-inconclusive td.verdict { background: #fcefc7; }
+tr.verdict-holds-only-in-these-units td.verdict { background: #fde0c2; }
+tr.verdict-low-variance-without-compensation td.verdict { background: #e6dcf5; }
+td.verdict { background: #e4e4e4; }
 tr.status-failed td, tr.status-error td { background: #fbe3e3; }
 .filter { margin: 8px 0; }
 .filter input { font-size: 14px; padding: 4px 8px; width: 340px; }

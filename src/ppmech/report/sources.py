@@ -177,9 +177,12 @@ BENCHMARK_SCHEMA = Fields(
         "text_scores": Omittable(Maybe(MapOf(MapOf(ListOf(Maybe(NUM)))))),
     }
 )
+CLAIM_COLUMNS = ("id", "model", "source", "claim", "paper", "measured", "verdict", "rule", "why")
+"""The ledger's columns the page shows first, in this order."""
 CLAIMS_SCHEMA = Fields(
     {
-        "claims": ListOf(MapOf(SCALAR)),
+        # Each claim an object; the columns the page shows must be table cells (others are left alone).
+        "claims": ListOf(Fields({c: Omittable(SCALAR) for c in CLAIM_COLUMNS})),
         "verdicts": MapOf(int),
         "meta": Omittable(Fields({"models": Omittable(ListOf(str)), "quick": Omittable(bool)})),
     }

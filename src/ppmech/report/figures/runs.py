@@ -51,6 +51,7 @@ def energy_vs_step(runs: Mapping[str, Run]) -> go.Figure:
                 go.Scatter(
                     x=np.concatenate([x, x[::-1]]),
                     y=np.concatenate([q["q75"].to_numpy(), q["q25"].to_numpy()[::-1]]),
+                    mode="lines",
                     fill="toself",
                     fillcolor=c,
                     opacity=0.2,
