@@ -17,7 +17,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ppmech.artifacts import Output, OutputLock, describe_file
 from ppmech.corpus import load_documents, select_prompts
@@ -28,6 +27,8 @@ from ppmech.engine.sampling import Decoding
 from ppmech.errors import PPMechError, check_seed
 from ppmech.models.device import device_record
 from ppmech.models.loading import load_configured
+from ppmech.nulls import conservation_summary
+from ppmech.progress import Progress, showing
 from ppmech.provenance import versions
 from ppmech.runs import CONFIG_FILE, RunWriter, batch_tables, load_run, write_config_toml, write_json
 from ppmech.settings import ModelSpec, Role, check_not_blank, keys, setting, values
@@ -164,7 +165,8 @@ def measure(
     # Refuse a taken `out` (or a running writer) before the minutes of loading and recording.
     Output(out, "measure", overwrite=overwrite, resume=resume, resumable=True).preflight()
     started = time.perf_counter()
-    lm = load_configured(config)
+    with showing(progress):  # a status line while the model loads or converts, on a terminal
+        lm = load_configured(config)
     decoding = Decoding.of(config)
     recorder = Recorder(lm, decoding, keep_hidden=config.save_hidden, compile=config.compile)
     special = len(lm.tokenizer("a")["input_ids"]) - len(
@@ -190,43 +192,44 @@ def measure(
         batches = [prompts[i : i + chunk] for i in range(0, len(prompts), chunk)]
         recorder.rows_left = sum(len(b) for i, b in enumerate(batches) if i not in done)
         sizer = BatchSizer(config.batch_size, lm.device)
-        bar = tqdm(
-            total=len(prompts) * config.new_tokens,
-            desc=f"recording {config.model} ({config.weights})",
-            unit="tok",
-            disable=not progress,
-            file=sys.stderr,
+        # The recorder counts tokens from inside its decoding loop: the bar moves within a batch.
+        bar = Progress(
+            len(prompts) * config.new_tokens, f"recording {config.model} ({config.weights})", enabled=progress
         )
+        recorder.on_tokens = bar.update
 
         def record(part: list[Any]) -> BatchRecord:
-            result = recorder.record(
-                [p.ids for p in part],
-                config.new_tokens,
-                seeds=[config.seed * 1_000_003 + p.index for p in part],
-                targets=[p.continuation_ids for p in part] if teacher else None,
-            )
-            bar.update(len(part) * config.new_tokens)
-            return result
+            mark = bar.done
+            try:
+                return recorder.record(
+                    [p.ids for p in part],
+                    config.new_tokens,
+                    seeds=[config.seed * 1_000_003 + p.index for p in part],
+                    targets=[p.continuation_ids for p in part] if teacher else None,
+                )
+            except BaseException:
+                bar.rewind(mark)  # an out-of-memory back-off runs these rows again
+                raise
 
         record_seconds = 0.0
-        for index, batch in enumerate(batches):
-            if index in done:
-                bar.update(len(batch) * config.new_tokens)
-                continue
-            t0 = time.perf_counter()
-            # Sub-batches that finished before an out-of-memory back-off are kept, not rerun.
-            batch_record = BatchRecord.concat(sizer.map(batch, record))
-            record_seconds += time.perf_counter() - t0
-            traj, steps = batch_tables(
-                batch_record,
-                [p.index for p in batch],
-                [p.source for p in batch],
-                [p.ids for p in batch],
-                lm.tokenizer,
-            )
-            hidden = batch_record.hidden.float().numpy() if batch_record.hidden is not None else None
-            writer.write_batch(index, traj, steps, hidden)
-        bar.close()
+        with bar:
+            for index, batch in enumerate(batches):
+                if index in done:
+                    bar.skip(len(batch) * config.new_tokens)
+                    continue
+                t0 = time.perf_counter()
+                # Sub-batches that finished before an out-of-memory back-off are kept, not rerun.
+                batch_record = BatchRecord.concat(sizer.map(batch, record))
+                record_seconds += time.perf_counter() - t0
+                traj, steps = batch_tables(
+                    batch_record,
+                    [p.index for p in batch],
+                    [p.source for p in batch],
+                    [p.ids for p in batch],
+                    lm.tokenizer,
+                )
+                hidden = batch_record.hidden.float().numpy() if batch_record.hidden is not None else None
+                writer.write_batch(index, traj, steps, hidden)
         execution = {
             **device_record(lm.device),
             "batch_size": sizer.current,
@@ -239,6 +242,8 @@ def measure(
             computed.append(stats)
             return {
                 "statistics": stats.to_dict(),
+                # R with its shuffle band, shuffle-null CV, corr(K, V), unit-free measures (issue 21).
+                "conservation": conservation_summary(steps, seed=config.seed),
                 "config": config.to_dict(),
                 "decoding": decoding.to_dict(),
                 "model": lm.identity.to_dict(),
