@@ -208,3 +208,15 @@ def test_path_like_name_is_no_such_directory(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PPMechError, match=f"^no such directory: {spec}; check the path"):
         load_model(spec)
+
+
+def test_an_org_slash_name_is_a_hub_id_unless_its_org_is_a_local_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ppmech.models.hub import looks_like_path
+
+    monkeypatch.chdir(tmp_path)
+    assert not looks_like_path("HuggingFaceTB/SmolLM2-135M") and not looks_like_path("gpt2")
+    (tmp_path / "HuggingFaceTB").mkdir()
+    assert looks_like_path("HuggingFaceTB/SmolLM2-135M")
+    assert looks_like_path("a\\b") and looks_like_path("~/m") and looks_like_path("/m")
