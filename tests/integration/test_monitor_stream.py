@@ -102,3 +102,42 @@ def test_bad_input_is_refused(monitor: EnergyMonitor, smollm2_random: LoadedMode
         monitor.score(long_text)
     with pytest.raises(PPMechError, match="was made for model"):
         EnergyMonitor(smollm2_random, monitor.calibration)
+
+
+def test_calibration_windows_come_from_anywhere_in_the_documents(smollm2: LoadedModel) -> None:
+    from ppmech.corpus import document_split, load_documents
+    from ppmech.monitor.stream import calibration_windows
+
+    config = MonitorConfig(sequences=60, tokens=24)
+    windows = calibration_windows(smollm2, config)
+    assert len(windows) == 60 and len({w.source for w in windows}) == 60
+    starts = [w.start_token for w in windows]
+    assert 0 in starts and max(starts) > 24  # openings and windows well after them
+    docs = {d.source: d.text for d in load_documents("wiki-en")}
+    for w in windows:
+        text = docs[w.source]
+        assert document_split(w.source, text) == "heldout"
+        # The window is the text from a sentence start, tokenised afresh, as a user's paragraph.
+        assert w.start_char == 0 or text[w.start_char - 1].isspace()
+        assert (
+            w.ids == list(smollm2.tokenizer(text[w.start_char :], add_special_tokens=False)["input_ids"])[:24]
+        )
+    # The benchmark's test texts come from documents after the calibration's: none shared.
+    later = calibration_windows(smollm2, config, offset=60, positions="later")
+    assert not {w.source for w in later} & {w.source for w in windows}
+    assert all(w.start_token >= 24 for w in later)
+    openings = calibration_windows(smollm2, MonitorConfig(sequences=60, tokens=24, positions="openings"))
+    assert all(w.start_token == 0 for w in openings)
+
+
+def test_calibrate_records_its_normal_text(monitor: EnergyMonitor) -> None:
+    normal = monitor.calibration.normal_text
+    assert normal is not None
+    assert (normal.corpus, normal.split, normal.positions, normal.tokens, normal.count) == (
+        "wiki-en",
+        "heldout",
+        "anywhere",
+        24,
+        40,
+    )
+    assert 0 < normal.opening_fraction < 1 and normal.start_token_max > 0

@@ -29,9 +29,11 @@ log-softmax is float32, statistics float64.
 Calibration
 -----------
 :meth:`EnergyMonitor.calibrate` teacher-forces ``sequences`` texts of ``tokens``
-tokens each, by default from the English Wikipedia documents held out from the
-prompts used by measurement and steering (:func:`ppmech.corpus.document_split`),
-and splits them (split conformal): the first ``1 − holdout_fraction`` of them
+tokens each, by default windows from anywhere in the English Wikipedia documents held
+out from the prompts used by measurement and steering (:func:`ppmech.corpus.document_split`;
+openings and later sentence starts, :mod:`ppmech.monitor.windows`, which also keeps the
+record of what the normal text was), and splits them (split conformal): the first
+``1 − holdout_fraction`` of them
 (the *fit* texts) give, for every signal ``s`` in ``H, K, V, entropy, msp, neg_lse``:
 
 * the pooled per-token mean ``μ_s`` and standard deviation ``σ_s`` (and quantiles);
@@ -69,6 +71,16 @@ Scores
   conformal ``1 - alpha`` quantile of ``max_j C_j`` over the held-out calibration
   sequences: a normal text of the calibration length raises a false alarm with
   probability at most ``alpha``; longer texts more often.
+* combined alarm (what a user watching both sees): the anomaly score or the CUSUM
+  above thresholds of their own, set together so that at most ``alpha`` of normal
+  texts raise either (:func:`ppmech.monitor.calibration.combined_thresholds`).
+
+Modules: :mod:`~ppmech.monitor.scoring` (pure statistics), :mod:`~ppmech.monitor.windows`
+(normal text), :mod:`~ppmech.monitor.calibration` (settings, the calibration and its file),
+:mod:`~ppmech.monitor.results` (a scored text), :mod:`~ppmech.monitor.stream` (model-facing:
+:class:`~ppmech.monitor.stream.EnergyMonitor`); the benchmark: :mod:`~ppmech.monitor.sets`,
+:mod:`~ppmech.monitor.baselines`, :mod:`~ppmech.monitor.evaluation`,
+:mod:`~ppmech.monitor.benchmark`; :mod:`~ppmech.monitor.detection` (AUROC, ROC; pure).
 
 The anomaly score compares sequence-level features, so it is most meaningful for
 texts about as long as the calibration's (``tokens``, default 64); z-scores and
