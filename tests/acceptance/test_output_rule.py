@@ -142,6 +142,21 @@ def test_a_full_disk_names_the_users_path(
     assert sorted(os.listdir(tmp_path)) == []  # neither the table nor a temporary file
 
 
+def test_a_full_disk_in_steer_and_report_names_the_path(
+    outputs: dict[str, Path], tiny: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    code, err = _cli(_steer_args(tiny, tmp_path / "steer"))
+    _refused(code, err, f"no space left on device while writing {tmp_path / 'steer'}")
+    assert "ppmech-staging" not in err  # the internal name of a replacement is never shown
+    code, err = _cli(["report", str(outputs["run"]), "--out", str(tmp_path / "r.html")])
+    _refused(code, err, f"no space left on device while writing {tmp_path / 'r.html'}")
+    assert sorted(os.listdir(tmp_path)) == []  # the failed steer output is discarded whole
+
+
 def test_another_write_failure_names_the_users_path(
     outputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -78,6 +78,17 @@ def make_marked_dir(directory: Path, kind: str) -> None:
     )
 
 
+def _make_or_undo(directory: Path, kind: str) -> None:
+    """:func:`make_marked_dir`; when it fails (a full disk), a directory it created is removed again."""
+    existed = directory.exists()
+    try:
+        make_marked_dir(directory, kind)
+    except BaseException:
+        if not existed and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()  # nothing in it: the marker was not written (its temporary is gone)
+        raise
+
+
 def foreign_entries(directory: Path, kind: str) -> list[str]:
     """Entries under ``directory`` that ppmech does not write for ``kind`` (relative paths)."""
     allowed = (MARKER, *KINDS.get(kind, ()), *_TEMPORARY)
@@ -215,6 +226,24 @@ class Output:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.close(failed=exc_type is not None)
+        if isinstance(exc, PPMechError | OSError):
+            named = self.named_for_user(exc)
+            if named is not exc:
+                raise named from exc
+
+    def named_for_user(self, exc: PPMechError | OSError) -> PPMechError | OSError:
+        """``exc`` naming the user's output where it names the staging directory (an internal name).
+
+        A failure while writing a replacement (a full disk) happens in ``.NAME.ppmech-staging``;
+        the user asked for ``NAME``, so that is what the message names.
+        """
+        internal = str(self.paths.staging)
+        shown = str(self.target)
+        if isinstance(exc, PPMechError) and internal in exc.problem:
+            return PPMechError(exc.problem.replace(internal, shown), exc.fix)
+        if isinstance(exc, OSError) and internal in str(exc.filename or ""):
+            return OSError(exc.errno, exc.strerror or str(exc), str(exc.filename).replace(internal, shown))
+        return exc
 
     def preflight(self) -> None:
         """Every refusal :meth:`open` would make, without writing anything.
@@ -235,6 +264,12 @@ class Output:
         try:
             self._recover()
             self._apply(*self._plan(recovered=True))
+        except (PPMechError, OSError) as exc:
+            self._lock.release()
+            named = self.named_for_user(exc)
+            if named is exc:
+                raise
+            raise named from exc
         except BaseException:
             self._lock.release()
             raise
@@ -348,10 +383,10 @@ class Output:
         elif action == "resume-target":
             self.path, self.resuming = self.target, True
         elif action == "fresh" and self.resumable:
-            make_marked_dir(p.target, self.kind)
+            _make_or_undo(p.target, self.kind)
             self.path = self.target
         else:
-            make_marked_dir(p.staging, self.kind)
+            _make_or_undo(p.staging, self.kind)
             self.path, self.staged = p.staging, True
 
     # ---- commit
