@@ -20,7 +20,7 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TextIO
 
@@ -65,7 +65,7 @@ def _duration(seconds: float) -> str:
 class _Ticker:
     """Calls ``draw`` every :data:`TICK_S` seconds on a daemon thread until stopped."""
 
-    def __init__(self, draw: object) -> None:
+    def __init__(self, draw: Callable[[], None]) -> None:
         self._draw = draw
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ppmech-progress", daemon=True)
@@ -73,7 +73,7 @@ class _Ticker:
 
     def _run(self) -> None:
         while not self._stop.wait(TICK_S):
-            self._draw()  # type: ignore[operator]
+            self._draw()
 
     def stop(self) -> None:
         self._stop.set()
