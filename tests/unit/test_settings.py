@@ -222,3 +222,8 @@ def test_config_file_values_are_converted_to_the_field_types(tmp_path: Path) -> 
     path.write_text('target_ids = [1, "x"]\n')
     with pytest.raises(PPMechError, match="`target_ids` must be a list of whole numbers"):
         load_config_file(SteerConfig, path)
+
+
+def test_an_empty_config_path_is_named_as_such() -> None:
+    with pytest.raises(PPMechError, match="the config file path is empty"):
+        load_config_file(MeasureConfig, "")

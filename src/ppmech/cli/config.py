@@ -123,9 +123,9 @@ def load_config_file(cls: Any, path: str | Path) -> dict[str, Any]:
         PPMechError: missing or unreadable file, bad TOML (naming the file), or an unknown
             key (naming the closest valid one).
     """
+    if not str(path).strip():  # before Path(), which reads "" as "."
+        raise PPMechError("the config file path is empty", "give a TOML file, or leave --config out")
     path = Path(path)
-    if not str(path).strip():
-        raise PPMechError("`config` is empty", "give a TOML file, or leave the flag out")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
