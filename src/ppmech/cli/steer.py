@@ -229,7 +229,8 @@ def _register_evaluate(sub: Any) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an evaluation ppmech wrote at --out (once the new one is complete)",
+        help="replace an evaluation ppmech wrote at --out (once the new one is complete) and a "
+        "--markdown file ppmech wrote; nothing ppmech did not write is replaced",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
