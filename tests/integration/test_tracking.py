@@ -82,6 +82,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No tracker configuration from the machine: no URIs, keys, modes or ~/.netrc; W&B's
     directories under ``tmp_path``."""
     for name in (
+        "MLFLOW_ALLOW_FILE_STORE",  # ppmech must set it itself for a file store
         "MLFLOW_TRACKING_URI",
         "MLFLOW_EXPERIMENT_NAME",
         "WANDB_API_KEY",
@@ -175,8 +176,21 @@ def test_missing_extra_on_the_command_line(tmp_path: Path, run_dir: Path) -> Non
 
 
 def mlflow_runs(store: Path) -> pd.DataFrame:
-    mlflow.set_tracking_uri(store.as_uri())
-    return mlflow.search_runs(experiment_names=["ppmech"])
+    """Every run of the experiment ``ppmech`` in the file store ``store``.
+
+    MLflow refuses its file store without ``MLFLOW_ALLOW_FILE_STORE``; it is set only for this
+    read, so that the subprocesses of other tests show that ppmech sets it on its own.
+    """
+    saved = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    try:
+        mlflow.set_tracking_uri(store.as_uri())
+        return mlflow.search_runs(experiment_names=["ppmech"])
+    finally:
+        if saved is None:
+            del os.environ["MLFLOW_ALLOW_FILE_STORE"]
+        else:
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = saved
 
 
 def test_mlflow_run(clean_env: Path, run_dir: Path) -> None:
@@ -487,3 +501,31 @@ def test_step_quantiles_use_finite_values_only() -> None:
     assert np.isnan(out.loc[0, "K/median"]) and np.isnan(out.loc[0, "H/q25"])
     assert out.loc[1, "K/median"] == 3.0 and out.loc[1, "H/q75"] == 9.0  # -inf and null left out
     assert out.loc[0, "V/median"] == 3.0 and out.loc[1, "V/q25"] == 3.0
+
+
+def test_sweep_track_logs_parent_and_children(clean_env: Path, study_dir: Path) -> None:
+    """``ppmech sweep --track`` on a finished study (every run reused: no Ray, no model)."""
+    study = clean_env / "study"
+    shutil.copytree(study_dir, study)
+    (clean_env / "study.toml").write_text(STUDY)
+    only = 'weights=["pretrained"]'  # the grid point the fixture recorded
+    proc = ppmech_cli(
+        "sweep",
+        "study.toml",
+        "--out",
+        "study",
+        "--set",
+        only,
+        "--track",
+        "mlflow",
+        "--no-progress",
+        cwd=clean_env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "0 recorded now" in proc.stdout and "tracked tiny in MLflow: run " in proc.stdout
+    runs = mlflow_runs(clean_env / "mlruns").set_index("tags.mlflow.runName")
+    frame = pd.read_parquet(study / "study.parquet")
+    assert len(runs) == 1 + len(frame) == 2
+    child = frame["run"].iloc[0]
+    assert runs.loc[child, "tags.mlflow.parentRunId"] == runs.loc["tiny", "run_id"]
+    assert runs.loc[child, "metrics.global_cv"] == pytest.approx(frame["global_cv"].iloc[0], rel=1e-12)
