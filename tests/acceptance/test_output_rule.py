@@ -389,3 +389,68 @@ def test_no_user_byte_is_lost_and_nothing_is_written_outside_the_output(
     else:
         assert code == 0, err
         assert (out / MARKER).is_file() if is_dir else has_mark(out)
+
+
+# The commands whose work takes minutes: only the refusals are run (the work is tripwired, so a
+# path that should have been refused fails the test at once instead of running the benchmark).
+SLOW = {
+    "benchmark-markdown": (
+        ["monitor", "benchmark", "--markdown"],
+        "ppmech.monitor.benchmark.run_benchmark",
+        False,
+    ),
+    "benchmark-json": (["monitor", "benchmark", "--json"], "ppmech.monitor.benchmark.run_benchmark", False),
+    "evaluate-out": (["evaluate-steering", "--out"], "ppmech.steering.evaluation.evaluate_steering", True),
+    "evaluate-markdown": (
+        ["evaluate-steering", "--markdown"],
+        "ppmech.steering.evaluation.evaluate_steering",
+        False,
+    ),
+}
+
+
+@settings(
+    max_examples=int(os.environ.get("PPMECH_OUTPUT_RULE_EXAMPLES", "20")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    name=st.sampled_from(sorted(SLOW)),
+    situation=st.sampled_from(("user-file", "user-empty-dir", "user-dir-with-file", "other-command")),
+    overwrite=st.booleans(),
+    content=st.binary(min_size=0, max_size=40),
+)
+def test_slow_commands_refuse_before_their_work_and_keep_every_user_byte(
+    outputs: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    situation: str,
+    overwrite: bool,
+    content: bytes,
+) -> None:
+    argv, work, is_dir = SLOW[name]
+    if is_dir and situation == "user-empty-dir":
+        return  # an empty directory is a new output: the work would run
+    root = tmp_path_factory.mktemp("slow")
+    (root / "beside.txt").write_bytes(content)
+    out = root / ("out" if is_dir else "o.md")
+    if situation == "user-file":
+        out.write_bytes(content)
+    elif situation == "user-empty-dir":
+        out.mkdir()
+    elif situation == "user-dir-with-file":
+        out.mkdir()
+        (out / "summary.json").write_bytes(content)
+    else:  # a ppmech output of another kind: a measure run where a directory goes, a page where a file goes
+        if is_dir:
+            shutil.copytree(outputs["run"], out)
+        else:
+            shutil.copy(outputs["html"], out)
+            if overwrite:
+                return  # a ppmech file is replaced with the flag: the work would run
+    before = _snapshot(root)
+    with _tripwire(monkeypatch, work):
+        code, err = _cli([*argv, str(out), *(["--overwrite"] if overwrite else [])])
+    _refused(code, err, out)
+    assert _snapshot(root) == before
