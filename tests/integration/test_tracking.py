@@ -529,3 +529,31 @@ def test_sweep_track_logs_parent_and_children(clean_env: Path, study_dir: Path) 
     child = frame["run"].iloc[0]
     assert runs.loc[child, "tags.mlflow.parentRunId"] == runs.loc["tiny", "run_id"]
     assert runs.loc[child, "metrics.global_cv"] == pytest.approx(frame["global_cv"].iloc[0], rel=1e-12)
+
+
+def test_steer_output(clean_env: Path, tiny_model_dir: Any) -> None:
+    """A ``steer`` output (tiny random Llama): its two traces' steps and its energy comparison."""
+    from mlflow import MlflowClient
+
+    from ppmech.steering.run import SteerConfig, run_steer
+
+    out = clean_env / "steer"
+    config = SteerConfig(
+        model=tiny_model_dir("llama"), prompt="The capital of France is", target_ids=(5, -1, 7)
+    )
+    result = run_steer(config, out)
+    tracked = log_run(parse_track("mlflow"), out)
+    assert tracked is not None
+    row = mlflow_runs(clean_env / "mlruns").iloc[0]
+    assert row["tags.ppmech.kind"] == "steer" and row["params.prompt"] == "The capital of France is"
+    comparison = result.comparison.set_index("trace")
+    assert row["metrics.steered/mean_H"] == pytest.approx(comparison.loc["steered", "mean H"], rel=1e-9)
+    assert row["metrics.natural/steered_steps"] == 0
+    steps = pd.read_parquet(out / "steps.parquet")
+    client = MlflowClient(tracking_uri=(clean_env / "mlruns").as_uri())
+    for trace in ("natural", "steered"):
+        history = client.get_metric_history(tracked.run_id, f"{trace}/V/median")
+        want = steps[steps["trace"] == trace].groupby("step")["V"].median()
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(want.index)
+        got = [m.value for m in sorted(history, key=lambda m: m.step)]
+        np.testing.assert_allclose(got, want.to_numpy(dtype=np.float64), rtol=1e-6)
