@@ -159,7 +159,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, smollm2: LoadedModel) -> In
         lm=smollm2,
     )
     bench = root / "benchmark.json"
-    sizes = ["--sequences", "10", "--calibration-sequences", "10", "--tokens", "16", "--splice-at", "8"]
+    sizes = ["--sequences", "10", "--calibration-sequences", "10", "--false-alarm-sequences", "10"]
+    sizes += ["--tokens", "16", "--splice-at", "8"]
     _cli_stdout(["monitor", "benchmark", *sizes, "--json", str(bench), "--no-progress"])
     cal = root / "calibration.json"
     _cli_stdout(
