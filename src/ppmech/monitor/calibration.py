@@ -354,15 +354,17 @@ class Calibration:
             created=str(data.get("created", "")),
         )
 
-    def save(self, path: str | Path) -> Path:
-        """Write the calibration as JSON, atomically."""
-        from ppmech.artifacts import write_json
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the calibration as JSON, atomically, under the output rule (:mod:`ppmech.artifacts`).
 
-        path = Path(path)
-        if path.parent and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, self.to_dict())
-        return path
+        An existing file is replaced only when ppmech wrote it and ``overwrite`` is given.
+        """
+        from ppmech.artifacts import write_output_file
+
+        write_output_file(
+            path, self.to_dict(), kind="json", replace=overwrite, flag="`path`", replace_flag="`overwrite`"
+        )
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:

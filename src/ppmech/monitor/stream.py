@@ -370,9 +370,9 @@ class EnergyMonitor:
         cal.check_model(lm.identity, source=f"calibration file {path}")
         return cls(lm, cal)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the calibration JSON atomically."""
-        return self.calibration.save(path)
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the calibration JSON atomically (see :meth:`Calibration.save`)."""
+        return self.calibration.save(path, overwrite=overwrite)
 
     def token_strings(self, token_ids: Sequence[int] | NDArray[np.int64]) -> list[str]:
         """Readable token strings (decoded one by one)."""
