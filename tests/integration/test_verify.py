@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ppmech import nulls as N
 from ppmech.claims.verify import (
     QUICK,
     VerifyConfig,
@@ -92,6 +93,13 @@ def test_layer_table_reproduces_the_recorded_states(run: Run, smollm2: LoadedMod
     steps = run.steps[run.steps["trajectory"] < 2]
     h = steps["H"].astype("float64").to_numpy(na_value=np.nan)
     assert table["mean_H"].iloc[-1] == pytest.approx(h[np.isfinite(h)].mean(), rel=1e-4)
+    # Each layer's controls: R and the smallest c with CV < 13% (2 trajectories: too few for the
+    # shuffle band, which stays NaN).
+    kv = steps[["K", "V"]].astype("float64").to_numpy(na_value=np.nan)
+    kv = kv[np.isfinite(kv).all(1)]
+    assert table["R"].iloc[-1] == pytest.approx(N.compensation_ratio(kv), rel=1e-3)
+    assert table["13% holds for c >"].iloc[-1] == pytest.approx(N.threshold_scale(kv), rel=1e-3)
+    assert table["null CV"].isna().all()
 
 
 def test_verify_rejects_non_embedded_models(tmp_path: Path) -> None:
