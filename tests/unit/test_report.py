@@ -417,3 +417,27 @@ def test_png_without_chromium_or_kaleido_is_one_line_before_any_work(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'ppmech[png]'" in err
     assert not out.exists() and not png.exists()
+
+
+def test_the_runs_table_prints_the_stored_shuffle_null_cv_and_corr_kv_beside_r() -> None:
+    from ppmech import nulls
+    from ppmech.report.build import table1_rows
+
+    rng = np.random.default_rng(2)
+    v = rng.normal(3.0, 1.0, (10, 20))
+    run = _synthetic_run(7.0 - v + rng.normal(0, 0.3, v.shape), v)
+    steps = run.steps
+    run.summary["statistics"] = energy_statistics(
+        steps["trajectory"], steps["K"], steps["V"], n_boot=0
+    ).to_dict()
+    run.summary["config"] = {"model": "toy", "weights": "pretrained", "decoding": "greedy"}
+    (plain,) = table1_rows({"a": run})
+    assert "shuffle-null CV" not in plain  # a run that stores no controls: no empty columns
+    stored = nulls.conservation_summary(steps, n_perm=50)
+    run.summary["conservation"] = stored
+    (row,) = table1_rows({"a": run})
+    assert row["R"] == stored["R"] and row["corr(K,V)"] == stored["corr_KV"] < -0.5
+    assert row["shuffle-null CV"] == stored["shuffle_null_cv"] and row["CV / null CV"] == stored["cv_ratio"]
+    assert (
+        row["R shuffle band"] == f"[{stored['shuffle_null_R_low']:.3f}, {stored['shuffle_null_R_high']:.3f}]"
+    )

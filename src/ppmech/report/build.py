@@ -96,9 +96,30 @@ class _Page:
         section.blocks.append(figure_block(fig, fid))
 
 
+def _conservation_cells(summary: dict[str, Any]) -> dict[str, Any]:
+    """The controls a run's summary.json stores (``conservation``), as cells beside Table 1."""
+    c = summary.get("conservation") or {}
+    low, high = c.get("shuffle_null_R_low"), c.get("shuffle_null_R_high")
+    return {
+        "R": c.get("R"),
+        "R shuffle band": f"[{low:.3f}, {high:.3f}]" if low is not None and high is not None else None,
+        "shuffle-null CV": c.get("shuffle_null_cv"),
+        "CV / null CV": c.get("cv_ratio"),
+        "corr(K,V)": c.get("corr_KV"),
+    }
+
+
 def table1_rows(runs: dict[str, Run]) -> list[dict[str, Any]]:
-    """Table-1 rows (:func:`ppmech.tables.run_row`) with the run's label first."""
-    return [{"run": name} | run_row(run.summary) for name, run in runs.items()]
+    """Table-1 rows (:func:`ppmech.tables.run_row`) with the run's label first.
+
+    Where any run's summary.json stores its conservation controls (issue 21: R with its
+    pairing-shuffle band, the shuffle-null CV, corr(K, V)), they follow, read as stored.
+    """
+    rows = [{"run": name} | run_row(run.summary) for name, run in runs.items()]
+    if any(run.summary.get("conservation") for run in runs.values()):
+        for row, run in zip(rows, runs.values(), strict=True):
+            row.update(_conservation_cells(run.summary))
+    return rows
 
 
 def _runs_section(pg: _Page, runs: dict[str, Run], trajectory: int, term: str) -> None:
@@ -110,7 +131,10 @@ def _runs_section(pg: _Page, runs: dict[str, Run], trajectory: int, term: str) -
             "Table 1 style, from each run's summary.json: CV = std/mean of H (ddof 0); CIs are 95% "
             "percentile bootstrap over trajectories; mean H, K, V in nats (K = ln(½‖Δh‖²) of a squared "
             "distance in hidden-state units); <dH>, <|dH|> the mean step change of H and of its size "
-            "(nats); drift = ΣΔH/Σ|ΔH| (dimensionless); v=0 steps = zero-velocity steps left out.",
+            "(nats); drift = ΣΔH/Σ|ΔH| (dimensionless); v=0 steps = zero-velocity steps left out. Where the "
+            "run stored them: R = Var(H)/(Var(K)+Var(V)) with the 95% band of its pairing-shuffle null, the "
+            "shuffle-null CV (the CV of H with V permuted against K within trajectories), CV / null CV and "
+            "corr(K, V), all dimensionless.",
         )
     )
     pg.figure(s, "table1", F.comparison(runs))

@@ -231,6 +231,8 @@ STEERING_EVAL_SCHEMA = Fields(
     }
 )
 ITEMS_COLUMNS = ("natural_score", "steered_score")
+RUN_SCHEMA = Fields({"conservation": Omittable(Maybe(MapOf(Maybe(NUM))))})
+"""A run's ``summary.json`` beyond what :func:`ppmech.runs.load_run` checks: the stored controls."""
 STUDY_SCHEMA = MapOf(ANY)
 """``study.json``: an object (the report shows none of its fields)."""
 
@@ -289,6 +291,14 @@ def detect(path: str | Path) -> str:
     raise PPMechError(f"{p} is not a ppmech run or output directory (no summary.json)", ACCEPTED)
 
 
+def read_run(path: Path) -> Run:
+    """:func:`ppmech.runs.load_run`, and the parts of its summary the report prints checked."""
+    run = load_run(path)
+    fix = "re-record the run with `ppmech measure --overwrite`"
+    check(run.summary, RUN_SCHEMA, path / "summary.json", fix)
+    return run
+
+
 def _complete_runs(root: Path) -> tuple[dict[str, Run], dict[str, str]]:
     """Complete runs under ``root`` (sorted by name) and why the others were left out."""
     runs: dict[str, Run] = {}
@@ -297,7 +307,7 @@ def _complete_runs(root: Path) -> tuple[dict[str, Run], dict[str, str]]:
         return runs, skipped
     for sub in sorted(d for d in root.iterdir() if d.is_dir()):
         try:
-            runs[sub.name] = load_run(sub)
+            runs[sub.name] = read_run(sub)
         except PPMechError as exc:
             skipped[sub.name] = exc.problem
     return runs, skipped
@@ -334,7 +344,7 @@ def load_verify(path: Path) -> VerifySource:
         for condition in ("pretrained", "random"):
             run_dir = path / "runs" / f"{model}-{condition}"
             if (run_dir / "summary.json").is_file():
-                runs[run_dir.name] = load_run(run_dir)
+                runs[run_dir.name] = read_run(run_dir)
     return VerifySource(path=path, name=path.name, claims=claims, runs=runs)
 
 
@@ -417,7 +427,7 @@ def load_source(path: str | Path) -> Source:
     p = Path(path)
     kind = detect(p)
     if kind == "run":
-        run = load_run(p)
+        run = read_run(p)
         return RunSource(path=p, name=p.name, run=run)
     if kind == "sweep":
         return load_sweep(p)
