@@ -33,8 +33,13 @@ TICK_S = 1.0
 
 
 def note(message: str) -> None:
-    """A one-line note on stderr (how a run was computed, never a failure)."""
-    print(f"ppmech: note: {message}", file=sys.stderr)
+    """A one-line note on stderr (how a run was computed, never a failure).
+
+    On a terminal it first clears the line, so a note never lands in the middle of a bar
+    or status line (which the ticker redraws below it within a second).
+    """
+    clear = "\r\x1b[K" if _interactive(sys.stderr) else ""
+    print(f"{clear}ppmech: note: {message}", file=sys.stderr)
 
 
 @contextlib.contextmanager

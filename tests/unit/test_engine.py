@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from ppmech.engine.compiled import compile_pays
 from ppmech.engine.sampling import Decoding, TokenChooser, filter_logits
 from ppmech.errors import PPMechError
 from ppmech.models.device import device_record, is_out_of_memory, resolve_device
-from ppmech.progress import Progress, showing, status
+from ppmech.progress import Progress, note, showing, status
 
 CPU = torch.device("cpu")
 
@@ -264,3 +265,14 @@ def test_status_line_only_on_a_terminal_and_only_when_showing() -> None:
     with showing(False), status("loading m", stream=off):
         pass
     assert off.getvalue() == ""
+
+
+def test_a_note_clears_the_bar_line_on_a_terminal_only(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    note("decoding eagerly")
+    assert capsys.readouterr().err == "ppmech: note: decoding eagerly\n"
+    tty = _Terminal()
+    monkeypatch.setattr(sys, "stderr", tty)
+    note("decoding eagerly")
+    assert tty.getvalue() == "\r\x1b[Kppmech: note: decoding eagerly\n"
