@@ -193,7 +193,7 @@ def test_benchmark_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixtur
             "benchmark",
             "--sequences",
             "10",
-            "--calibration-texts",
+            "--calibration-sequences",
             "10",
             "--false-alarm-sequences",
             "5",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,34 @@ def test_roc_area_equals_auroc_on_random_scores_with_ties() -> None:
         assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
         assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
         assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(a, b))
+
+
+def test_monitor_commands_take_the_shared_flags_and_a_config_file(tmp_path: Path) -> None:
+    from ppmech.cli import build_parser
+    from ppmech.cli.config import config_from_args
+
+    toml = tmp_path / "monitor.toml"
+    toml.write_text('positions = "openings"\nsequences = 40\nbatch_size = 8\n')
+    parser = build_parser()
+    args = parser.parse_args(
+        [
+            "monitor",
+            "calibrate",
+            "--config",
+            str(toml),
+            "--sequences",
+            "30",
+            "--revision",
+            "main",
+            "--out",
+            "c",
+        ]
+    )
+    # The file's values, overridden by the flags given; the rest are the dataclass's defaults.
+    assert config_from_args(MonitorConfig, args) == MonitorConfig(
+        positions="openings", sequences=30, batch_size=8, revision="main"
+    )
+    args = parser.parse_args(["monitor", "benchmark", "--batch-size", "auto", "--positions", "later"])
+    assert config_from_args(BenchmarkConfig, args) == BenchmarkConfig(positions="later")
+    args = parser.parse_args(["monitor", "score", "--calibration", "c.json", "--dtype", "bfloat16", "-"])
+    assert args.dtype == "bfloat16" and "model" not in vars(args)  # omitted: the calibration's

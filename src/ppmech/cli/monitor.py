@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ppmech.cli.config import config_from_args
+from ppmech.cli.measure import _batch_size, add_device_arg
 from ppmech.errors import PPMechError
 from ppmech.provenance import json_safe
 from ppmech.tables import markdown_table, text_table
@@ -94,17 +95,16 @@ def _read_texts(
 def _load_for_calibration(args: argparse.Namespace, cal: Any) -> Any:
     from ppmech.models.loading import load_model
 
+    # A model flag not given (absent: SUPPRESS) means the calibration's.
     ident = cal.model
-    spec = args.model or ident["spec"]
-    weights = args.weights or ident["weights"]
-    seed = args.seed if args.seed is not None else (ident.get("seed") or 0)
-    dtype = args.dtype or ident["dtype"]
+    given = vars(args)
+    seed = given["seed"] if "seed" in given else (ident.get("seed") or 0)
     return load_model(
-        spec,
-        weights=weights,
+        given.get("model", ident["spec"]),
+        weights=given.get("weights", ident["weights"]),
         seed=seed,
-        dtype=dtype,
-        trust_remote_code=args.trust_remote_code,
+        dtype=given.get("dtype", ident["dtype"]),
+        trust_remote_code=given.get("trust_remote_code", False),
         device=args.device,
     )
 
@@ -388,7 +388,6 @@ BATCH_HELP = "texts per forward batch, or auto: the largest that fits, halved on
 
 
 def register(sub: Any) -> None:
-    from ppmech.cli.measure import _batch_size, add_device_arg, add_model_args
 
     group = sub.add_parser(
         "monitor",
@@ -400,49 +399,18 @@ def register(sub: Any) -> None:
     )
     msub = group.add_subparsers(dest="monitor_command", required=True, parser_class=type(group))
 
-    # Config fields default to SUPPRESS (see add_model_args): MonitorConfig and BenchmarkConfig
-    # supply the defaults, which --help shows.
-    d = argparse.SUPPRESS
+    # Every config field has one flag, built from its declaration (ppmech.cli.config.add_config_flags)
+    # when the command is used; omitted flags leave MonitorConfig and BenchmarkConfig their defaults.
     p = msub.add_parser(
         "calibrate",
         help="learn a model's normal energy distribution",
         config="ppmech.monitor.calibration:MonitorConfig",
-        description="Run the model over held-out normal text and write a calibration JSON file "
-        "(per-signal means, spreads, thresholds and the feature covariance).",
+        description="Run the model over normal text (windows from anywhere in held-out documents by "
+        "default) and write a calibration JSON file (per-signal means, spreads, thresholds, the "
+        "feature covariance, and a record of what the normal text was).",
         epilog="example:\n  ppmech monitor calibrate --model smollm2-135m --sequences 100 --out cal.json",
+        build=_calibrate_flags,
     )
-    add_model_args(p)
-    p.add_argument("--corpus", default=d, help="normal text: wiki-en, wiki-es, wiki-fr or a path")
-    p.add_argument(
-        "--split",
-        choices=["heldout", "prompts", "all"],
-        default=d,
-        help="which part of the corpus (heldout: never used as measure/steer prompts)",
-    )
-    p.add_argument("--sequences", type=int, default=d, help="calibration texts")
-    p.add_argument("--tokens", type=int, default=d, help="tokens per calibration text")
-    p.add_argument(
-        "--positions",
-        choices=["anywhere", "openings", "later"],
-        default=d,
-        help="where calibration windows start: anywhere (openings and later sentence starts), "
-        "openings, or later (after the opening window)",
-    )
-    p.add_argument("--alpha", type=float, default=d, help="false-alarm rate of the thresholds")
-    p.add_argument(
-        "--holdout-fraction",
-        type=float,
-        default=d,
-        help="share of the texts held out to set the thresholds (split conformal)",
-    )
-    p.add_argument("--cusum-k", type=float, default=d, help="CUSUM slack (std units)")
-    p.add_argument("--z-clip", type=float, default=d, help="clip |z| before the CUSUM")
-    p.add_argument("--batch-size", type=_batch_size, default=d, help=BATCH_HELP)
-    p.add_argument("--out", required=True, help="calibration JSON file to write")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace a calibration file ppmech wrote at --out"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_calibrate)
 
     p = msub.add_parser(
@@ -451,26 +419,50 @@ def register(sub: Any) -> None:
         description="Score texts token by token and as a whole against a calibration: z-scores of "
         "K, V and H, a CUSUM alarm, and a sequence-level anomaly score with its p-value.",
         epilog="example:\n  ppmech monitor score notes.txt --calibration cal.json --tokens",
+        build=_score_flags,
     )
     p.add_argument("input", help="text file (blank-line separated texts), .jsonl, or - for stdin")
     p.add_argument("--calibration", required=True, help="JSON written by `ppmech monitor calibrate`")
-    p.add_argument("--model", default=None, help="model to score with (default: the calibration's)")
-    p.add_argument(
-        "--weights",
-        choices=["pretrained", "random"],
-        default=None,
-        help="weights (default: the calibration's)",
+    p.set_defaults(func=cmd_score)
+
+    p = msub.add_parser(
+        "benchmark",
+        help="AUROC of the monitor and baselines on shifted text; false-alarm rates per kind",
+        config="ppmech.monitor.benchmark:BenchmarkConfig",
+        description="Calibrate on held-out English Wikipedia, then score held-out normal text and "
+        "shifted sets (shuffled, Spanish, French, random characters, repetition, random-model text, "
+        "spliced) with the monitor and standard baselines; prints AUROC and TPR at 5%% FPR per set, "
+        "and the false-alarm rate of each alarm on three kinds of fresh normal text.",
+        epilog="example:\n  ppmech monitor benchmark --sequences 50 --markdown monitor.md",
+        build=_benchmark_flags,
     )
+    p.set_defaults(func=cmd_benchmark)
+
+
+def _calibrate_flags(p: argparse.ArgumentParser) -> None:
+    from ppmech.cli.config import add_config_file_flag, add_config_flags
+    from ppmech.monitor.calibration import MonitorConfig
+
+    add_config_flags(p, MonitorConfig)
+    add_config_file_flag(p)
+    p.add_argument("--out", required=True, help="calibration JSON file to write")
     p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default=None,
-        help="weight dtype (default: the calibration's)",
+        "--overwrite", action="store_true", help="replace a calibration file ppmech wrote at --out"
     )
-    p.add_argument("--seed", type=int, default=None, help="random-init seed (default: the calibration's)")
-    p.add_argument(
-        "--trust-remote-code", action="store_true", help="let transformers run code shipped with the model"
-    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _score_flags(p: argparse.ArgumentParser) -> None:
+    from ppmech.cli.config import add_config_flags
+    from ppmech.settings import ModelSpec
+
+    # The shared model flags; omitted, each is the calibration's (the group keeps ModelSpec's
+    # defaults out of --help, where they would be wrong for this command).
+    group = p.add_argument_group("model")
+    add_config_flags(group, ModelSpec, skip=("device", "revision"))
+    group.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="random-init seed")
+    for action in group._group_actions:
+        action.help = f"{action.help} (default: the calibration's)"
     add_device_arg(p, "auto")
     p.add_argument("--tokens", action="store_true", help="also print per-token scores")
     p.add_argument("--whole", action="store_true", help="score the whole input as one text")
@@ -484,59 +476,14 @@ def register(sub: Any) -> None:
     p.add_argument("--text-field", default="text", help="text field of JSONL input")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     p.add_argument("--batch-size", type=_batch_size, default="auto", help=BATCH_HELP)
-    p.set_defaults(func=cmd_score)
 
-    p = msub.add_parser(
-        "benchmark",
-        help="AUROC of the monitor and baselines on shifted text",
-        config="ppmech.monitor.benchmark:BenchmarkConfig",
-        description="Calibrate on held-out English Wikipedia, then score held-out normal text and "
-        "shifted sets (shuffled, Spanish, French, random characters, repetition, random-model text, "
-        "spliced) with the monitor and standard baselines; prints AUROC and TPR at 5%% FPR per set.",
-        epilog="example:\n  ppmech monitor benchmark --sequences 50 --markdown monitor.md",
-    )
-    p.add_argument("--model", default=d, help="embedded name, .gguf path, local directory or hub id")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=d, help="weight dtype")
-    p.add_argument("--seed", type=int, default=d, help="seed of the text choice (0 to 2**32-1)")
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        default=d,
-        help="let transformers run code shipped with the model",
-    )
-    add_device_arg(p)
-    p.add_argument("--sequences", type=int, default=d, help="texts per set")
-    p.add_argument(
-        "--calibration-sequences",
-        "--calibration-texts",
-        dest="calibration_sequences",
-        type=int,
-        default=d,
-        help="held-out English texts to calibrate on (up to ~1500 on wiki-en)",
-    )
-    p.add_argument(
-        "--false-alarm-sequences",
-        type=int,
-        default=d,
-        help="fresh normal texts per kind (openings, later windows, other split) on which false alarms "
-        "are counted",
-    )
-    p.add_argument("--alpha", type=float, default=d, help="nominal false-alarm rate")
-    p.add_argument(
-        "--holdout-fraction",
-        type=float,
-        default=d,
-        help="share of the calibration texts held out to set thresholds",
-    )
-    p.add_argument("--tokens", type=int, default=d, help="tokens per text")
-    p.add_argument(
-        "--positions",
-        choices=["anywhere", "openings", "later"],
-        default=d,
-        help="where the calibration's windows start (see `monitor calibrate --help`)",
-    )
-    p.add_argument("--splice-at", type=int, default=d, help="token where the spliced set switches text")
-    p.add_argument("--batch-size", type=_batch_size, default=d, help=BATCH_HELP)
+
+def _benchmark_flags(p: argparse.ArgumentParser) -> None:
+    from ppmech.cli.config import add_config_file_flag, add_config_flags
+    from ppmech.monitor.benchmark import BenchmarkConfig
+
+    add_config_flags(p, BenchmarkConfig)
+    add_config_file_flag(p)
     p.add_argument("--markdown", default=None, help="also write the tables as markdown to this file")
     p.add_argument("--json", default=None, help="also write all numbers as JSON to this file")
     p.add_argument(
@@ -545,4 +492,3 @@ def register(sub: Any) -> None:
         help="replace --markdown/--json files ppmech wrote; a file ppmech did not write is never replaced",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_benchmark)
