@@ -60,9 +60,9 @@ if importlib.util.find_spec("ppmech") is None:  # a bare checkout (a GPU machine
 
 from ppmech import artifacts
 from ppmech.engine.decoder import left_pad
-from ppmech.models.device import device_name, resolve_device
 from ppmech.engine.recorder import Recorder
 from ppmech.engine.sampling import Decoding
+from ppmech.models.device import device_name, resolve_device
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"

@@ -30,18 +30,16 @@ from ppmech.models.loading import load_configured
 from ppmech.nulls import conservation_summary
 from ppmech.progress import Progress, showing
 from ppmech.provenance import versions
+from ppmech.run_settings import RunSettings
 from ppmech.runs import CONFIG_FILE, RunWriter, batch_tables, load_run, write_config_toml, write_json
-from ppmech.settings import ModelSpec, Role, check_not_blank, keys, setting, values
+from ppmech.settings import Role, check_not_blank, keys, values
 from ppmech.statistics import EnergyStatistics, Estimate, statistics_from_steps
 
 
 @dataclass(frozen=True)
-class MeasureConfig(ModelSpec):
-    """Everything that determines a measurement run; each field declares its role once.
-
-    The model fields (``model``, ``weights``, ``dtype``, ``device``, ``revision``,
-    ``trust_remote_code``) are :class:`~ppmech.settings.ModelSpec`'s. The rest are
-    documented on their :func:`~ppmech.settings.setting` (the same text ``--help`` shows).
+class MeasureConfig(RunSettings):
+    """Everything that determines a measurement run: :class:`~ppmech.run_settings.RunSettings`
+    (each field and its role, declared once there) with the checks that need the engine.
 
     ``device``, ``compile`` and ``batch_size`` choose how a run is computed, not
     what it records (:data:`EXECUTION_KEYS`): they move recorded numbers only by
@@ -50,53 +48,6 @@ class MeasureConfig(ModelSpec):
     ``n_boot`` changes only the statistics computed from the stored steps
     (:data:`ANALYSIS_KEYS`): :func:`measure_or_load` re-analyses instead of re-recording.
     """
-
-    corpus: str = setting(
-        "wiki-en", role=Role.PROTOCOL, help="wiki-en, wiki-es, wiki-fr, a .txt/.jsonl file or dataset"
-    )
-    text_field: str = setting("text", role=Role.PROTOCOL, help="text field of JSONL records and dataset rows")
-    prompts: int = setting(100, role=Role.PROTOCOL, help="number of trajectories (prompts)")
-    context_tokens: int = setting(
-        50, role=Role.PROTOCOL, help="prompt length in tokens (before the model's BOS, if any)"
-    )
-    new_tokens: int = setting(100, role=Role.PROTOCOL, help="steps recorded per trajectory (at least 2)")
-    decoding: str = setting(
-        "greedy",
-        role=Role.PROTOCOL,
-        help="how each next token is chosen (see above)",
-        choices=("greedy", "sample", "teacher"),
-    )
-    temperature: float = setting(1.0, role=Role.PROTOCOL, help="sampling temperature (sample only)")
-    top_k: int | None = setting(
-        None, role=Role.PROTOCOL, help="sample from the k most probable tokens (sample only; default: all)"
-    )
-    top_p: float | None = setting(
-        None, role=Role.PROTOCOL, help="nucleus mass in (0, 1] (sample only; default: 1, no cut)"
-    )
-    stop_at_eos: bool = setting(
-        False, role=Role.PROTOCOL, help="end a trajectory at EOS (default: fixed length, as in the paper)"
-    )
-    seed: int = setting(
-        0,
-        role=Role.PROTOCOL,
-        help="seed (0 to 2**32-1) of the prompt choice, random init, sampling, bootstrap",
-    )
-    batch_size: int | str = setting(
-        "auto",
-        role=Role.EXECUTION,
-        help="trajectories per batch, or auto: the largest that fits, halved on out-of-memory (CPU: 50)",
-    )
-    save_hidden: bool = setting(
-        False, role=Role.PROTOCOL, help="also store h_t (hidden/*.npy, float32): changes what is recorded"
-    )
-    n_boot: int = setting(1000, role=Role.ANALYSIS, help="bootstrap replicates for the CIs (0: none)")
-    compile: str = setting(
-        "auto",
-        role=Role.EXECUTION,
-        help="static KV cache + compiled decode step (CUDA graphs on CUDA); auto: only when it repays "
-        "its warm-up (never on the CPU, where it does not pay)",
-        choices=("auto", "on", "off"),
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -6,7 +6,7 @@ and never imports anything that loads or runs a model: ``ppmech.sweep`` and
 :mod:`ppmech.claims.verify`, the orchestrator that records runs).
 
 Runs are comparable when every setting that changes what is measured agrees:
-the PROTOCOL settings of :class:`~ppmech.measure.MeasureConfig`
+the PROTOCOL settings of :class:`~ppmech.run_settings.RunSettings`
 (:func:`ppmech.settings.keys`), less the model's identity (:data:`MODEL_IDENTITY`),
 which is what the correlation varies.
 """
@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ppmech.errors import PPMechError
+from ppmech.run_settings import RunSettings
+from ppmech.settings import Role, keys
 
 if TYPE_CHECKING:
     from ppmech.runs import Run
@@ -37,12 +39,7 @@ def comparison_keys() -> tuple[str, ...]:
     Every PROTOCOL setting of the run config (declared once on its field, see
     :mod:`ppmech.settings`) except :data:`MODEL_IDENTITY`.
     """
-    # Imported here: the run config's module is a layer below but pulls in the recorder;
-    # only the field metadata is read.
-    from ppmech.measure import MeasureConfig
-    from ppmech.settings import Role, keys
-
-    return tuple(k for k in keys(MeasureConfig, Role.PROTOCOL) if k not in MODEL_IDENTITY)
+    return tuple(k for k in keys(RunSettings, Role.PROTOCOL) if k not in MODEL_IDENTITY)
 
 
 def protocol_differences(configs: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -355,9 +355,9 @@ def _evaluate(
     """:func:`evaluate_steering` once its output (if any) is open."""
     from ppmech.corpus import load_documents, select_prompts
     from ppmech.engine.decoder import Engine
-    from ppmech.models.device import device_record
     from ppmech.engine.hooks import FINAL_NORM
     from ppmech.models.architectures import readout
+    from ppmech.models.device import device_record
     from ppmech.models.loading import load_configured
     from ppmech.provenance import versions
     from ppmech.steering.algorithm import steer
