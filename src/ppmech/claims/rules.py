@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from ppmech.statistics import Estimate
 
@@ -56,19 +56,8 @@ RuleKind = Literal[
 ]
 
 
-RULE_KINDS: frozenset[str] = frozenset(
-    (
-        "below",
-        "above",
-        "between",
-        "near",
-        "less_than",
-        "greater_than",
-        "point_less_than",
-        "p_below",
-        "untestable",
-    )
-)
+#: The rule kinds, read off :data:`RuleKind` (one list).
+RULE_KINDS: frozenset[str] = frozenset(get_args(RuleKind))
 
 
 @dataclass(frozen=True)
